@@ -1,0 +1,203 @@
+"""Shared tensor plumbing: masking, reduction, one-hot, neighbourhood proportions, regions.
+
+Everything here is dimension-agnostic: tensors are ``(B, C, *spatial)`` with 0 to 3 spatial dims,
+targets ``(B, *spatial)``. Ignored elements are handled by masking, never by boolean indexing, so
+shapes stay static.
+
+Example:
+    >>> import torch
+    >>> from calibrant._tensor import neighbor_proportions, boundary_mask
+    >>> y = torch.tensor([[[0, 0, 1], [0, 0, 1], [0, 0, 1]]])
+    >>> tau = neighbor_proportions(y, num_classes=2)
+    >>> tau.shape, bool(torch.allclose(tau.sum(1), torch.ones(1, 3, 3)))
+    (torch.Size([1, 2, 3, 3]), True)
+    >>> boundary_mask(y).int()
+    tensor([[[0, 1, 1],
+             [0, 1, 1],
+             [0, 1, 1]]], dtype=torch.int32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from calibrant._checks import check_choice
+
+__all__ = [
+    "REDUCTIONS",
+    "float32",
+    "valid_mask",
+    "reduce",
+    "one_hot",
+    "flatten_classes",
+    "neighbor_proportions",
+    "boundary_mask",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+PADDINGS = ("label0", "zeros", "replicate")
+
+
+@contextlib.contextmanager
+def float32(x: torch.Tensor) -> Iterator[None]:
+    """Context that disables autocast for ``x``'s device, so losses compute in float32.
+
+    Use together with ``x.float()``: autocast may have produced bf16/fp16 logits, and the loss
+    itself must not be re-lowered.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        yield
+
+
+def valid_mask(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace ignored labels by 0 and return ``(safe_target, mask)``.
+
+    Args:
+        target: integer labels ``(B, *spatial)``.
+        ignore_index: label value to ignore, or ``None``.
+
+    Returns:
+        ``safe_target`` (int64, ignored entries set to 0) and ``mask`` (bool, True = valid).
+    """
+    target = target.long()
+    if ignore_index is None:
+        return target, torch.ones_like(target, dtype=torch.bool)
+    mask = target != ignore_index
+    return target.masked_fill(~mask, 0), mask
+
+
+def reduce(values: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Reduce per-element values like PyTorch: ``mean`` is over *valid* elements only.
+
+    Masked-out elements are zeroed (with ``where``, so NaN/inf there cannot leak). A mean over
+    zero valid elements is 0 with zero gradient, matching an empty sum.
+
+    Args:
+        values: per-element loss ``(B, *spatial)``.
+        mask: bool validity mask broadcastable to ``values``, or ``None`` (all valid).
+        reduction: ``"mean" | "sum" | "none"``.
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    if mask is not None:
+        values = torch.where(mask, values, values.new_zeros(()))
+    if reduction == "none":
+        return values
+    total = values.sum()
+    if reduction == "sum":
+        return total
+    count = values.numel() if mask is None else mask.expand_as(values).sum()
+    return total / torch.clamp(torch.as_tensor(count, device=values.device), min=1)
+
+
+def one_hot(
+    target: torch.Tensor, num_classes: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One-hot encode ``(B, *spatial)`` labels to float ``(B, C, *spatial)``; masked rows are 0."""
+    oh = F.one_hot(target.long().clamp(0, num_classes - 1), num_classes)
+    oh = oh.movedim(-1, 1).float()
+    if mask is not None:
+        oh = oh * mask.unsqueeze(1)
+    return oh
+
+
+def flatten_classes(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *spatial)`` -> ``(B * prod(spatial), C)`` (a view when possible)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def _pool_fn(ndim: int, kind: str):
+    fns = {
+        ("avg", 1): F.avg_pool1d,
+        ("avg", 2): F.avg_pool2d,
+        ("avg", 3): F.avg_pool3d,
+        ("max", 1): F.max_pool1d,
+        ("max", 2): F.max_pool2d,
+        ("max", 3): F.max_pool3d,
+    }
+    if (kind, ndim) not in fns:
+        raise ValueError(f"neighbourhood operations need 1 to 3 spatial dims, got {ndim}")
+    return fns[(kind, ndim)]
+
+
+def neighbor_proportions(
+    target: torch.Tensor,
+    num_classes: int,
+    *,
+    kernel_size: int = 3,
+    padding: str = "label0",
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    r"""Class proportions in the ``k^d`` window around each element (the NACL target).
+
+    .. math::
+        \tau_{ik} = \frac{\#\{j \in W_k(i) : y_j = k\}}{|W_k(i)|}
+
+    Args:
+        target: integer labels ``(B, *spatial)``, 1 to 3 spatial dims.
+        num_classes: number of classes ``C``.
+        kernel_size: odd window size ``k``.
+        padding: out-of-image neighbours read as class 0 (``"label0"``, the research code: rows
+            sum to 1), as no class (``"zeros"``, MONAI: rows sum to < 1 at the border), or as the
+            nearest in-image label (``"replicate"``).
+        ignore_index: ignored neighbours count as absent and each window is renormalised over its
+            valid neighbours (ignored centres get an all-zero row).
+
+    Returns:
+        Float tensor ``(B, C, *spatial)``.
+    """
+    check_choice("padding", padding, PADDINGS)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    safe, mask = valid_mask(target, ignore_index)
+    oh = one_hot(safe, num_classes, mask if ignore_index is not None else None)
+    nd = oh.dim() - 2
+    pool = _pool_fn(nd, "avg")
+    pads = (kernel_size // 2,) * (2 * nd)
+    if padding == "replicate":
+        counts = pool(F.pad(oh, pads, mode="replicate"), kernel_size, stride=1)
+    else:
+        padded = F.pad(oh, pads, value=0.0)
+        if padding == "label0":  # out-of-image neighbours are background
+            padded[:, 0] += F.pad(torch.zeros_like(oh[:, 0]), pads, value=1.0)
+        counts = pool(padded, kernel_size, stride=1)
+    if ignore_index is None:
+        return counts
+    # Ignored neighbours are absent: renormalise by the non-ignored share of the window.
+    ignored = (~mask).unsqueeze(1).float()
+    mode = "replicate" if padding == "replicate" else "constant"
+    ignored_share = pool(F.pad(ignored, pads, mode=mode), kernel_size, stride=1)
+    return counts / (1.0 - ignored_share).clamp_min(1e-12) * mask.unsqueeze(1)
+
+
+def boundary_mask(
+    target: torch.Tensor, *, kernel_size: int = 3, ignore_index: int | None = None
+) -> torch.Tensor:
+    """True where the ``k^d`` window (label-0 padded) holds at least two distinct labels.
+
+    This is the intended CRaC region test ("the patch has more than one category"), computed as
+    ``maxpool(y) != minpool(y)``. Ignored neighbours are skipped; ignored centres are False.
+
+    Args:
+        target: integer labels ``(B, *spatial)``.
+        kernel_size: odd window size.
+        ignore_index: label to skip.
+
+    Returns:
+        Bool tensor ``(B, *spatial)``: True = boundary ("outer") region, False = inner.
+    """
+    safe, mask = valid_mask(target, ignore_index)
+    y = safe.unsqueeze(1).float()
+    nd = y.dim() - 2
+    r = kernel_size // 2
+    pads = (r,) * (2 * nd)
+    big = float(torch.iinfo(torch.int32).max)
+    hi = F.pad(torch.where(mask.unsqueeze(1), y, -big), pads, value=0.0)
+    lo = F.pad(torch.where(mask.unsqueeze(1), y, big), pads, value=0.0)
+    pool = _pool_fn(nd, "max")
+    ymax = pool(hi, kernel_size, stride=1)
+    ymin = -pool(-lo, kernel_size, stride=1)
+    return ((ymax != ymin) & mask.unsqueeze(1)).squeeze(1)

@@ -1,0 +1,1 @@
+"""Augmented-Lagrangian machinery: constraints, penalties, update rules and multiplier state."""

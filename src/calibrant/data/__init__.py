@@ -1,0 +1,1 @@
+"""Dataset loaders for the papers' benchmark formats, registered by name."""

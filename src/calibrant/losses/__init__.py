@@ -1,0 +1,20 @@
+"""Calibration-aware losses: each a pure function plus a thin ``nn.Module``, registered by name."""
+
+from calibrant.losses.classification import *  # noqa: F403
+from calibrant.losses.classification import __all__ as _classification_all
+from calibrant.losses.combine import *  # noqa: F403
+from calibrant.losses.combine import __all__ as _combine_all
+from calibrant.losses.multilabel import *  # noqa: F403
+from calibrant.losses.multilabel import __all__ as _multilabel_all
+from calibrant.losses.overlap import *  # noqa: F403
+from calibrant.losses.overlap import __all__ as _overlap_all
+from calibrant.losses.spatial import *  # noqa: F403
+from calibrant.losses.spatial import __all__ as _spatial_all
+
+__all__ = [
+    *_classification_all,
+    *_combine_all,
+    *_multilabel_all,
+    *_overlap_all,
+    *_spatial_all,
+]

@@ -1,0 +1,3 @@
+"""Placeholder: filled by the losses work."""
+
+__all__: list[str] = []

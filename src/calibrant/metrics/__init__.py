@@ -1,0 +1,16 @@
+"""Streaming calibration, segmentation and ranking metrics.
+
+Each metric has a functional form and a :class:`torchmetrics.Metric` class with fixed-size sum
+states over the same private kernels, so streaming over batches and DDP ranks is exact.
+"""
+
+from calibrant.metrics.calibration import *  # noqa: F403
+from calibrant.metrics.calibration import __all__ as _calibration_all
+from calibrant.metrics.multilabel import *  # noqa: F403
+from calibrant.metrics.multilabel import __all__ as _multilabel_all
+from calibrant.metrics.ranking import *  # noqa: F403
+from calibrant.metrics.ranking import __all__ as _ranking_all
+from calibrant.metrics.segmentation import *  # noqa: F403
+from calibrant.metrics.segmentation import __all__ as _segmentation_all
+
+__all__ = [*_calibration_all, *_multilabel_all, *_ranking_all, *_segmentation_all]
