@@ -4,6 +4,9 @@ Each metric has a functional form and a :class:`torchmetrics.Metric` class with 
 states over the same private kernels, so streaming over batches and DDP ranks is exact.
 """
 
+from calibrant.metrics._curve import ReliabilityCurve
+from calibrant.metrics.binary import *  # noqa: F403
+from calibrant.metrics.binary import __all__ as _binary_all
 from calibrant.metrics.calibration import *  # noqa: F403
 from calibrant.metrics.calibration import __all__ as _calibration_all
 from calibrant.metrics.multilabel import *  # noqa: F403
@@ -13,4 +16,11 @@ from calibrant.metrics.ranking import __all__ as _ranking_all
 from calibrant.metrics.segmentation import *  # noqa: F403
 from calibrant.metrics.segmentation import __all__ as _segmentation_all
 
-__all__ = [*_calibration_all, *_multilabel_all, *_ranking_all, *_segmentation_all]
+__all__ = [
+    "ReliabilityCurve",
+    *_binary_all,
+    *_calibration_all,
+    *_multilabel_all,
+    *_ranking_all,
+    *_segmentation_all,
+]

@@ -1,0 +1,3 @@
+"""Placeholder: filled by the metrics work."""
+
+__all__: list[str] = []
