@@ -1,0 +1,352 @@
+"""The training and evaluation loop as plain functions.
+
+``fit`` runs ``train_one_epoch`` (autocast forward, float32 criterion, backward, clip, step), then
+``evaluate`` on the validation loader (metrics update, and every ALM term ``observe``-s the
+validation logits), then ``step()`` of every ALM term, the scheduler, model selection and the
+checkpoint. Methods never touch this file: a calibration method is a criterion (usually a
+:class:`~calibrant.losses.combine.WeightedSum`) whose terms may hold multipliers.
+
+Resuming is exact: the data order of every epoch is a function of ``(seed, epoch)``
+(:class:`EpochSampler`), a checkpoint records the step within the epoch, the running sums and the
+RNG states, and the resumed run skips the batches it already saw.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from calibrant.engine import EpochSampler, train_one_epoch
+    >>> data = torch.utils.data.TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,)))
+    >>> sampler = EpochSampler(len(data), seed=0)
+    >>> loader = torch.utils.data.DataLoader(data, batch_size=4, sampler=sampler)
+    >>> model = nn.Linear(3, 2)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> logs = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt)
+    >>> sorted(logs)
+    ['loss', 'steps']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from calibrant import distributed as dist_utils
+
+__all__ = [
+    "EpochSampler",
+    "alm_terms",
+    "autocast_context",
+    "evaluate",
+    "loss_terms",
+    "predict_volume",
+    "sliding_window",
+    "train_one_epoch",
+]
+
+log = logging.getLogger(__name__)
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Deterministic, resumable, rank-sharded sampler.
+
+    The order of epoch ``e`` is a permutation drawn from a generator seeded with ``seed + e``.
+    With ``world_size > 1`` the order is padded (``pad=True``, for training, as
+    :class:`~torch.utils.data.DistributedSampler`) or left uneven (``pad=False``, for exact
+    evaluation) and rank ``r`` takes every ``world_size``-th index from ``r``.
+
+    Args:
+        n: dataset length.
+        seed: base seed.
+        shuffle: permute (training) or keep order (evaluation).
+        rank: this process's rank.
+        world_size: number of processes.
+        pad: repeat the first indices so every rank gets the same count.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ) -> None:
+        if n <= 0:
+            raise ValueError(f"EpochSampler needs a non-empty dataset, got length {n}")
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the number of this rank's leading samples to skip."""
+        self.epoch, self.start = epoch, start
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1 and self.pad:
+            total = math.ceil(self.n / self.world_size) * self.world_size
+            order += order[: total - self.n]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        return iter(self._order()[self.start :])
+
+    def __len__(self) -> int:
+        return len(self._order()) - self.start
+
+
+def autocast_context(
+    device: torch.device | str, amp: str | None
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` in {None, "none", "bf16", "fp16"}; a null context for none."""
+    if amp in (None, "none"):
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"amp must be one of none, bf16, fp16; got {amp!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtypes[amp])
+
+
+def loss_terms(criterion: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> dict:
+    """Named loss terms: ``criterion.terms`` when it composes several, else ``{"loss": value}``."""
+    terms = getattr(criterion, "terms", None)
+    if callable(terms):
+        return terms(logits, target)
+    return {"loss": criterion(logits, target)}
+
+
+def alm_terms(module: nn.Module | None) -> list[nn.Module]:
+    """Sub-modules that learn multipliers on validation data (with ``observe`` and ``step``)."""
+    if module is None:
+        return []
+    return [
+        m
+        for m in module.modules()
+        if callable(getattr(m, "observe", None)) and callable(getattr(m, "step", None))
+    ]
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device | str = "cpu",
+    amp: str | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad: float | None = None,
+    start_step: int = 0,
+    totals: dict[str, float] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``: forward under autocast, criterion in float32, backward, step.
+
+    Args:
+        model: the network; put in train mode here.
+        loader: yields ``(inputs, target)``.
+        criterion: loss module; if it has ``terms(logits, target) -> dict`` every term is logged.
+        optimizer: the optimiser.
+        device: where batches go.
+        amp: ``None``/``"none"``, ``"bf16"`` or ``"fp16"`` (use a ``scaler`` with fp16).
+        scaler: ``torch.amp.GradScaler`` for fp16.
+        clip_grad: max global gradient norm, or ``None``.
+        start_step: index of the first step (when resuming mid-epoch; the loader already skips).
+        totals: running sums of the terms carried over from before a resume.
+        on_step: called as ``on_step(step, totals)`` after each optimiser step (checkpointing).
+
+    Returns:
+        Mean of each term over the epoch's steps, plus ``steps``.
+    """
+    model.train()
+    device = torch.device(device)
+    totals = dict(totals or {})
+    step = start_step
+    for step, (inputs, target) in enumerate(loader, start=start_step):
+        inputs, target = _to(inputs, device), _to(target, device)
+        with autocast_context(device, amp):
+            logits = model(inputs)
+        terms = loss_terms(criterion, logits, target)
+        loss = sum(terms.values())
+        if device.type == "cpu" or on_step is not None:  # no extra host sync on accelerators
+            _check_finite_loss(loss, terms, step)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip_grad is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        for name, value in {"loss": loss, **terms}.items():
+            totals[name] = totals.get(name, 0.0) + value.detach().double()
+        totals["steps"] = totals.get("steps", 0) + 1
+        if on_step is not None:
+            on_step(step + 1, totals)
+    n = max(totals.get("steps", 0), 1)
+    means = {k: (float(v) / n if k != "steps" else v) for k, v in totals.items()}
+    if not math.isfinite(means.get("loss", 0.0)):
+        raise FloatingPointError(f"non-finite mean loss over the epoch: {means}")
+    return means
+
+
+def _check_finite_loss(loss: torch.Tensor, terms: dict, step: int) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise FloatingPointError(
+            f"non-finite loss at step {step}: "
+            + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        )
+
+
+@torch.no_grad()
+def sliding_window(
+    model: nn.Module,
+    volume: torch.Tensor,
+    window: tuple[int, ...],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Sliding-window inference of a 3D model over ``(1, in_ch, *spatial)``, averaging overlaps.
+
+    The volume is padded (replicate) to at least the window, windows are placed on a regular grid
+    with the given overlap (the last one flush with the end), and logits are averaged.
+    """
+    spatial = volume.shape[2:]
+    pads = [max(w - s, 0) for w, s in zip(window, spatial, strict=True)]
+    padded = nn.functional.pad(
+        volume, [p for d in reversed(pads) for p in (0, d)], mode="replicate"
+    )
+    shape = padded.shape[2:]
+    starts = []
+    for w, s in zip(window, shape, strict=True):
+        stride = max(int(w * (1 - overlap)), 1)
+        pos = list(range(0, s - w + 1, stride))
+        if pos[-1] != s - w:
+            pos.append(s - w)
+        starts.append(pos)
+    grid = torch.cartesian_prod(*[torch.tensor(p) for p in starts]).view(-1, len(window)).tolist()
+    out = weight = None
+    for i in range(0, len(grid), batch_size):
+        corners = grid[i : i + batch_size]
+        crops = torch.cat(
+            [
+                padded[(..., *[slice(c, c + w) for c, w in zip(corner, window, strict=True)])]
+                for corner in corners
+            ]
+        )
+        logits = model(crops).float()
+        if out is None:
+            out = logits.new_zeros((1, logits.shape[1], *shape))
+            weight = logits.new_zeros((1, 1, *shape))
+        for j, corner in enumerate(corners):
+            region = (..., *[slice(c, c + w) for c, w in zip(corner, window, strict=True)])
+            out[region] += logits[j : j + 1]
+            weight[region] += 1
+    out = out / weight
+    return out[(..., *[slice(0, s) for s in spatial])]
+
+
+@torch.no_grad()
+def predict_volume(
+    model: nn.Module,
+    volume: torch.Tensor,
+    *,
+    model_dims: int,
+    batch_size: int = 16,
+    window: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Logits ``(1, C, *spatial)`` of a volume ``(1, in_ch, *spatial)``.
+
+    A 2D model (``model_dims=2``) predicts slice by slice along the first spatial axis and the
+    slices are stacked back into the volume; a 3D model runs whole (or with ``sliding_window``
+    when ``window`` is given).
+    """
+    if model_dims == 3:
+        if window is None:
+            return model(volume).float()
+        return sliding_window(model, volume, window, batch_size=batch_size)
+    if model_dims != 2 or volume.dim() != 5:
+        raise ValueError(
+            f"predict_volume needs a (1, in_ch, S, H, W) volume and model_dims 2 or 3, got "
+            f"shape {tuple(volume.shape)} and model_dims={model_dims}"
+        )
+    slices = volume[0].movedim(1, 0)  # (S, in_ch, H, W)
+    parts = [model(slices[i : i + batch_size]).float() for i in range(0, len(slices), batch_size)]
+    return torch.cat(parts).movedim(0, 1).unsqueeze(0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    metrics: Mapping[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    amp: str | None = None,
+    observers: Iterable[nn.Module] = (),
+    infer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    calibrator: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Update every metric (and every ALM observer) on each batch, then compute.
+
+    Args:
+        model: the network; put in eval mode here.
+        loader: yields ``(inputs, target)``; one item is one volume in volume mode.
+        metrics: name -> torchmetrics-style object with ``reset``/``update(logits, target)``/
+            ``compute``; their own DDP sync makes the result global.
+        device: where batches go.
+        amp: autocast mode for the forward pass.
+        observers: modules with ``observe(logits, target)`` (ALM multipliers).
+        infer: ``infer(model, inputs) -> logits``; default ``model(inputs)``
+            (use :func:`predict_volume` for slice-wise volume evaluation).
+        calibrator: optional post-hoc module applied to the logits before the metrics.
+
+    Returns:
+        name -> computed value (tensors as returned by the metrics).
+    """
+    model.eval()
+    device = torch.device(device)
+    observers = list(observers)
+    for metric in metrics.values():
+        metric.reset()
+    for inputs, target in loader:
+        inputs, target = _to(inputs, device), _to(target, device)
+        with autocast_context(device, amp):
+            logits = infer(model, inputs) if infer is not None else model(inputs)
+        logits = logits.float()
+        for obs in observers:
+            obs.observe(logits, target)
+        if calibrator is not None:
+            logits = calibrator(logits)
+        for metric in metrics.values():
+            metric.update(logits, target)
+    results = {name: metric.compute() for name, metric in metrics.items()}
+    dist_utils.barrier()
+    return results
