@@ -42,6 +42,7 @@ __all__ = [
     "alm_terms",
     "autocast_context",
     "evaluate",
+    "fit",
     "loss_terms",
     "predict_volume",
     "sliding_window",
@@ -350,3 +351,194 @@ def evaluate(
     results = {name: metric.compute() for name, metric in metrics.items()}
     dist_utils.barrier()
     return results
+
+
+def fit(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    val_loader: Iterable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    metrics: Mapping[str, Any],
+    select: str,
+    select_mode: str = "max",
+    scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    device: torch.device | str = "cpu",
+    amp: str | None = None,
+    clip_grad: float | None = None,
+    infer: Callable | None = None,
+    observe_view: Callable | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    config: Mapping[str, Any] | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    halt_after_step: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train for ``epochs`` epochs with validation, ALM steps, model selection and checkpoints.
+
+    Every epoch: :func:`train_one_epoch`; :func:`evaluate` on ``val_loader`` where every ALM term
+    of the criterion observes the validation logits; ``step()`` of those terms (one all-reduce
+    each); the scheduler; ``last.pt`` (and ``best.pt`` when ``metrics[select]`` improved).
+    ``last.pt`` is also written every ``checkpoint_every`` optimiser steps, so a killed run loses
+    at most that many steps; with ``resume=True`` the run continues from ``last.pt`` exactly
+    (bitwise on CPU).
+
+    Args:
+        model: the network (possibly DDP-wrapped).
+        train_loader: a DataLoader whose ``sampler`` is an :class:`EpochSampler` and which has
+            its own ``generator`` (so the global RNG only drives the model).
+        val_loader: validation batches (or volumes, with ``infer``).
+        criterion: loss module; its ALM terms are found by :func:`alm_terms`.
+        optimizer: the optimiser.
+        epochs: total number of epochs.
+        metrics: validation metrics, name -> torchmetrics-style object.
+        select: name of the metric that selects the best model.
+        select_mode: ``"max"`` or ``"min"``.
+        scheduler: stepped once per epoch.
+        scaler: GradScaler for fp16.
+        device: where batches go.
+        amp: autocast mode.
+        clip_grad: max gradient norm.
+        infer: validation inference function (see :func:`evaluate`).
+        observe_view: maps validation ``(logits, target)`` to what ALM terms observe (for
+            example volume logits back to 2D slices).
+        checkpoint_dir: folder for ``last.pt``/``best.pt``; ``None`` disables checkpoints.
+        checkpoint_every: also save ``last.pt`` every this many steps (0: only per epoch).
+        resume: continue from ``checkpoint_dir/last.pt``.
+        config: stored in the checkpoints.
+        log: callback receiving one dict per epoch.
+        halt_after_step: testing hook that simulates a crash (``os._exit``) after that global
+            step, without any save beyond the periodic ones.
+
+    Returns:
+        The per-epoch log dicts (including those before a resume).
+    """
+    import os
+    from pathlib import Path
+
+    from calibrant.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    if select_mode not in ("max", "min"):
+        raise ValueError(f"select_mode must be 'max' or 'min', got {select_mode!r}")
+    sampler = getattr(train_loader, "sampler", None)
+    if not isinstance(sampler, EpochSampler):
+        raise ValueError("fit needs a train_loader whose sampler is a calibrant EpochSampler")
+    bare = model.module if hasattr(model, "module") else model
+    alms = alm_terms(criterion)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    is_main = dist_utils.rank() == 0
+    state = {"epoch": 0, "step": 0, "global_step": 0, "totals": {}, "best": None, "history": []}
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            **state,
+            "model": bare.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "criterion": criterion.state_dict(),
+            "config": dict(config or {}),
+            "rng": rng_state(),
+        }
+
+    def save(name: str) -> None:
+        if ckpt_dir is not None and is_main:
+            save_checkpoint(ckpt_dir / name, snapshot())
+        dist_utils.barrier()
+
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        ckpt = load_checkpoint(
+            ckpt_dir / "last.pt", required=("model", "optimizer", "criterion", "epoch", "rng")
+        )
+        bare.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        criterion.load_state_dict(ckpt["criterion"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler") is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        state.update({k: ckpt[k] for k in state if k in ckpt})
+        set_rng_state(ckpt["rng"])
+        log_resume = f"resumed at epoch {state['epoch']} step {state['step']}"
+        logging.getLogger(__name__).info(log_resume)
+
+    def on_step(step: int, totals: dict) -> None:
+        state.update(step=step, totals=totals, global_step=state["global_step"] + 1)
+        if checkpoint_every and state["global_step"] % checkpoint_every == 0:
+            save("last.pt")
+        if halt_after_step is not None and state["global_step"] >= halt_after_step:
+            os._exit(3)
+
+    for epoch in range(state["epoch"], epochs):
+        batch_size = train_loader.batch_size or 1
+        sampler.set_epoch(epoch, start=state["step"] * batch_size)
+        set_epoch = getattr(train_loader.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        train_logs = train_one_epoch(
+            model,
+            train_loader,
+            criterion,
+            optimizer,
+            device=device,
+            amp=amp,
+            scaler=scaler,
+            clip_grad=clip_grad,
+            start_step=state["step"],
+            totals=state["totals"],
+            on_step=on_step,
+        )
+        observers = [_ViewObserver(a, observe_view) for a in alms] if observe_view else alms
+        val = evaluate(
+            model, val_loader, metrics, device=device, amp=amp, observers=observers, infer=infer
+        )
+        alm_logs = {}
+        for i, term in enumerate(alms):
+            term.step()
+            history = getattr(term, "log_dict", None)
+            if callable(history):
+                alm_logs.update({f"alm{i}/{k}": v for k, v in history().items()})
+        if scheduler is not None:
+            scheduler.step()
+        score = float(val[select])
+        improved = state["best"] is None or (
+            score > state["best"] if select_mode == "max" else score < state["best"]
+        )
+        record = {
+            "epoch": epoch + 1,
+            "train": train_logs,
+            "val": {k: _to_python(v) for k, v in val.items()},
+            "alm": alm_logs,
+            "lr": [g["lr"] for g in optimizer.param_groups],
+        }
+        state["history"] = [*state["history"], record]
+        state.update(epoch=epoch + 1, step=0, totals={})
+        if improved:
+            state["best"] = score
+            save("best.pt")
+        save("last.pt")
+        if log is not None:
+            log(record)
+    return state["history"]
+
+
+class _ViewObserver:
+    def __init__(self, term: nn.Module, view: Callable) -> None:
+        self.term, self.view = term, view
+
+    def observe(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.term.observe(*self.view(logits, target))
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Mapping):
+        return {k: _to_python(v) for k, v in value.items()}
+    return value

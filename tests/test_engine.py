@@ -1,0 +1,191 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchmetrics
+from torch import nn
+
+from calibrant.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from calibrant.engine import EpochSampler, fit, predict_volume, sliding_window
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 2, 8, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    train = torch.utils.data.TensorDataset(x[:32], y[:32])
+    val = torch.utils.data.TensorDataset(x[32:], y[32:])
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(8, 3, 1)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch_size=5,
+        sampler=EpochSampler(len(train), seed=seed),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    val_loader = torch.utils.data.DataLoader(val, batch_size=4)
+    metrics = {"acc": torchmetrics.classification.MulticlassAccuracy(3, average="micro")}
+    return model, loader, val_loader, opt, sched, metrics
+
+
+def _run(ckpt_dir: str, resume: bool, halt: int | None, epochs: int = 4):
+    model, loader, val_loader, opt, sched, metrics = _problem()
+    history = fit(
+        model,
+        loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        opt,
+        epochs=epochs,
+        metrics=metrics,
+        select="acc",
+        scheduler=sched,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every=3,
+        resume=resume,
+        halt_after_step=halt,
+    )
+    return model.state_dict(), history
+
+
+def _subprocess(ckpt_dir, resume, halt):
+    code = (
+        f"import sys; from tests.test_engine import _run; _run({str(ckpt_dir)!r}, {resume}, {halt})"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True)
+
+
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
+    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, halt=None)
+    # 7 steps per epoch; die at global step 11 (mid epoch 2), last periodic save at step 9.
+    killed = _subprocess(tmp_path / "run", resume=False, halt=11)
+    assert killed.returncode == 3, killed.stderr.decode()[-2000:]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["global_step"] == 9
+    state, history = _run(str(tmp_path / "run"), resume=True, halt=None)
+    for name, ref in ref_state.items():
+        assert torch.equal(state[name], ref), name
+    assert history == ref_history
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _run(str(tmp_path), resume=True, halt=None)
+
+
+def test_corrupt_checkpoint_is_an_error(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_sampler_sharding_covers_everything_once():
+    parts = [
+        list(EpochSampler(10, world_size=3, rank=r, shuffle=False, pad=False)) for r in range(3)
+    ]
+    assert sorted(i for p in parts for i in p) == list(range(10))
+    s = EpochSampler(10, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, start=4)
+    assert list(s) == full[4:]
+
+
+def test_predict_volume_slicewise_equals_per_slice():
+    model = nn.Conv2d(1, 3, 3, padding=1)
+    vol = torch.randn(1, 1, 5, 8, 8)
+    out = predict_volume(model, vol, model_dims=2, batch_size=2)
+    assert out.shape == (1, 3, 5, 8, 8)
+    torch.testing.assert_close(out[0, :, 3], model(vol[:, :, 3])[0])
+
+
+def test_sliding_window_equals_whole_for_translation_equivariant_model():
+    model = nn.Conv3d(1, 2, 1)
+    vol = torch.randn(1, 1, 9, 10, 7)
+    whole = model(vol)
+    torch.testing.assert_close(sliding_window(model, vol, (4, 4, 4)), whole, rtol=1e-5, atol=1e-5)
+
+
+def _ddp_problem(rank: int, world_size: int):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 2, 6, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    train = torch.utils.data.TensorDataset(x[:32], y[:32])
+    val = torch.utils.data.TensorDataset(x[32:], y[32:])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch_size=8 // world_size,
+        sampler=EpochSampler(len(train), seed=0, rank=rank, world_size=world_size),
+        generator=torch.Generator().manual_seed(0),
+    )
+    val_sampler = EpochSampler(len(val), shuffle=False, rank=rank, world_size=world_size, pad=False)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=3, sampler=val_sampler)
+    metrics = {
+        "acc": torchmetrics.classification.MulticlassAccuracy(3, average="micro"),
+        "nll": torchmetrics.MeanMetric(),
+    }
+    return model, loader, val_loader, opt, metrics
+
+
+class _NLL(torchmetrics.Metric):
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits, target):
+        nll = nn.functional.cross_entropy(logits, target, reduction="sum")
+        self.total += nll.double()
+        self.count += target.numel()
+
+    def compute(self):
+        return self.total / self.count
+
+
+def _ddp_worker(rank, world_size):
+    model, loader, val_loader, opt, metrics = _ddp_problem(rank, world_size)
+    metrics["nll"] = _NLL()
+    history = fit(
+        model,
+        loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        opt,
+        epochs=3,
+        metrics=metrics,
+        select="acc",
+    )
+    bare = model.module if hasattr(model, "module") else model
+    return {k: v.detach().clone() for k, v in bare.state_dict().items()}, history
+
+
+@pytest.mark.ddp
+def test_two_process_gloo_run_matches_single_process():
+    from tests._ddp import run_ddp
+
+    single_state, single_history = _ddp_worker(0, 1)
+    results = run_ddp(_ddp_worker, world_size=2)
+    for state, history in results:
+        for name, ref in single_state.items():
+            torch.testing.assert_close(state[name], ref, rtol=1e-5, atol=1e-6)
+        for rec, ref in zip(history, single_history, strict=True):
+            assert rec["val"]["acc"] == pytest.approx(ref["val"]["acc"])
+            assert rec["val"]["nll"] == pytest.approx(ref["val"]["nll"], rel=1e-5)
