@@ -65,7 +65,9 @@ def load_config(name_or_path: str | Path) -> dict[str, Any]:
         text = shipped.read_text()
     cfg = _yaml().safe_load(text) or {}
     if not isinstance(cfg, dict):
-        raise ValueError(f"config {str(name_or_path)!r} must hold a mapping, got {type(cfg).__name__}")
+        raise ValueError(
+            f"config {str(name_or_path)!r} must hold a mapping, got {type(cfg).__name__}"
+        )
     return cfg
 
 

@@ -1,0 +1,368 @@
+"""The ``calibrant`` command line: the only place that picks devices, seeds, paths and loggers.
+
+Commands::
+
+    calibrant train CONFIG [key=value ...] --out DIR      train (+ test evaluation and report)
+    calibrant eval RUN [--checkpoint best|last] [--calibrator FILE]
+    calibrant calibrate RUN [--method temperature]        fit a post-hoc calibrator on validation
+    calibrant predict RUN --split test --out FILE         save test logits
+    calibrant plot RUN                                    re-draw a run's figures
+    calibrant compare RUN [RUN ...]                       side-by-side table of several runs
+    calibrant data list | check                           datasets and the data root
+    calibrant list [losses|alm|models|datasets|metrics|calibrators|configs]
+
+``torchrun --nproc-per-node N -m calibrant train ...`` trains with DDP (gloo on CPU, NCCL on GPU).
+
+Example:
+    >>> from calibrant.cli import main
+    >>> main(["list", "configs"]) == 0  # doctest: +ELLIPSIS
+    acdc_ce...
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("calibrant")
+
+__all__ = ["main"]
+
+
+def _setup_logging(quiet: bool, rank: int) -> None:
+    level = logging.WARNING if quiet or rank != 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+
+
+def _seed_everything(seed: int, rank: int) -> None:
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)  # noqa: NPY002 (seeds the legacy global state used by peers)
+    torch.manual_seed(seed + rank)
+
+
+def _select_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _load_run_config(args) -> dict[str, Any]:
+    from calibrant.config import apply_overrides, load_config
+
+    cfg = load_config(args.config)
+    return apply_overrides(cfg, args.overrides)
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    """Train one run, evaluate its best checkpoint on the test split, write the report."""
+    from calibrant import experiment, report
+    from calibrant.engine import fit
+
+    cfg = _load_run_config(args)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _select_device(args.device, local_rank)
+    rank, world = _init_distributed(device)
+    _setup_logging(args.quiet, rank)
+    train_cfg = cfg.setdefault("train", {})
+    if args.seed is not None:
+        train_cfg["seed"] = args.seed
+    seed = int(train_cfg.get("seed", 0))
+    _seed_everything(seed, rank)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    exp = experiment.build_experiment(
+        cfg, data_root=args.data_root, device=device, rank=rank, world_size=world
+    )
+    model = exp.model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    amp = train_cfg.get("amp", "bf16" if device.type == "cuda" else "none")
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    progress = report.Progress(int(train_cfg.get("epochs", 1)), quiet=args.quiet or rank != 0)
+    history = fit(
+        model,
+        exp.train_loader,
+        exp.val_loader,
+        exp.criterion,
+        exp.optimizer,
+        epochs=int(train_cfg.get("epochs", 1)),
+        metrics=exp.metrics,
+        select=cfg.get("eval", {}).get("select", "dice"),
+        select_mode=cfg.get("eval", {}).get("select_mode", "max"),
+        scheduler=exp.scheduler,
+        scaler=scaler,
+        device=device,
+        amp=amp,
+        clip_grad=train_cfg.get("clip_grad"),
+        infer=exp.infer,
+        observe_view=exp.observe_view,
+        checkpoint_dir=str(out / "checkpoints"),
+        checkpoint_every=int(train_cfg.get("checkpoint_every", 0)),
+        resume=args.resume,
+        config=cfg,
+        log=progress.epoch_done,
+        halt_after_step=args.halt_after_step,
+    )
+    results = report.evaluate_run(exp, out, device=device, amp=amp, checkpoint="best")
+    if rank == 0:
+        report.write_run(out, cfg, history, results, exp)
+        if not args.quiet:
+            print(report.markdown_table({out.name: results["test"]}))
+            print(f"report: {out / 'report.md'}  figures: {out / 'figures'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a trained run (optionally with a calibrator) and rewrite its report."""
+    from calibrant import experiment, report
+
+    run = Path(args.run)
+    cfg = json.loads((run / "config.json").read_text())
+    _setup_logging(args.quiet, 0)
+    device = _select_device(args.device, 0)
+    exp = experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+    results = report.evaluate_run(
+        exp, run, device=device, checkpoint=args.checkpoint, calibrator=args.calibrator
+    )
+    report.write_results(run, results, exp)
+    print(report.markdown_table({run.name: results["test"]}))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Fit a post-hoc calibrator on the validation logits of a run and report before/after."""
+    from calibrant import experiment, report
+
+    run = Path(args.run)
+    cfg = json.loads((run / "config.json").read_text())
+    _setup_logging(args.quiet, 0)
+    device = _select_device(args.device, 0)
+    exp = experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+    path = report.fit_calibrator(exp, run, method=args.method, device=device)
+    before = report.evaluate_run(exp, run, device=device, checkpoint="best")
+    after = report.evaluate_run(exp, run, device=device, checkpoint="best", calibrator=path)
+    report.write_results(run, after, exp, name="metrics_calibrated.json")
+    print(
+        report.markdown_table({"before": before["test"], f"after ({args.method})": after["test"]})
+    )
+    print(f"calibrator: {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Save the logits of a split (one tensor per item) to a file."""
+    from calibrant import experiment, report
+
+    run = Path(args.run)
+    cfg = json.loads((run / "config.json").read_text())
+    device = _select_device(args.device, 0)
+    exp = experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+    path = report.save_predictions(exp, run, Path(args.out), split=args.split, device=device)
+    print(f"predictions: {path}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    """Re-draw a run's figures from its saved history and metrics."""
+    from calibrant import report
+
+    paths = report.plot_run(Path(args.run))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Print (and optionally save) a side-by-side table of several runs' test metrics."""
+    from calibrant import report
+
+    table = report.compare_runs([Path(r) for r in args.runs])
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+def cmd_data(args) -> int:
+    """List registered datasets, or check which ones the data root holds."""
+    from calibrant._paths import data_root
+    from calibrant.registry import DATASETS
+
+    if args.action == "list":
+        for name in DATASETS.names():
+            meta = DATASETS.meta(name)
+            print(f"{name:20s} {meta.get('task', '')}")
+        return 0
+    root = data_root(args.data_root)
+    status = 0
+    for name in DATASETS.names():
+        try:
+            ds = DATASETS.build(name, root=root, split="train")
+            print(f"ok       {name:20s} {len(ds)} training items")
+        except (FileNotFoundError, ValueError, OSError) as e:
+            status = 1
+            print(f"missing  {name:20s} {e}")
+    return status
+
+
+def cmd_list(args) -> int:
+    """Print registered names of one family (all families when none is given)."""
+    import calibrant
+    from calibrant.config import preset_names
+
+    families = {
+        "losses": calibrant.LOSSES,
+        "alm": calibrant.ALM_PRESETS,
+        "models": calibrant.MODELS,
+        "datasets": calibrant.DATASETS,
+        "metrics": calibrant.METRICS,
+        "calibrators": calibrant.CALIBRATORS,
+    }
+    wanted = [args.family] if args.family else [*families, "configs"]
+    for family in wanted:
+        names = preset_names() if family == "configs" else families[family].names()
+        if len(wanted) > 1:
+            print(f"{family}:")
+        print(("  " if len(wanted) > 1 else "") + " ".join(names))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
+def _registered_summary() -> str:
+    import calibrant
+
+    return (
+        f"losses: {' '.join(calibrant.LOSSES.names())}\n"
+        f"ALM presets: {' '.join(calibrant.ALM_PRESETS.names())}\n"
+        f"models: {' '.join(calibrant.MODELS.names())}\n"
+        f"datasets: {' '.join(calibrant.DATASETS.names())}\n"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``--help`` lists the registered methods, models and datasets)."""
+    parser = argparse.ArgumentParser(
+        prog="calibrant",
+        description="Train and evaluate calibrated networks.",
+        epilog=_registered_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, run_dir: bool = False):
+        p.add_argument("--data-root", default=None, help="data folder (default: $CALIBRANT_DATA)")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+        if run_dir:
+            p.add_argument("run", help="a run folder written by `calibrant train`")
+
+    p = sub.add_parser(
+        "train",
+        help="train a run",
+        epilog=_registered_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="preset name (see `calibrant list configs`) or YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=crac loss.margin=5")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--halt-after-step", type=int, default=None, help=argparse.SUPPRESS)
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on its test split")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument(
+        "--calibrator", default=None, help="a calibrator file from `calibrant calibrate`"
+    )
+    common(p, run_dir=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="fit a post-hoc calibrator on the validation split")
+    p.add_argument("--method", default="temperature", help="a registered calibrator")
+    common(p, run_dir=True)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("predict", help="save logits of a split")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True)
+    common(p, run_dir=True)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plot", help="re-draw a run's figures")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="side-by-side table of runs")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default=None, help="also write the table to this file")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("data", help="list datasets or check the data root")
+    p.add_argument("action", choices=("list", "check"))
+    p.add_argument("--data-root", default=None)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("list", help="list registered names")
+    p.add_argument(
+        "family",
+        nargs="?",
+        choices=("losses", "alm", "models", "datasets", "metrics", "calibrators", "configs"),
+    )
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a usage or input error)."""
+    from calibrant.checkpoint import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, CheckpointError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"calibrant: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

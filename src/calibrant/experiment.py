@@ -1,0 +1,274 @@
+"""Build every object of a run from a config: data, model, criterion, optimiser, metrics.
+
+This is the only place that maps config sections to registry entries. It takes explicit values
+(data root, device, seed, rank) from the CLI and never reads the environment itself.
+
+A config has the sections ``data``, ``model``, ``loss``, ``optim``, ``sched``, ``train`` and
+``eval`` (see ``calibrant/configs/*.yaml``). ``loss.name`` is looked up in
+:data:`~calibrant.registry.LOSSES` first, then in :data:`~calibrant.registry.ALM_PRESETS`.
+
+Example:
+    >>> from calibrant.experiment import build_optimizer
+    >>> import torch
+    >>> opt = build_optimizer({"name": "adam", "lr": 1e-3}, torch.nn.Linear(2, 2).parameters())
+    >>> type(opt).__name__
+    'Adam'
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from calibrant.engine import EpochSampler, predict_volume
+from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS
+
+__all__ = [
+    "Experiment",
+    "build_criterion",
+    "build_data",
+    "build_experiment",
+    "build_metrics",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+]
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def _kwargs(section: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    section = dict(section or {})
+    if "name" not in section:
+        raise ValueError(f"config section {section} needs a 'name'")
+    return section.pop("name"), section
+
+
+def build_optimizer(
+    cfg: Mapping[str, Any], params: Iterable[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """``adam`` | ``adamw`` | ``sgd`` with the section's keyword arguments."""
+    name, kw = _kwargs(cfg)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, **kw)
+
+
+def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer, epochs: int):
+    """Per-epoch schedulers of the papers: ``step`` (StepLR), ``multistep``, ``cosine``, ``none``."""
+    if not cfg or cfg.get("name", "none") == "none":
+        return None
+    name, kw = _kwargs(cfg)
+    sched = torch.optim.lr_scheduler
+    if name == "step":
+        return sched.StepLR(
+            optimizer, step_size=kw.get("step_size", 50), gamma=kw.get("gamma", 0.1)
+        )
+    if name == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=kw["milestones"], gamma=kw.get("gamma", 0.1))
+    if name == "cosine":
+        return sched.CosineAnnealingLR(
+            optimizer, T_max=kw.get("t_max", epochs), eta_min=kw.get("eta_min", 0.0)
+        )
+    raise ValueError(f"unknown scheduler {name!r}; known: step, multistep, cosine, none")
+
+
+def build_criterion(cfg: Mapping[str, Any], info: Any) -> nn.Module:
+    """A registered loss (``LOSSES``) or ALM preset (``ALM_PRESETS``) for the dataset ``info``."""
+    name, kw = _kwargs(cfg)
+    if name in LOSSES:
+        factory = LOSSES.get(name).factory
+    elif name in ALM_PRESETS:
+        factory = ALM_PRESETS.get(name).factory
+        kw.setdefault("num_classes", info.num_classes)
+    else:
+        LOSSES.get(name)  # raises with close matches among the losses
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if info.task != "multilabel" and (takes_any or "ignore_index" in params):
+        kw.setdefault("ignore_index", info.ignore_index)
+    return factory(**kw)
+
+
+def build_model(cfg: Mapping[str, Any], info: Any) -> nn.Module:
+    """A registered model with the dataset's input channels and number of classes."""
+    name, kw = _kwargs(cfg)
+    kw.setdefault("in_channels", info.in_channels)
+    kw.setdefault("num_classes", info.num_classes)
+    return MODELS.build(name, **kw)
+
+
+def build_metrics(specs: Iterable[Mapping[str, Any]], info: Any) -> dict[str, Any]:
+    """Metrics from a list of ``{name, as?, **kwargs}``; ``num_classes``/``ignore_index`` filled in."""
+    metrics = {}
+    for spec in specs:
+        spec = dict(spec)
+        label = spec.pop("as", None)
+        name, kw = _kwargs(spec)
+        factory = METRICS.get(name).factory
+        params = inspect.signature(factory).parameters
+        if "num_classes" in params:
+            kw.setdefault("num_classes", info.num_classes)
+        if "ignore_index" in params and info.task != "multilabel":
+            kw.setdefault("ignore_index", info.ignore_index)
+        metrics[label or name] = factory(**kw)
+    return metrics
+
+
+def build_data(cfg: Mapping[str, Any], root: Any, split: str) -> Any:
+    """``DATASETS.build(name, root=root, split=split, **kwargs)`` with split-specific overrides.
+
+    A key ``<split>`` in the data section (``train: {view: slices}``) holds options for that
+    split only.
+    """
+    cfg = dict(cfg)
+    per_split = {s: cfg.pop(s, {}) or {} for s in ("train", "val", "test")}
+    name, kw = _kwargs(cfg)
+    return DATASETS.build(name, root=root, split=split, **{**kw, **per_split[split]})
+
+
+def _volume_collate(item):
+    image, label = item
+    return image, label.unsqueeze(0)
+
+
+def _slices_to_volume(batch_size: int) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    def infer(model: nn.Module, slices: torch.Tensor) -> torch.Tensor:
+        # (S, in_ch, H, W) slices of one volume -> (1, C, S, H, W) logits
+        return predict_volume(
+            model, slices.movedim(0, 1).unsqueeze(0), model_dims=2, batch_size=batch_size
+        )
+
+    return infer
+
+
+def _volume_to_slices(logits: torch.Tensor, target: torch.Tensor):
+    return logits[0].movedim(1, 0), target[0]
+
+
+@dataclass
+class Experiment:
+    """Everything ``engine.fit`` needs, built from one config."""
+
+    cfg: dict[str, Any]
+    info: Any
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+    infer: Callable | None = None
+    observe_view: Callable | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _loader(ds, *, batch_size, sampler, seed, workers, collate_fn=None):
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_fn,
+        persistent_workers=False,
+    )
+
+
+def build_experiment(
+    cfg: Mapping[str, Any],
+    *,
+    data_root: Any = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> Experiment:
+    """Build data loaders, model, criterion, optimiser, scheduler and metrics of a run."""
+    cfg = dict(cfg)
+    train_cfg = dict(cfg.get("train", {}))
+    seed = int(train_cfg.get("seed", 0))
+    workers = int(train_cfg.get("workers", 0))
+    batch_size = int(train_cfg.get("batch_size", 8))
+    epochs = int(train_cfg.get("epochs", 1))
+
+    train_ds = build_data(cfg["data"], data_root, "train")
+    val_ds = build_data(cfg["data"], data_root, "val")
+    test_ds = build_data(cfg["data"], data_root, "test")
+    info = train_ds.info
+
+    torch.manual_seed(seed)  # model initialisation is part of the seeded run
+    model = build_model(cfg["model"], info).to(device)
+    criterion = build_criterion(cfg["loss"], info).to(device)
+    optimizer = build_optimizer(cfg.get("optim", {"name": "adam", "lr": 1e-3}), model.parameters())
+    scheduler = build_scheduler(cfg.get("sched"), optimizer, epochs)
+
+    train_sampler = EpochSampler(len(train_ds), seed=seed, rank=rank, world_size=world_size)
+    train_loader = _loader(
+        train_ds, batch_size=batch_size, sampler=train_sampler, seed=seed, workers=workers
+    )
+
+    def eval_loader(ds):
+        sampler = EpochSampler(len(ds), shuffle=False, rank=rank, world_size=world_size, pad=False)
+        volumes = (
+            info.task == "segmentation"
+            and info.spatial_dims == 2
+            and getattr(ds, "images", None) is not None
+        )
+        if volumes:
+            return _loader(
+                ds,
+                batch_size=None,
+                sampler=sampler,
+                seed=seed,
+                workers=workers,
+                collate_fn=_volume_collate,
+            )
+        return _loader(
+            ds,
+            batch_size=int(cfg.get("eval", {}).get("batch_size", batch_size)),
+            sampler=sampler,
+            seed=seed,
+            workers=workers,
+        )
+
+    infer = observe_view = None
+    if info.task == "segmentation" and info.spatial_dims == 2:
+        infer = _slices_to_volume(int(cfg.get("eval", {}).get("batch_size", 16)))
+        observe_view = _volume_to_slices
+    elif info.task == "segmentation" and info.spatial_dims == 3:
+        window = cfg.get("eval", {}).get("window")
+        if window is not None:
+            window = tuple(window)
+
+            def infer(model, volume):
+                return predict_volume(model, volume, model_dims=3, window=window)
+
+    eval_cfg = cfg.get("eval", {})
+    metrics = build_metrics(eval_cfg.get("val_metrics", []), info)
+    test_metrics = build_metrics(eval_cfg.get("test_metrics", []), info)
+    for m in (*metrics.values(), *test_metrics.values()):
+        if hasattr(m, "to"):
+            m.to(device)
+    return Experiment(
+        cfg=cfg,
+        info=info,
+        model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        val_loader=eval_loader(val_ds),
+        test_loader=eval_loader(test_ds),
+        metrics=metrics,
+        test_metrics=test_metrics,
+        infer=infer,
+        observe_view=observe_view,
+    )

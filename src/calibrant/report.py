@@ -1,0 +1,282 @@
+"""Run reports: test evaluation, ``metrics.json``, a Markdown table and the figures.
+
+A run folder written by ``calibrant train`` holds::
+
+    config.json            the resolved config
+    checkpoints/           last.pt (resume) and best.pt (model selection)
+    metrics.json           test metrics, per-epoch history, ALM trajectories, reliability curves
+    report.md              the test table and links to the figures
+    figures/               training curves, reliability diagrams (top-label, class-wise,
+                           boundary vs interior), lambda/rho trajectories (ALM methods)
+
+Example:
+    >>> from calibrant.report import markdown_table
+    >>> print(markdown_table({"ce": {"dice": 0.8, "ece": 0.05}, "crac": {"dice": 0.81, "ece": 0.03}}))
+    | run | dice | ece |
+    |---|---|---|
+    | ce | 0.8000 | 0.0500 |
+    | crac | 0.8100 | 0.0300 |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from calibrant.checkpoint import load_checkpoint
+from calibrant.metrics._curve import ReliabilityCurve
+
+__all__ = [
+    "Progress",
+    "compare_runs",
+    "evaluate_run",
+    "fit_calibrator",
+    "flatten_results",
+    "markdown_table",
+    "plot_run",
+    "save_predictions",
+    "write_results",
+    "write_run",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """One line per epoch with the running train loss, the validation score and an ETA."""
+
+    def __init__(self, epochs: int, *, quiet: bool = False, stream=None) -> None:
+        self.epochs, self.quiet = epochs, quiet
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def epoch_done(self, record: Mapping[str, Any]) -> None:
+        """Callback for ``engine.fit(log=...)``."""
+        self.done += 1
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * max(self.epochs - record["epoch"], 0)
+        val = ", ".join(
+            f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
+        )
+        print(
+            f"epoch {record['epoch']}/{self.epochs}  loss={record['train'].get('loss', math.nan):.4f}"
+            f"  {val}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metric results -> flat ``{name: float | list}`` (curves are left out)."""
+    flat: dict[str, Any] = {}
+    for name, value in results.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, ReliabilityCurve):
+            continue
+        if isinstance(value, Mapping):
+            flat.update(flatten_results(value, prefix=f"{key}/"))
+        elif isinstance(value, torch.Tensor):
+            flat[key] = value.item() if value.numel() == 1 else value.tolist()
+        elif isinstance(value, (int, float)):
+            flat[key] = float(value)
+    return flat
+
+
+def _curves(results: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, list]]:
+    found = {}
+    for name, value in results.items():
+        if isinstance(value, ReliabilityCurve):
+            found[f"{prefix}{name}"] = {k: v.tolist() for k, v in value._asdict().items()}
+        elif isinstance(value, Mapping):
+            found.update(_curves(value, prefix=f"{prefix}{name}/"))
+    return found
+
+
+def _load_calibrator(path: str | Path | None):
+    if path is None:
+        return None
+    from calibrant.registry import CALIBRATORS
+
+    state = load_checkpoint(path, required=("method", "kwargs", "state_dict"))
+    calibrator = CALIBRATORS.build(state["method"], **state["kwargs"])
+    calibrator.load_state_dict(state["state_dict"])
+    return calibrator
+
+
+def evaluate_run(
+    exp: Any,
+    run: Path,
+    *,
+    device: torch.device | str = "cpu",
+    amp: str | None = None,
+    checkpoint: str = "best",
+    calibrator: str | Path | None = None,
+) -> dict[str, Any]:
+    """Load ``run/checkpoints/<checkpoint>.pt`` into the model and compute the test metrics."""
+    from calibrant.engine import evaluate
+
+    ckpt = load_checkpoint(Path(run) / "checkpoints" / f"{checkpoint}.pt", required=("model",))
+    exp.model.load_state_dict(ckpt["model"])
+    cal = _load_calibrator(calibrator)
+    if cal is not None:
+        cal = cal.to(device)
+    results = evaluate(
+        exp.model,
+        exp.test_loader,
+        exp.test_metrics,
+        device=device,
+        amp=amp,
+        infer=exp.infer,
+        calibrator=cal,
+    )
+    return {
+        "test": flatten_results(results),
+        "curves": _curves(results),
+        "checkpoint": checkpoint,
+        "epoch": ckpt.get("epoch"),
+        "calibrator": str(calibrator) if calibrator else None,
+    }
+
+
+def _validation_logits(exp: Any, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    exp.model.eval()
+    batches = []
+    with torch.no_grad():
+        for inputs, target in exp.val_loader:
+            inputs = inputs.to(device)
+            logits = exp.infer(exp.model, inputs) if exp.infer is not None else exp.model(inputs)
+            batches.append((logits.float().cpu(), target.cpu()))
+    return batches
+
+
+def fit_calibrator(exp: Any, run: Path, *, method: str = "temperature", device="cpu") -> Path:
+    """Fit a registered calibrator on the validation logits of the best checkpoint; save it."""
+    from calibrant.checkpoint import save_checkpoint
+    from calibrant.registry import CALIBRATORS
+
+    ckpt = load_checkpoint(Path(run) / "checkpoints" / "best.pt", required=("model",))
+    exp.model.load_state_dict(ckpt["model"])
+    kwargs = {}
+    if method == "classwise_temperature" or method == "vector":
+        kwargs["num_classes"] = exp.info.num_classes
+    calibrator = CALIBRATORS.build(method, **kwargs)
+    batches = _validation_logits(exp, device)
+    calibrator.fit_stream(batches, ignore_index=exp.info.ignore_index)
+    path = Path(run) / f"calibrator_{method}.pt"
+    save_checkpoint(
+        path, {"method": method, "kwargs": kwargs, "state_dict": calibrator.state_dict()}
+    )
+    return path
+
+
+def save_predictions(exp: Any, run: Path, out: Path, *, split: str = "test", device="cpu") -> Path:
+    """Save the logits and targets of a split, one entry per item, to ``out`` (torch.save)."""
+    from calibrant.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(Path(run) / "checkpoints" / "best.pt", required=("model",))
+    exp.model.load_state_dict(ckpt["model"])
+    loader = {"val": exp.val_loader, "test": exp.test_loader, "train": exp.train_loader}[split]
+    exp.model.eval()
+    items = []
+    with torch.no_grad():
+        for inputs, target in loader:
+            inputs = inputs.to(device)
+            logits = exp.infer(exp.model, inputs) if exp.infer is not None else exp.model(inputs)
+            items.append({"logits": logits.float().cpu(), "target": target.cpu()})
+    return save_checkpoint(out, {"split": split, "items": items})
+
+
+def markdown_table(runs: Mapping[str, Mapping[str, Any]], keys: list[str] | None = None) -> str:
+    """A Markdown table with one row per run and one column per scalar metric."""
+    if keys is None:
+        keys = []
+        for metrics in runs.values():
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k not in keys:
+                    keys.append(k)
+    lines = ["| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, metrics in runs.items():
+        cells = []
+        for k in keys:
+            v = metrics.get(k)
+            cells.append(f"{v:.4f}" if isinstance(v, (int, float)) else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(
+    run: Path, results: Mapping[str, Any], exp: Any = None, name: str = "metrics.json"
+) -> Path:
+    """Merge ``results`` into ``run/<name>`` (keeping the history of an earlier write)."""
+    path = Path(run) / name
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload.update(results)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def write_run(
+    run: Path, cfg: Mapping[str, Any], history: list, results: Mapping[str, Any], exp: Any
+) -> None:
+    """Write ``metrics.json``, the figures and ``report.md`` of a finished run."""
+    run = Path(run)
+    payload = {**results, "history": history, "config": dict(cfg)}
+    (run / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
+    figures = plot_run(run)
+    lines = [
+        f"# {run.name}",
+        "",
+        f"Test split, checkpoint `{results.get('checkpoint')}` (epoch {results.get('epoch')}).",
+        "",
+        markdown_table({run.name: results["test"]}),
+        "",
+        "## Figures",
+        "",
+        *[f"![{p.stem}](figures/{p.name})" for p in figures],
+        "",
+    ]
+    (run / "report.md").write_text("\n".join(lines))
+
+
+def plot_run(run: Path) -> list[Path]:
+    """Draw a run's figures from ``metrics.json``; returns the files written."""
+    from calibrant import plot
+
+    run = Path(run)
+    payload = json.loads((run / "metrics.json").read_text())
+    out = run / "figures"
+    out.mkdir(exist_ok=True)
+    written = []
+    history = payload.get("history", [])
+    if history:
+        written.append(plot.save_figure(plot.training_curves(history), out / "training.png"))
+        alm = plot.alm_trajectories(history)
+        if alm is not None:
+            written.append(plot.save_figure(alm, out / "multipliers.png"))
+    for name, curve in payload.get("curves", {}).items():
+        rc = ReliabilityCurve(*(torch.tensor(curve[f]) for f in ReliabilityCurve._fields))
+        fig = plot.reliability_diagram(rc, title=name)
+        written.append(plot.save_figure(fig, out / f"reliability_{name.replace('/', '_')}.png"))
+    return written
+
+
+def compare_runs(runs: list[Path]) -> str:
+    """Markdown table of the test metrics of several run folders."""
+    table = {}
+    for run in runs:
+        path = Path(run) / "metrics.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{str(path)!r} not found: is {str(run)!r} a finished run?")
+        table[Path(run).name] = json.loads(path.read_text())["test"]
+    return markdown_table(table)
