@@ -60,7 +60,8 @@ def load_config(name_or_path: str | Path) -> dict[str, Any]:
         shipped = resources.files("calibrant") / "configs" / f"{name_or_path}.yaml"
         if not shipped.is_file():
             raise FileNotFoundError(
-                f"no config file or preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}"
+                f"no config file or preset {str(name_or_path)!r}; "
+                f"presets: {', '.join(preset_names())}"
             )
         text = shipped.read_text()
     cfg = _yaml().safe_load(text) or {}

@@ -60,7 +60,7 @@ def build_optimizer(
 
 
 def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer, epochs: int):
-    """Per-epoch schedulers of the papers: ``step`` (StepLR), ``multistep``, ``cosine``, ``none``."""
+    """Per-epoch schedulers: ``step`` (StepLR), ``multistep``, ``cosine`` or ``none``."""
     if not cfg or cfg.get("name", "none") == "none":
         return None
     name, kw = _kwargs(cfg)
@@ -104,7 +104,7 @@ def build_model(cfg: Mapping[str, Any], info: Any) -> nn.Module:
 
 
 def build_metrics(specs: Iterable[Mapping[str, Any]], info: Any) -> dict[str, Any]:
-    """Metrics from a list of ``{name, as?, **kwargs}``; ``num_classes``/``ignore_index`` filled in."""
+    """Metrics from a list of ``{name, as?, **kwargs}`` with ``num_classes``/``ignore_index``."""
     metrics = {}
     for spec in specs:
         spec = dict(spec)

@@ -11,7 +11,8 @@ A run folder written by ``calibrant train`` holds::
 
 Example:
     >>> from calibrant.report import markdown_table
-    >>> print(markdown_table({"ce": {"dice": 0.8, "ece": 0.05}, "crac": {"dice": 0.81, "ece": 0.03}}))
+    >>> runs = {"ce": {"dice": 0.8, "ece": 0.05}, "crac": {"dice": 0.81, "ece": 0.03}}
+    >>> print(markdown_table(runs))
     | run | dice | ece |
     |---|---|---|
     | ce | 0.8000 | 0.0500 |
@@ -70,7 +71,8 @@ class Progress:
             f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
         )
         print(
-            f"epoch {record['epoch']}/{self.epochs}  loss={record['train'].get('loss', math.nan):.4f}"
+            f"epoch {record['epoch']}/{self.epochs}  "
+            f"loss={record['train'].get('loss', math.nan):.4f}"
             f"  {val}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
             file=self.stream,
             flush=True,
