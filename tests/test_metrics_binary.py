@@ -174,3 +174,15 @@ def test_ddp_equals_single_process(generator):
     for j, a in run_ddp(_ddp_worker, world_size=2, args=(v, y)):
         assert torch.equal(j, one_s.compute()["jaccard"])
         assert float(a) == pytest.approx(float(one_a.compute()), abs=1e-14)
+
+
+def test_auroc_huge_and_half_logits(generator):
+    v = torch.randn(200, generator=generator) * 1e4  # sigmoid saturates; ranks do not
+    y = (torch.rand(200, generator=generator) < 0.5).long()
+    assert float(binary_auroc(v, y)) == pytest.approx(roc_auc_score(y.numpy(), v.numpy()))
+    m = BinaryAUROC()
+    m.update(v, y)
+    assert abs(float(m.compute()) - float(binary_auroc(v, y))) <= float(m.error_bound()) + 1e-12
+    h = torch.randn(300, generator=generator).half()
+    yh = (torch.rand(300, generator=generator) < 0.5).long()
+    assert float(binary_auroc(h, yh)) == pytest.approx(roc_auc_score(yh.numpy(), h.float().numpy()))

@@ -250,3 +250,19 @@ def test_ddp_equals_single_process(generator):
     for res in results:
         for a, b in zip(res, one, strict=True):
             assert float(a) == pytest.approx(float(b), abs=1e-12)
+
+
+def test_map_low_precision_and_huge_logits(generator):
+    v, y = _ml_data(generator)
+    for dt in (torch.float16, torch.bfloat16):
+        low = v.to(dt)
+        assert torch.equal(
+            multilabel_classwise_map(low, y), multilabel_classwise_map(low.float(), y)
+        )
+        assert torch.equal(
+            multilabel_instancewise_map(low, y), multilabel_instancewise_map(low.float(), y)
+        )
+    big = v * 1e30
+    sk = average_precision_score(y.numpy(), big.numpy(), average=None)
+    keep = y.any(0).numpy()
+    assert float(multilabel_classwise_map(big, y)) == pytest.approx(sk[keep].mean(), abs=1e-12)
