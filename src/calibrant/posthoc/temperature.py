@@ -1,0 +1,510 @@
+r"""Post-hoc calibrators fitted on frozen logits: temperature, vector and class-wise temperature.
+
+All three are :class:`torch.nn.Module` objects in scikit-learn shape: ``fit(...) -> self`` on
+held-out (validation) logits, then ``forward(logits)`` returns calibrated **logits**. Fitted
+values live in buffers, so ``state_dict`` / ``load_state_dict`` and ``.to()`` work.
+
+Fitting minimises the mean negative log-likelihood over all non-ignored elements (pixels of a
+segmentation included, background too; METHODS §6):
+
+.. math::
+    \mathcal L(\theta) = -\frac{1}{|V|}\sum_{i\in V}\log\operatorname{softmax}(g_\theta(l_i))_{y_i}
+
+with L-BFGS (strong-Wolfe line search) in float64:
+
+- :class:`TemperatureScaling`: :math:`g(l) = l / T`, optimised over :math:`\log T` (keeps
+  :math:`T > 0`) from :math:`T_0 = 1.5` (gpleiss reference). ``method="grid"`` instead evaluates a
+  grid (default :data:`DEFAULT_GRID` = 0.05, 0.10, ..., 10.00) and keeps the T with the lowest
+  top-label ECE (15 equal-width bins, ``(lower, upper]``, a confidence of 0 in the first bin;
+  ``grid_metric="nll"`` selects on NLL instead; ties keep the smallest T).
+- :class:`VectorScaling`: :math:`g(l)_k = w_k l_k + b_k` from :math:`w = 1, b = 0`.
+- :class:`ClasswiseTemperature`: :math:`g(l)_k = l_k / T_k` over :math:`\log T_k`, from 1.5.
+
+Streaming. ``fit_stream(batches)`` takes a *re-iterable* collection of ``(logits, target)`` pairs
+(a list of per-volume tensors, or any object whose ``__iter__`` restarts) and re-iterates it in
+every L-BFGS closure, back-propagating batch by batch; only one batch is in memory at a time and
+nothing O(N) is accumulated. With ``max_pixels_per_batch`` a fixed random subset of each batch's
+valid pixels is used, drawn from ``generator`` whose state is restored at the start of every pass,
+so every closure sees the same subset. ``fit(logits, target)`` is the one-batch case.
+
+Safety: after L-BFGS, if the loss is not below that of the identity map (T = 1, or w = 1, b = 0),
+the identity is kept, so fitting never increases the NLL on the fit data.
+
+Reference:
+    Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibrant._checks import (
+    check_choice,
+    check_finite,
+    check_labels_in_range,
+    check_logits_target,
+)
+from calibrant._tensor import flatten_classes, float32
+from calibrant.registry import CALIBRATORS
+
+__all__ = [
+    "DEFAULT_GRID",
+    "ClasswiseTemperature",
+    "TemperatureScaling",
+    "VectorScaling",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Grid of temperatures searched by ``TemperatureScaling(method="grid")``: 0.05 to 10.0 by 0.05.
+DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 201))
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _top_label_ece_sums(
+    x: torch.Tensor, y: torch.Tensor, temps: torch.Tensor, n_bins: int
+) -> torch.Tensor:
+    """Per-temperature ``sum_b |sum acc - sum conf|`` contributions: returns ``(G, n_bins, 2)``."""
+    correct = (x.argmax(1) == y).double()  # argmax does not depend on T > 0
+    out = x.new_zeros(len(temps), n_bins, 2)
+    for g, t in enumerate(temps):
+        conf = torch.softmax(x / t, dim=1).max(1).values
+        b = (torch.ceil(conf * n_bins) - 1).long().clamp_(0, n_bins - 1)
+        out[g, :, 0].index_add_(0, b, conf)
+        out[g, :, 1].index_add_(0, b, correct)
+    return out
+
+
+class _Calibrator(nn.Module):
+    """Shared fitting machinery. Subclasses define parameters, the map and the buffers."""
+
+    def _init_params(self, num_classes: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _identity_params(self, num_classes: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _map(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _store(self, params: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _expected_classes(self) -> int | None:
+        return None
+
+    # ---------------------------------------------------------------- data handling
+    def _prepare(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        ignore_index: int | None,
+        max_pixels: int | None,
+        generator: torch.Generator | None,
+        validate: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if validate:
+            check_logits_target(logits, target, num_classes=self._expected_classes())
+            check_finite("logits", logits)
+            check_labels_in_range(target, logits.shape[1], ignore_index)
+        x = flatten_classes(logits.detach())
+        y = target.reshape(-1).long()
+        if ignore_index is not None:
+            keep = y != ignore_index
+            if max_pixels is not None or not bool(keep.all()):
+                idx = keep.nonzero().squeeze(1)
+                if max_pixels is not None and idx.numel() > max_pixels:
+                    pick = torch.randperm(idx.numel(), generator=generator)[:max_pixels]
+                    idx = idx[pick.to(idx.device)]
+                x, y = x[idx], y[idx]
+        elif max_pixels is not None and y.numel() > max_pixels:
+            pick = torch.randperm(y.numel(), generator=generator)[:max_pixels].to(y.device)
+            x, y = x[pick], y[pick]
+        return x.double(), y
+
+    def _passes(
+        self,
+        batches: Batches,
+        ignore_index: int | None,
+        max_pixels: int | None,
+        generator: torch.Generator | None,
+    ) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        if iter(batches) is batches:
+            raise ValueError(
+                "batches must be re-iterable (a list, or an object whose __iter__ restarts); "
+                "got a one-shot iterator"
+            )
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+        if max_pixels is not None and generator is None:
+            generator = torch.Generator().manual_seed(0)
+        state = generator.get_state() if generator is not None else None
+        validated = [False]
+
+        def run() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            if generator is not None:
+                generator.set_state(state)
+            n_valid = 0
+            for logits, target in batches:
+                x, y = self._prepare(
+                    logits, target, ignore_index, max_pixels, generator, not validated[0]
+                )
+                n_valid += y.numel()
+                yield x, y
+            if not validated[0]:
+                if n_valid == 0:
+                    raise ValueError(
+                        "no element to fit on: every target is ignore_index "
+                        f"({ignore_index}) or the data is empty"
+                    )
+                validated[0] = True
+
+        return run
+
+    @staticmethod
+    def _mean_nll(
+        run: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        backward: bool,
+    ) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for x, y in run():
+            if y.numel() == 0:
+                continue
+            loss = F.cross_entropy(fn(x), y, reduction="sum")
+            if backward:
+                loss.backward()
+            total += float(loss.detach())
+            count += y.numel()
+        return total, count
+
+    # ---------------------------------------------------------------- fitting
+    def fit_stream(
+        self,
+        batches: Batches,
+        *,
+        ignore_index: int | None = -100,
+        max_pixels_per_batch: int | None = None,
+        generator: torch.Generator | None = None,
+        max_iter: int = 100,
+    ) -> _Calibrator:
+        """Fit by minimising the NLL, streaming over ``batches`` in every L-BFGS closure.
+
+        Args:
+            batches: re-iterable collection of ``(logits (B, C, *), target (B, *))`` pairs.
+            ignore_index: label to skip, or ``None``.
+            max_pixels_per_batch: use at most this many valid elements of each batch (a fixed
+                subset drawn from ``generator``; seed 0 if none is given).
+            generator: randomness for the subset.
+            max_iter: maximum L-BFGS iterations.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: on NaN/inf logits, shape or label-range errors, a class-count mismatch,
+                or when every element is ignored.
+        """
+        run = self._passes(batches, ignore_index, max_pixels_per_batch, generator)
+        first = next(iter(batches), None)
+        if first is None:
+            raise ValueError("no element to fit on: batches is empty")
+        first = first[0]
+        num_classes = first.shape[1] if first.dim() >= 2 else 0
+        ident = self._identity_params(num_classes)
+        with torch.no_grad():
+            ident_loss, count = self._mean_nll(run, lambda x: self._map(x, ident), False)
+        params = self._init_params(num_classes)
+        opt = torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=max_iter,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            total, n = self._mean_nll(run, lambda x: self._map(x, params), True)
+            for p in params:
+                p.grad /= n
+            return torch.tensor(total / n, dtype=torch.float64)
+
+        opt.step(closure)
+        with torch.no_grad():
+            final_loss, _ = self._mean_nll(run, lambda x: self._map(x, params), False)
+        if not final_loss < ident_loss:
+            logger.warning("calibration fit did not lower the NLL; keeping the identity map")
+            params, final_loss = ident, ident_loss
+        self._store([p.detach() for p in params])
+        self.fit_info_ = {
+            "nll_before": ident_loss / count,
+            "nll_after": final_loss / count,
+            "num_elements": count,
+        }
+        return self
+
+    def fit(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        ignore_index: int | None = -100,
+        generator: torch.Generator | None = None,
+        max_pixels: int | None = None,
+        max_iter: int = 100,
+    ) -> _Calibrator:
+        """Fit on one tensor of validation logits (see :meth:`fit_stream` for the arguments).
+
+        Args:
+            logits: ``(B, C, *spatial)`` validation logits.
+            target: ``(B, *spatial)`` labels.
+            ignore_index: label to skip, or ``None``.
+            generator: randomness for the ``max_pixels`` subset.
+            max_pixels: fit on a random subset of at most this many valid elements.
+            max_iter: maximum L-BFGS iterations.
+
+        Returns:
+            ``self``.
+        """
+        return self.fit_stream(
+            [(logits, target)],
+            ignore_index=ignore_index,
+            max_pixels_per_batch=max_pixels,
+            generator=generator,
+            max_iter=max_iter,
+        )
+
+    def _check_forward(self, logits: torch.Tensor) -> None:
+        if not torch.is_floating_point(logits) or logits.dim() < 2:
+            raise ValueError(
+                f"logits must be a float (B, C, *) tensor, got {logits.dtype} {tuple(logits.shape)}"
+            )
+        k = self._expected_classes()
+        if k is not None and logits.shape[1] != k:
+            raise ValueError(f"logits have {logits.shape[1]} classes but num_classes={k}")
+
+
+def _per_class(v: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return v.float().reshape(1, -1, *([1] * (logits.dim() - 2)))
+
+
+@CALIBRATORS.register("temperature", task="multiclass")
+class TemperatureScaling(_Calibrator):
+    r"""Scalar temperature scaling :math:`l' = l / T` (argmax unchanged).
+
+    Args:
+        method: ``"lbfgs"`` (NLL over :math:`\log T` from :math:`T_0`) or ``"grid"``.
+        init_temperature: :math:`T_0` for L-BFGS.
+        grid: temperatures searched by ``method="grid"`` (default :data:`DEFAULT_GRID`).
+        grid_metric: ``"ece"`` (15 equal-width bins) or ``"nll"``.
+        n_bins: bins of the grid-search ECE.
+
+    Shape:
+        forward: ``(B, C, *spatial)`` -> float32 ``(B, C, *spatial)``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> z = torch.randn(4000, 5, generator=g) * 2
+        >>> y = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+        >>> ts = TemperatureScaling().fit(3.0 * z, y)
+        >>> round(float(ts.temperature), 1)
+        3.0
+        >>> torch.equal(ts(3.0 * z).argmax(1), z.argmax(1))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str = "lbfgs",
+        init_temperature: float = 1.5,
+        grid: Iterable[float] | None = None,
+        grid_metric: str = "ece",
+        n_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        check_choice("method", method, ("lbfgs", "grid"))
+        check_choice("grid_metric", grid_metric, ("ece", "nll"))
+        if not init_temperature > 0:
+            raise ValueError(f"init_temperature must be > 0, got {init_temperature}")
+        self.method = method
+        self.init_temperature = init_temperature
+        self.grid = tuple(DEFAULT_GRID if grid is None else grid)
+        if not self.grid or min(self.grid) <= 0:
+            raise ValueError("grid must be a non-empty collection of positive temperatures")
+        self.grid_metric = grid_metric
+        self.n_bins = n_bins
+        self.register_buffer("temperature", torch.ones((), dtype=torch.float64))
+
+    def _init_params(self, num_classes: int) -> list[torch.Tensor]:
+        return [
+            torch.tensor(math.log(self.init_temperature), dtype=torch.float64, requires_grad=True)
+        ]
+
+    def _identity_params(self, num_classes: int) -> list[torch.Tensor]:
+        return [torch.zeros((), dtype=torch.float64)]
+
+    def _map(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        return x * torch.exp(-params[0].to(x.device))
+
+    def _store(self, params: list[torch.Tensor]) -> None:
+        self.temperature.copy_(torch.exp(params[0]))
+
+    def fit_stream(self, batches: Batches, **kwargs) -> TemperatureScaling:  # noqa: D102
+        if self.method == "lbfgs":
+            return super().fit_stream(batches, **kwargs)
+        kwargs.pop("max_iter", None)
+        run = self._passes(
+            batches,
+            kwargs.get("ignore_index", -100),
+            kwargs.get("max_pixels_per_batch"),
+            kwargs.get("generator"),
+        )
+        temps = torch.tensor(self.grid, dtype=torch.float64)
+        sums = torch.zeros(len(temps), self.n_bins, 2, dtype=torch.float64)
+        nll = torch.zeros(len(temps), dtype=torch.float64)
+        count = 0
+        with torch.no_grad():
+            for x, y in run():
+                if y.numel() == 0:
+                    continue
+                count += y.numel()
+                if self.grid_metric == "ece":
+                    sums += _top_label_ece_sums(x, y, temps.to(x.device), self.n_bins).cpu()
+                else:
+                    for g, t in enumerate(temps.tolist()):
+                        nll[g] += float(F.cross_entropy(x / t, y, reduction="sum"))
+        score = (sums[..., 0] - sums[..., 1]).abs().sum(1) if self.grid_metric == "ece" else nll
+        best = int(torch.argmin(score))  # first minimum = smallest T on ties
+        self.temperature.fill_(float(temps[best]))
+        self.fit_info_ = {"grid_score": float(score[best]) / count, "num_elements": count}
+        return self
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return ``logits / T`` in float32."""
+        self._check_forward(logits)
+        with float32(logits):
+            return logits.float() / self.temperature.float()
+
+
+@CALIBRATORS.register("vector", task="multiclass")
+class VectorScaling(_Calibrator):
+    r"""Vector scaling :math:`l'_k = w_k l_k + b_k` (may change the argmax).
+
+    Args:
+        num_classes: number of classes ``C`` (fixes the buffer shapes for ``state_dict``).
+
+    Shape:
+        forward: ``(B, C, *spatial)`` -> float32 ``(B, C, *spatial)``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> z = torch.randn(2000, 3, generator=g)
+        >>> y = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+        >>> vs = VectorScaling(3).fit(2 * z + torch.tensor([1.0, 0.0, 0.0]), y)
+        >>> vs.weight.shape, vs.fit_info_["nll_after"] < vs.fit_info_["nll_before"]
+        (torch.Size([3]), True)
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.register_buffer("weight", torch.ones(num_classes, dtype=torch.float64))
+        self.register_buffer("bias", torch.zeros(num_classes, dtype=torch.float64))
+
+    def _expected_classes(self) -> int | None:
+        return self.num_classes
+
+    def _init_params(self, num_classes: int) -> list[torch.Tensor]:
+        return [p.requires_grad_() for p in self._identity_params(num_classes)]
+
+    def _identity_params(self, num_classes: int) -> list[torch.Tensor]:
+        return [
+            torch.ones(self.num_classes, dtype=torch.float64),
+            torch.zeros(self.num_classes, dtype=torch.float64),
+        ]
+
+    def _map(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        return x * params[0].to(x.device) + params[1].to(x.device)
+
+    def _store(self, params: list[torch.Tensor]) -> None:
+        self.weight.copy_(params[0])
+        self.bias.copy_(params[1])
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return ``w * logits + b`` over dim 1, in float32."""
+        self._check_forward(logits)
+        with float32(logits):
+            return logits.float() * _per_class(self.weight, logits) + _per_class(self.bias, logits)
+
+
+@CALIBRATORS.register("classwise_temperature", task="segmentation")
+class ClasswiseTemperature(_Calibrator):
+    r"""Class-wise temperature :math:`l'_k = l_k / T_k`, fitted by streaming over volumes.
+
+    Use :meth:`fit_stream` with a list of per-volume ``(logits, target)`` pairs: each L-BFGS
+    closure iterates the volumes once (memory of one volume; optionally a fixed pixel subset of
+    each via ``max_pixels_per_batch``).
+
+    Args:
+        num_classes: number of classes ``C``.
+        init_temperature: :math:`T_0` of every class.
+
+    Shape:
+        forward: ``(B, C, *spatial)`` -> float32 ``(B, C, *spatial)``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> vols = []
+        >>> for _ in range(3):
+        ...     z = torch.randn(1, 3, 16, 16, generator=g) * 2
+        ...     p = torch.softmax(z, 1).movedim(1, -1).reshape(-1, 3)
+        ...     y = torch.multinomial(p, 1, generator=g).reshape(1, 16, 16)
+        ...     vols.append((2.0 * z, y))
+        >>> ct = ClasswiseTemperature(3).fit_stream(vols)
+        >>> ct.temperature.shape
+        torch.Size([3])
+    """
+
+    def __init__(self, num_classes: int, *, init_temperature: float = 1.5) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not init_temperature > 0:
+            raise ValueError(f"init_temperature must be > 0, got {init_temperature}")
+        self.num_classes = num_classes
+        self.init_temperature = init_temperature
+        self.register_buffer("temperature", torch.ones(num_classes, dtype=torch.float64))
+
+    def _expected_classes(self) -> int | None:
+        return self.num_classes
+
+    def _init_params(self, num_classes: int) -> list[torch.Tensor]:
+        t0 = math.log(self.init_temperature)
+        return [torch.full((self.num_classes,), t0, dtype=torch.float64, requires_grad=True)]
+
+    def _identity_params(self, num_classes: int) -> list[torch.Tensor]:
+        return [torch.zeros(self.num_classes, dtype=torch.float64)]
+
+    def _map(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        return x * torch.exp(-params[0].to(x.device))
+
+    def _store(self, params: list[torch.Tensor]) -> None:
+        self.temperature.copy_(torch.exp(params[0]))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return ``logits_k / T_k`` over dim 1, in float32."""
+        self._check_forward(logits)
+        with float32(logits):
+            return logits.float() / _per_class(self.temperature, logits)

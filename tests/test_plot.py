@@ -1,0 +1,183 @@
+"""Reliability diagrams: artist data, files written, and the region split."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from calibrant import plot  # noqa: E402
+from calibrant.metrics import ReliabilityCurve  # noqa: E402
+
+NAN = float("nan")
+
+
+def _curve():
+    edges = torch.linspace(0, 1, 6, dtype=torch.float64)
+    count = torch.tensor([0, 5, 20, 30, 45])
+    conf = torch.tensor([NAN, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+    acc = torch.tensor([NAN, 0.2, 0.55, 0.6, 0.95], dtype=torch.float64)
+    return ReliabilityCurve(edges, count, conf, acc)
+
+
+def _by_label(ax, label):
+    return next(c for c in ax.containers if c.get_label() == label)
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def test_reliability_diagram_artists(tmp_path):
+    c = _curve()
+    fig = plot.reliability_diagram(c, title="top-label")
+    ax, hax = fig.axes
+    assert ax.get_title() == "top-label"
+    acc = _by_label(ax, "accuracy")
+    heights = [b.get_height() for b in acc]
+    assert heights == pytest.approx([0.0, 0.2, 0.55, 0.6, 0.95])
+    centres = [b.get_x() + b.get_width() / 2 for b in acc]
+    assert centres == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert [b.get_width() for b in acc] == pytest.approx([0.2] * 5)
+    gap = _by_label(ax, "gap")
+    assert [b.get_height() for b in gap] == pytest.approx([0.0, 0.1, 0.05, 0.1, 0.05])
+    assert [b.get_y() for b in gap] == pytest.approx([0.0, 0.2, 0.5, 0.6, 0.9])
+    hist = _by_label(hax, "samples")
+    assert [b.get_height() for b in hist] == pytest.approx([0, 0.05, 0.2, 0.3, 0.45])
+    # Diagonal and ECE in the legend title.
+    xs, ys = ax.lines[0].get_data()
+    assert list(xs) == [0, 1] and list(ys) == [0, 1]
+    ece = (5 * 0.1 + 20 * 0.05 + 30 * 0.1 + 45 * 0.05) / 100
+    assert plot.curve_ece(c) == pytest.approx(ece)
+    assert f"{100 * ece:.2f}%" in ax.get_legend().get_title().get_text()
+    png = plot.save_figure(fig, tmp_path / "rd.png")
+    svg = plot.save_figure(fig, tmp_path / "nested" / "rd.svg")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in svg.read_bytes()[:500]
+
+
+def test_into_given_axes_and_no_histogram():
+    fig, ax = plt.subplots()
+    out = plot.reliability_diagram(_curve(), ax, show_histogram=True)
+    assert out is fig and len(ax.child_axes) == 1  # diagram + inset histogram
+    assert [b.get_label() for b in ax.child_axes[0].containers] == ["samples"]
+    fig2 = plot.reliability_diagram(_curve(), show_histogram=False)
+    assert len(fig2.axes) == 1
+
+
+def test_classwise_and_region_diagrams(tmp_path):
+    curves = {f"class {k}": _curve() for k in range(5)}
+    fig = plot.classwise_reliability_diagram(curves, ncols=3, show_histogram=False)
+    assert [a.get_title() for a in fig.axes] == list(curves)  # unused 6th panel removed
+    fig = plot.classwise_reliability_diagram(curves, ncols=3)
+    assert len(fig.axes) == 5 and all(len(a.child_axes) == 1 for a in fig.axes)
+    fig = plot.region_reliability_diagram({"boundary": _curve(), "inner": _curve()})
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == ["inner", "boundary"]
+    plot.save_figure(fig, tmp_path / "regions.png")
+    with pytest.raises(ValueError, match="missing"):
+        plot.region_reliability_diagram({"inner": _curve()})
+
+
+def test_bad_inputs(tmp_path):
+    fig = plot.reliability_diagram(_curve())
+    with pytest.raises(ValueError, match=r"\.png or \.svg"):
+        plot.save_figure(fig, tmp_path / "x.pdf")
+    c = _curve()
+    with pytest.raises(ValueError, match="edges"):
+        plot.reliability_diagram(ReliabilityCurve(c.edges[:-1], c.count, c.confidence, c.accuracy))
+    with pytest.raises(ValueError, match="empty"):
+        plot.classwise_reliability_diagram({})
+    empty = ReliabilityCurve(
+        c.edges, torch.zeros(5, dtype=torch.long), c.confidence * NAN, c.accuracy * NAN
+    )
+    assert math.isnan(plot.curve_ece(empty))
+    plot.reliability_diagram(empty)  # draws an empty diagram without error
+
+
+def ref_region_masks(target, k=3, ignore_index=-100):
+    """Loop reference: a valid pixel is boundary iff its window (out-of-image = label 0,
+    ignored neighbours skipped) holds two distinct labels."""
+    b, h, w = target.shape
+    r = k // 2
+    inner = torch.zeros_like(target, dtype=torch.bool)
+    bnd = torch.zeros_like(inner)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                if target[n, i, j] == ignore_index:
+                    continue
+                labels = set()
+                for di in range(-r, r + 1):
+                    for dj in range(-r, r + 1):
+                        ii, jj = i + di, j + dj
+                        if 0 <= ii < h and 0 <= jj < w:
+                            v = int(target[n, ii, jj])
+                            if v != ignore_index:
+                                labels.add(v)
+                        else:
+                            labels.add(0)
+                (bnd if len(labels) > 1 else inner)[n, i, j] = True
+    return inner, bnd
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_region_masks_reference(generator, k):
+    y = torch.zeros(2, 12, 12, dtype=torch.long)
+    y[:, 3:9, 2:10] = 1
+    y[1, 5:7, 5:7] = 2
+    y[0, 0, :4] = -100
+    y = torch.where(torch.rand(y.shape, generator=generator) < 0.05, torch.full_like(y, -100), y)
+    masks = plot.region_masks(y, kernel_size=k)
+    inner, bnd = ref_region_masks(y, k)
+    assert torch.equal(masks["inner"], inner)
+    assert torch.equal(masks["boundary"], bnd)
+    assert not bool((masks["inner"] & masks["boundary"]).any())
+    assert torch.equal(masks["inner"] | masks["boundary"], y != -100)
+
+
+def test_region_reliability_curves_calls_calibration(monkeypatch, generator):
+    """The region curves are the calibration module's curves under each region mask."""
+    import calibrant.metrics.calibration as calibration
+
+    calls = []
+
+    def fake_reliability_curve(logits, target, *, n_bins, ignore_index, mask):
+        # Minimal private stand-in: top-label curve of the masked, non-ignored pixels.
+        calls.append((n_bins, ignore_index, mask.clone()))
+        prob = torch.softmax(logits.double(), 1)
+        conf, pred = prob.max(1)
+        keep = mask & (target != ignore_index)
+        c, a = conf[keep], (pred == target)[keep].double()
+        edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+        b = (torch.ceil(c * n_bins) - 1).long().clamp(0, n_bins - 1)
+        count = torch.bincount(b, minlength=n_bins)
+        cs = torch.bincount(b, weights=c, minlength=n_bins)
+        as_ = torch.bincount(b, weights=a, minlength=n_bins)
+        return ReliabilityCurve(edges, count, cs / count, as_ / count)
+
+    monkeypatch.setattr(calibration, "reliability_curve", fake_reliability_curve, raising=False)
+    logits = torch.randn(2, 3, 10, 10, generator=generator)
+    y = torch.zeros(2, 10, 10, dtype=torch.long)
+    y[:, 2:8, 2:8] = 1
+    y[:, 4:6, 4:6] = 2
+    y[0, 0, 0] = -100
+    curves = plot.region_reliability_curves(logits, y, n_bins=10)
+    assert set(curves) == {"inner", "boundary"}
+    masks = plot.region_masks(y)
+    assert [c[0] for c in calls] == [10, 10] and all(c[1] == -100 for c in calls)
+    assert torch.equal(calls[0][2], masks["inner"]) and torch.equal(calls[1][2], masks["boundary"])
+    n_valid = int((y != -100).sum())
+    assert int(curves["inner"].count.sum() + curves["boundary"].count.sum()) == n_valid
+    fig = plot.region_reliability_diagram(curves)
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError, match="shape"):
+        plot.region_reliability_curves(logits, y[:, :5])
