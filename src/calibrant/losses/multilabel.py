@@ -433,10 +433,10 @@ def _h(z: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def phi_correct(
     probs: torch.Tensor,
-    *,
     gamma_neg: float,
     gamma_pos: float,
     margin: float = 0.0,
+    *,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     r"""Post-hoc correction φ of focal/ASY outputs (SPA paper Theorem 2; METHODS §4.5).
@@ -467,6 +467,8 @@ def phi_correct(
         >>> z = torch.tensor([0.1, 0.5, 0.9])
         >>> phi_correct(z, gamma_neg=0.0, gamma_pos=0.0)
         tensor([0.1000, 0.5000, 0.9000])
+        >>> phi_correct(z, 4.0, 0.0, 0.05)  # ASL defaults: raw outputs overstate positives
+        tensor([3.2225e-06, 1.2758e-01, 8.7990e-01])
 
     Reference:
         Cheng & Vasconcelos, "Towards calibrated multi-label deep neural networks", CVPR 2024,
