@@ -481,3 +481,13 @@ def test_bad_hyper_parameters():
         ml.lpr_loss(torch.zeros(2, 3), torch.ones(2, 3), link="probit")
     with pytest.raises(ValueError, match="reduction"):
         ml.BCELoss(reduction="avg")
+
+
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_binary_focal_equals_monai(generator, alpha):
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, target = _data(generator, (3, 4, 5))
+    peer = monai_losses.FocalLoss(gamma=2.0, alpha=alpha, use_softmax=False, reduction="mean")
+    ours = ml.binary_focal_loss(logits, target, gamma=2.0, alpha=alpha)
+    # MONAI returns float32 here; compare at float32 precision
+    torch.testing.assert_close(ours.float(), peer(logits, target.double()).float())
