@@ -1,3 +1,780 @@
-"""Placeholder: filled by the losses work."""
+r"""Overlap losses (Dice, Jaccard, Tversky, focal-Tversky, Combo) and the ALL wrapper.
 
-__all__: list[str] = []
+Two activations, chosen explicitly (never guessed from the target):
+
+- ``activation="sigmoid"`` (binary / multi-label): logits ``(B, C, *spatial)``, target of the same
+  shape in {0, 1} or ``ignore_index``; each channel is its own binary problem (``C = 1`` is the
+  binary case of the ALL paper).
+- ``activation="softmax"`` (multi-class): logits ``(B, C, *spatial)``, integer target
+  ``(B, *spatial)``; ``include_background=False`` drops channel 0.
+
+Soft counts per class ``c`` with ``g`` the (one-hot) target, ``p`` the probability and ``w`` the
+validity mask: ``TP = Σ w g p``, ``FP = Σ w (1−g) p``, ``FN = Σ w g (1−p)``. The sum runs over the
+whole batch and all positions (``per_sample=False``, the ALL authors' code: one overlap per batch)
+or over the positions of each sample (``per_sample=True``). The multi-class loss is the paper's
+``Σ_c (1 − M_c)`` (``class_reduction="sum"``) or its mean over classes (``"mean"``).
+
+Example:
+    >>> import torch
+    >>> from calibrant.losses.overlap import dice_loss, adaptive_log
+    >>> logits, target = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    >>> dl = dice_loss(logits, target)
+    >>> round(float(dl), 4), round(float(adaptive_log(dl)), 4)
+    (0.3265, 2.0497)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibrant._checks import (
+    check_choice,
+    check_finite,
+    check_labels_in_range,
+    check_logits_target,
+    check_positive,
+)
+from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce, valid_mask
+from calibrant.losses.multilabel import _Loss, _multilabel_inputs, _upcast
+from calibrant.registry import LOSSES
+
+__all__ = [
+    "dice_loss",
+    "DiceLoss",
+    "jaccard_loss",
+    "JaccardLoss",
+    "tversky_loss",
+    "TverskyLoss",
+    "focal_tversky_loss",
+    "FocalTverskyLoss",
+    "combo_loss",
+    "ComboLoss",
+    "adaptive_log",
+    "AdaptiveLogLoss",
+    "adaptive_log_dice_loss",
+]
+
+ACTIVATIONS = ("sigmoid", "softmax")
+CLASS_REDUCTIONS = ("sum", "mean")
+_LOG_EPS = 1e-7  # clamp of 1 - softmax inside the log (Combo, softmax only)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared soft counts
+# ----------------------------------------------------------------------------------------------
+
+
+def _probs_target_weight(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    activation: str,
+    include_background: bool,
+    ignore_index: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated ``(x, p, g, w, log_p_pair)``: logits, probs, {0,1} target, weights, logs.
+
+    ``log_p_pair`` stacks ``log p`` and ``log(1 − p)`` on a new leading dim (used by Combo).
+    All tensors are ``(B, C', *spatial)`` (``C'`` drops the background when asked).
+    """
+    check_choice("activation", activation, ACTIVATIONS)
+    if activation == "sigmoid":
+        if not include_background:
+            raise ValueError(
+                "include_background=False applies to activation='softmax' only; with sigmoid "
+                "every channel is a label (drop channels from logits and target instead)"
+            )
+        x, g, valid = _multilabel_inputs(logits, target, ignore_index)
+        p = torch.sigmoid(x)
+        logs = torch.stack((F.logsigmoid(x), F.logsigmoid(-x)))
+        w = valid.to(x.dtype)
+    else:
+        check_logits_target(logits, target)
+        check_finite("logits", logits)
+        num_classes = logits.shape[1]
+        check_labels_in_range(target, num_classes, ignore_index)
+        if not include_background and num_classes < 2:
+            raise ValueError("include_background=False needs at least 2 classes")
+        x = _upcast(logits)
+        safe, mask = valid_mask(target, ignore_index)
+        g = one_hot(safe, num_classes).to(x.dtype)
+        p = torch.softmax(x, dim=1)
+        logs = torch.stack((torch.log_softmax(x, dim=1), torch.log((1.0 - p).clamp(min=_LOG_EPS))))
+        w = mask.unsqueeze(1).to(x.dtype).expand_as(p)
+        if not include_background:
+            x, p, g, w, logs = x[:, 1:], p[:, 1:], g[:, 1:], w[:, 1:], logs[:, :, 1:]
+    return x, p, g, w, logs
+
+
+def _counts(
+    p: torch.Tensor, g: torch.Tensor, w: torch.Tensor, per_sample: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft ``TP, FP, FN`` per class ``(C',)`` or per sample and class ``(B, C')``."""
+    dims = tuple(range(2, p.dim())) if per_sample else (0, *range(2, p.dim()))
+    pw = torch.where(w > 0, p, torch.zeros_like(p))  # ignored entries: no value, no gradient
+    gw = g * w
+    if not dims:  # per_sample on (B, C) inputs: each entry is its own set
+        tp, p_sum, g_sum = gw * pw, pw, gw
+    else:
+        tp, p_sum, g_sum = (gw * pw).sum(dims), pw.sum(dims), gw.sum(dims)
+    return tp, p_sum - tp, g_sum - tp
+
+
+def _finish(
+    per_class: torch.Tensor,
+    w: torch.Tensor,
+    per_sample: bool,
+    class_reduction: str,
+    reduction: str,
+) -> torch.Tensor:
+    """Reduce ``(…, C')`` per-class losses over classes, then over samples when per-sample."""
+    values = per_class.sum(-1) if class_reduction == "sum" else per_class.mean(-1)
+    if not per_sample:
+        return values
+    sample_ok = w.flatten(1).sum(1) > 0
+    return reduce(values, sample_ok, reduction)
+
+
+def _check_common(smooth: float, class_reduction: str, reduction: str) -> None:
+    check_positive("smooth", smooth, strict=False)
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    check_choice("reduction", reduction, REDUCTIONS)
+
+
+def _overlap(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    index_fn,
+    *,
+    activation: str,
+    smooth: float,
+    per_sample: bool,
+    include_background: bool,
+    class_reduction: str,
+    ignore_index: int | None,
+    reduction: str,
+    exponent: float = 1.0,
+) -> torch.Tensor:
+    """``class_reduce((1 − M_c)^exponent)`` with ``M_c = index_fn(TP, FP, FN, smooth)``."""
+    _check_common(smooth, class_reduction, reduction)
+    with float32(logits):
+        _, p, g, w, _ = _probs_target_weight(
+            logits, target, activation, include_background, ignore_index
+        )
+        tp, fp, fn = _counts(p, g, w, per_sample)
+        loss = 1.0 - index_fn(tp, fp, fn, smooth)
+        if exponent != 1.0:
+            loss = loss.clamp(min=0.0).pow(exponent)
+        return _finish(loss, w, per_sample, class_reduction, reduction)
+
+
+def _dice_index(tp, fp, fn, s):
+    return (2.0 * tp + s) / (2.0 * tp + fp + fn + s)
+
+
+def _jaccard_index(tp, fp, fn, s):
+    return (tp + s) / (tp + fp + fn + s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dice, Jaccard, Tversky, focal-Tversky
+# ----------------------------------------------------------------------------------------------
+
+
+def dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: str = "sigmoid",
+    smooth: float = 1.0,
+    per_sample: bool = False,
+    include_background: bool = True,
+    class_reduction: str = "sum",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Soft Dice loss (METHODS §5.1).
+
+    .. math::
+        DL = \sum_c \left(1 - \frac{2\,TP_c + s}{2\,TP_c + FP_c + FN_c + s}\right)
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: see ``activation``.
+        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
+            target ``(B, *spatial)``).
+        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
+        per_sample: one overlap per sample instead of one per batch (batch-global, default).
+        include_background: keep channel 0 (softmax only).
+        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
+        ignore_index: target value to ignore (its entries leave every count), or ``None``.
+        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
+            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
+            every reduction.
+
+    Shape:
+        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+
+    Example:
+        >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
+        >>> round(float(dice_loss(logits, torch.tensor([[[1, 0, 1]]]))), 4)
+        0.0108
+
+    Reference:
+        Milletari et al., "V-Net", 3DV 2016; Kaul et al. (ALL paper) baselines.
+    """
+    return _overlap(
+        logits,
+        target,
+        _dice_index,
+        activation=activation,
+        smooth=smooth,
+        per_sample=per_sample,
+        include_background=include_background,
+        class_reduction=class_reduction,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+
+
+def jaccard_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: str = "sigmoid",
+    smooth: float = 1.0,
+    per_sample: bool = False,
+    include_background: bool = True,
+    class_reduction: str = "sum",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Soft Jaccard (IoU) loss (METHODS §5.1; the ALL tables' "JI" row).
+
+    .. math::
+        JL = \sum_c \left(1 - \frac{TP_c + s}{TP_c + FP_c + FN_c + s}\right)
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: see ``activation``.
+        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
+            target ``(B, *spatial)``).
+        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
+        per_sample: one overlap per sample instead of one per batch (batch-global, default).
+        include_background: keep channel 0 (softmax only).
+        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
+        ignore_index: target value to ignore (its entries leave every count), or ``None``.
+        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
+            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
+            every reduction.
+
+    Shape:
+        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+
+    Example:
+        >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
+        >>> round(float(jaccard_loss(logits, torch.tensor([[[1, 0, 1]]]))), 4)
+        0.0179
+
+    Reference:
+        Rahman & Wang, "Optimizing intersection-over-union in deep neural networks", 2016.
+    """
+    return _overlap(
+        logits,
+        target,
+        _jaccard_index,
+        activation=activation,
+        smooth=smooth,
+        per_sample=per_sample,
+        include_background=include_background,
+        class_reduction=class_reduction,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+
+
+def _tversky_index(alpha: float, beta: float):
+    def index(tp, fp, fn, s):
+        return (tp + s) / (tp + alpha * fn + beta * fp + s)
+
+    return index
+
+
+def _check_alpha(alpha: float, beta: float | None) -> float:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    beta = 1.0 - alpha if beta is None else beta
+    check_positive("beta", beta, strict=False)
+    return beta
+
+
+def tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = 0.7,
+    beta: float | None = None,
+    activation: str = "sigmoid",
+    smooth: float = 1.0,
+    per_sample: bool = False,
+    include_background: bool = True,
+    class_reduction: str = "sum",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Tversky loss (Salehi et al.; METHODS §5.1).
+
+    .. math::
+        TL = \sum_c \left(1 - \frac{TP_c + s}{TP_c + \alpha FN_c + \beta FP_c + s}\right),
+        \quad \beta = 1 - \alpha \text{ by default}
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: see ``activation``.
+        alpha: weight of false negatives (0.7, FocusNetSeries code).
+        beta: weight of false positives (default ``1 − alpha`` = 0.3).
+        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
+            target ``(B, *spatial)``).
+        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
+        per_sample: one overlap per sample instead of one per batch (batch-global, default).
+        include_background: keep channel 0 (softmax only).
+        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
+        ignore_index: target value to ignore (its entries leave every count), or ``None``.
+        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
+            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
+            every reduction.
+
+    Shape:
+        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+
+    Example:
+        >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
+        >>> round(float(tversky_loss(logits, torch.tensor([[[1, 0, 1]]]))), 4)
+        0.0102
+
+    Reference:
+        Salehi et al., "Tversky loss function for image segmentation", MLMI 2017.
+    """
+    beta = _check_alpha(alpha, beta)
+    return _overlap(
+        logits,
+        target,
+        _tversky_index(alpha, beta),
+        activation=activation,
+        smooth=smooth,
+        per_sample=per_sample,
+        include_background=include_background,
+        class_reduction=class_reduction,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+
+
+def focal_tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = 0.7,
+    beta: float | None = None,
+    exponent: float = 0.75,
+    activation: str = "sigmoid",
+    smooth: float = 1.0,
+    per_sample: bool = False,
+    include_background: bool = True,
+    class_reduction: str = "sum",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Focal Tversky loss (Abraham & Khan; METHODS §5.1).
+
+    .. math::
+        FTL = \sum_c (1 - TI_c)^{1/\gamma}, \qquad 1/\gamma = 0.75
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: see ``activation``.
+        alpha: weight of false negatives (0.7).
+        beta: weight of false positives (default ``1 − alpha``).
+        exponent: ``1/γ`` (0.75, FocusNetSeries code).
+        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
+            target ``(B, *spatial)``).
+        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
+        per_sample: one overlap per sample instead of one per batch (batch-global, default).
+        include_background: keep channel 0 (softmax only).
+        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
+        ignore_index: target value to ignore (its entries leave every count), or ``None``.
+        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
+            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
+            every reduction.
+
+    Shape:
+        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+
+    Example:
+        >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
+        >>> round(float(focal_tversky_loss(logits, torch.tensor([[[1, 0, 1]]]))), 4)
+        0.0321
+
+    Reference:
+        Abraham & Khan, "A novel focal Tversky loss function ...", ISBI 2019.
+    """
+    beta = _check_alpha(alpha, beta)
+    check_positive("exponent", exponent)
+    return _overlap(
+        logits,
+        target,
+        _tversky_index(alpha, beta),
+        activation=activation,
+        smooth=smooth,
+        per_sample=per_sample,
+        include_background=include_background,
+        class_reduction=class_reduction,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        exponent=exponent,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Combo
+# ----------------------------------------------------------------------------------------------
+
+
+def combo_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    activation: str = "sigmoid",
+    smooth: float = 1.0,
+    per_sample: bool = False,
+    include_background: bool = True,
+    class_reduction: str = "sum",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Combo loss (Taghanaki et al.; METHODS §5.1, §10.D3).
+
+    .. math::
+        CL = \alpha\, L_{wBCE} - (1 - \alpha) \sum_c DI_c,\qquad
+        L_{wBCE} = -\frac{1}{N}\sum \left[\beta g \log p + (1-\beta)(1-g)\log(1-p)\right]
+
+    The mean ``1/N`` runs over the valid entries of all kept channels (of each sample when
+    ``per_sample``); ``DI_c`` is the smoothed Dice index of :func:`dice_loss`. The value can be
+    negative. With softmax, ``log(1 − p)`` is clamped at 1e-7 [derived: the paper is binary].
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: see ``activation``.
+        alpha: weight of the BCE term (0.5; not given in the ALL paper [unverified]).
+        beta: weight of positives inside the BCE (0.5 [unverified]).
+        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
+            target ``(B, *spatial)``).
+        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
+        per_sample: one overlap per sample instead of one per batch (batch-global, default).
+        include_background: keep channel 0 (softmax only).
+        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
+        ignore_index: target value to ignore (its entries leave every count), or ``None``.
+        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
+            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
+            every reduction.
+
+    Shape:
+        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+
+    Example:
+        >>> logits, target = torch.zeros(1, 1, 2), torch.tensor([[[1, 0]]])
+        >>> round(float(combo_loss(logits, target)), 4)
+        -0.16
+
+    Reference:
+        Taghanaki et al., "Combo loss: handling input and output imbalance ...", CMIG 2019.
+    """
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    _check_common(smooth, class_reduction, reduction)
+    with float32(logits):
+        _, p, g, w, logs = _probs_target_weight(
+            logits, target, activation, include_background, ignore_index
+        )
+        tp, fp, fn = _counts(p, g, w, per_sample)
+        di = _dice_index(tp, fp, fn, smooth)
+        di = di.sum(-1) if class_reduction == "sum" else di.mean(-1)
+        bce = -(beta * g * logs[0] + (1.0 - beta) * (1.0 - g) * logs[1])
+        bce = torch.where(w > 0, bce, torch.zeros_like(bce))
+        dims = tuple(range(1, p.dim())) if per_sample else tuple(range(p.dim()))
+        wbce = bce.sum(dims) / w.sum(dims).clamp(min=1.0)
+        values = alpha * wbce - (1.0 - alpha) * di
+        if not per_sample:
+            return values
+        return reduce(values, w.flatten(1).sum(1) > 0, reduction)
+
+
+# ----------------------------------------------------------------------------------------------
+# ALL
+# ----------------------------------------------------------------------------------------------
+
+
+def adaptive_log(
+    value: torch.Tensor, *, gamma: float = 0.1, omega: float = 10.0, epsilon: float = 0.5
+) -> torch.Tensor:
+    r"""Adaptive logarithmic transform of a loss value (ALL; METHODS §5.2).
+
+    .. math::
+        ALL(L) = \begin{cases} \omega \ln(1 + |L|/\epsilon) & |L| < \gamma \\
+                 |L| - C & \text{otherwise} \end{cases},\qquad
+        C = \gamma - \omega \ln(1 + \gamma/\epsilon)
+
+    Continuous at ``|L| = γ`` (value ``ω ln(1 + γ/ε)``, 1.8232 at the defaults, C = −1.7232) but
+    **not differentiable there**: the slope is ``ω/(ε + γ)`` on the left (16.67 at the defaults;
+    ``ω/ε`` = 20 at L = 0) and 1 on the right. The paper's "smooth at γ" claim is wrong; this is
+    the published formula, as is. Applied element-wise, so a per-sample loss vector gives
+    per-sample ALL values.
+
+    Args:
+        value: loss values, any shape (typically the batch-global Dice loss, a scalar).
+        gamma: switch point γ (0.1, ALL paper).
+        omega: log scale ω (10).
+        epsilon: log curvature ε (0.5).
+
+    Returns:
+        Tensor of the same shape.
+
+    Example:
+        >>> adaptive_log(torch.tensor([0.0, 0.1, 0.5]))
+        tensor([0.0000, 1.8232, 2.2232])
+
+    Reference:
+        Kaul, Pears & Manandhar, "Penalizing small errors using an adaptive logarithmic loss",
+        ICPR workshops 2021 (ALL paper).
+    """
+    check_positive("gamma", gamma)
+    check_positive("omega", omega)
+    check_positive("epsilon", epsilon)
+    c = gamma - omega * math.log1p(gamma / epsilon)
+    a = value.abs()
+    return torch.where(a < gamma, omega * torch.log1p(a / epsilon), a - c)
+
+
+class AdaptiveLogLoss(nn.Module):
+    r"""ALL wrapper around any loss module: ``adaptive_log(base(logits, target))``.
+
+    The transform is applied to whatever ``base`` returns (one scalar for the batch-global Dice;
+    a vector when ``base`` has ``reduction="none"``). ``reduction`` then optionally combines a
+    vector of ALL values (plain mean/sum over its entries); ``None`` leaves the output as is.
+
+    Args:
+        base: any loss module called as ``base(logits, target)``.
+        gamma: switch point γ (0.1).
+        omega: log scale ω (10).
+        epsilon: log curvature ε (0.5).
+        reduction: ``None`` (default), ``"none"``, ``"mean"`` or ``"sum"``, applied after the
+            transform.
+
+    Example:
+        >>> loss = AdaptiveLogLoss(DiceLoss())
+        >>> logits, target = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+        >>> round(float(loss(logits, target)), 4)
+        2.0497
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        *,
+        gamma: float = 0.1,
+        omega: float = 10.0,
+        epsilon: float = 0.5,
+        reduction: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive("gamma", gamma)
+        check_positive("omega", omega)
+        check_positive("epsilon", epsilon)
+        if reduction is not None:
+            check_choice("reduction", reduction, REDUCTIONS)
+        self.base = base
+        self.gamma, self.omega, self.epsilon, self.reduction = gamma, omega, epsilon, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """ALL of the base loss value."""
+        value = adaptive_log(
+            self.base(logits, target), gamma=self.gamma, omega=self.omega, epsilon=self.epsilon
+        )
+        if self.reduction is None or self.reduction == "none":
+            return value
+        return value.mean() if self.reduction == "mean" else value.sum()
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown in the module repr."""
+        return f"gamma={self.gamma}, omega={self.omega}, epsilon={self.epsilon}"
+
+
+def adaptive_log_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 0.1,
+    omega: float = 10.0,
+    epsilon: float = 0.5,
+    **dice_kwargs: Any,
+) -> torch.Tensor:
+    r"""ALL on the Dice loss: ``adaptive_log(dice_loss(logits, target, **dice_kwargs))``.
+
+    Batch-global binary Dice with s = 1 by default (METHODS §10.D1); with softmax the argument is
+    the multi-class ``Σ_c (1 − DI_c)``.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: see :func:`dice_loss`.
+        gamma: switch point γ (0.1).
+        omega: log scale ω (10).
+        epsilon: log curvature ε (0.5).
+        **dice_kwargs: keyword arguments of :func:`dice_loss`.
+
+    Example:
+        >>> logits, target = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+        >>> round(float(adaptive_log_dice_loss(logits, target)), 4)
+        2.0497
+    """
+    dl = dice_loss(logits, target, **dice_kwargs)
+    return adaptive_log(dl, gamma=gamma, omega=omega, epsilon=epsilon)
+
+
+# ----------------------------------------------------------------------------------------------
+# modules
+# ----------------------------------------------------------------------------------------------
+
+
+class _OverlapLoss(_Loss):
+    _fn = staticmethod(dice_loss)
+
+    def __init__(
+        self,
+        *,
+        activation: str = "sigmoid",
+        smooth: float = 1.0,
+        per_sample: bool = False,
+        include_background: bool = True,
+        class_reduction: str = "sum",
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+        **extra: Any,
+    ) -> None:
+        check_choice("activation", activation, ACTIVATIONS)
+        _check_common(smooth, class_reduction, reduction)
+        super().__init__(
+            **extra,
+            activation=activation,
+            smooth=smooth,
+            per_sample=per_sample,
+            include_background=include_background,
+            class_reduction=class_reduction,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Call the loss function with the stored hyper-parameters."""
+        return type(self)._fn(logits, target, **self.hparams)
+
+
+class DiceLoss(_OverlapLoss):
+    """Module form of :func:`dice_loss` (same keyword arguments)."""
+
+    _fn = staticmethod(dice_loss)
+
+
+class JaccardLoss(_OverlapLoss):
+    """Module form of :func:`jaccard_loss` (same keyword arguments)."""
+
+    _fn = staticmethod(jaccard_loss)
+
+
+class TverskyLoss(_OverlapLoss):
+    """Module form of :func:`tversky_loss` (``alpha=0.7``, ``beta=None`` plus the common ones)."""
+
+    _fn = staticmethod(tversky_loss)
+
+    def __init__(self, *, alpha: float = 0.7, beta: float | None = None, **kwargs: Any) -> None:
+        _check_alpha(alpha, beta)
+        super().__init__(alpha=alpha, beta=beta, **kwargs)
+
+
+class FocalTverskyLoss(_OverlapLoss):
+    """Module form of :func:`focal_tversky_loss` (``alpha``, ``beta``, ``exponent=0.75``)."""
+
+    _fn = staticmethod(focal_tversky_loss)
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.7,
+        beta: float | None = None,
+        exponent: float = 0.75,
+        **kwargs: Any,
+    ) -> None:
+        _check_alpha(alpha, beta)
+        check_positive("exponent", exponent)
+        super().__init__(alpha=alpha, beta=beta, exponent=exponent, **kwargs)
+
+
+class ComboLoss(_OverlapLoss):
+    """Module form of :func:`combo_loss` (``alpha=0.5``, ``beta=0.5`` plus the common ones)."""
+
+    _fn = staticmethod(combo_loss)
+
+    def __init__(self, *, alpha: float = 0.5, beta: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(alpha=alpha, beta=beta, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------
+
+
+def _register(name: str, cls: type[_OverlapLoss]) -> None:
+    def sigmoid_factory(**kwargs: Any) -> _OverlapLoss:
+        return cls(**kwargs)
+
+    def softmax_factory(**kwargs: Any) -> _OverlapLoss:
+        return cls(**{"activation": "softmax", **kwargs})
+
+    LOSSES.register(name, task="multilabel", granularity="batch", spatial=False)(sigmoid_factory)
+    LOSSES.register(f"{name}_softmax", task="multiclass", granularity="batch", spatial=False)(
+        softmax_factory
+    )
+
+
+for _name, _cls in (
+    ("dice", DiceLoss),
+    ("jaccard", JaccardLoss),
+    ("tversky", TverskyLoss),
+    ("focal_tversky", FocalTverskyLoss),
+    ("combo", ComboLoss),
+):
+    _register(_name, _cls)
+
+
+@LOSSES.register("all", task="multilabel", granularity="batch", spatial=False)
+def _build_all(
+    *, gamma: float = 0.1, omega: float = 10.0, epsilon: float = 0.5, **dice: Any
+) -> AdaptiveLogLoss:
+    """ALL around the batch-global binary Dice (s = 1): the ALL paper's setting."""
+    return AdaptiveLogLoss(DiceLoss(**dice), gamma=gamma, omega=omega, epsilon=epsilon)
+
+
+@LOSSES.register("all_softmax", task="multiclass", granularity="batch", spatial=False)
+def _build_all_softmax(
+    *, gamma: float = 0.1, omega: float = 10.0, epsilon: float = 0.5, **dice: Any
+) -> AdaptiveLogLoss:
+    """ALL around the multi-class ``Σ_c (1 − DI_c)`` softmax Dice (METHODS §10.D1)."""
+    return AdaptiveLogLoss(
+        DiceLoss(**{"activation": "softmax", **dice}), gamma=gamma, omega=omega, epsilon=epsilon
+    )
