@@ -2,7 +2,8 @@
 
 A config is a nested dict with one section per component (``data``, ``model``, ``loss``,
 ``optim``, ``sched``, ``train``, ``eval``). Each component section has a ``name`` naming a
-registry entry; the other keys are passed to its factory. On the command line ``loss=crac``
+registry entry; the other keys are passed to its factory. A config file may start from another
+with ``base: <preset>`` (deep-merged; a section with another ``name`` replaces the base's). On the command line ``loss=crac``
 selects a component by name (keeping nothing of the old section's keyword arguments) and
 ``loss.margin=5`` sets one argument. Values are parsed as YAML scalars (``1e-3``, ``true``,
 ``null``, ``[1, 2]``).
@@ -22,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_config", "apply_overrides", "preset_names", "parse_value"]
+__all__ = ["load_config", "apply_overrides", "merge", "preset_names", "parse_value"]
 
 COMPONENTS = ("data", "model", "loss", "optim", "sched", "calibrator")
 
@@ -69,7 +70,26 @@ def load_config(name_or_path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"config {str(name_or_path)!r} must hold a mapping, got {type(cfg).__name__}"
         )
-    return cfg
+    base = cfg.pop("base", None)
+    return merge(load_config(base), cfg) if base else cfg
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``; a section with a new ``name`` replaces it."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        old = out.get(key)
+        renamed = (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and "name" in value
+            and old.get("name") != value["name"]
+        )
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
