@@ -5,8 +5,8 @@ A config is a nested dict with one section per component (``data``, ``model``, `
 registry entry; the other keys are passed to its factory. A config file may start from another
 with ``base: <preset>`` (deep-merged; a section with another ``name`` replaces the base's).
 On the command line ``loss=crac`` selects a component by name (keeping nothing of the old
-section's keyword arguments) and ``loss.margin=5`` sets one argument. Values are parsed as YAML scalars (``1e-3``, ``true``,
-``null``, ``[1, 2]``).
+section's keyword arguments) and ``loss.margin=5`` sets one argument. Values are parsed as YAML
+scalars (``1e-3``, ``true``, ``null``, ``[1, 2]``).
 
 Example:
     >>> from calibrant.config import apply_overrides
