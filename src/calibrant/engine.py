@@ -500,10 +500,9 @@ def fit(
         )
         alm_logs = {}
         for i, term in enumerate(alms):
-            term.step()
-            history = getattr(term, "log_dict", None)
-            if callable(history):
-                alm_logs.update({f"alm{i}/{k}": v for k, v in history().items()})
+            record = term.step()
+            if isinstance(record, Mapping):
+                alm_logs[f"alm{i}"] = _to_python(dict(record))
         if scheduler is not None:
             scheduler.step()
         score = float(val[select])

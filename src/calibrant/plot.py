@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "alm_trajectories",
     "classwise_reliability_diagram",
     "curve_ece",
     "region_masks",
@@ -48,6 +49,7 @@ __all__ = [
     "region_reliability_diagram",
     "reliability_diagram",
     "save_figure",
+    "training_curves",
 ]
 
 REGIONS = ("inner", "boundary")
@@ -362,3 +364,71 @@ def region_reliability_curves(
         )
         for region, mask in masks.items()
     }
+
+
+def training_curves(history: list[dict]) -> Figure:
+    """Training loss terms and validation metrics per epoch, from ``engine.fit``'s history.
+
+    Example:
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> hist = [{"epoch": e, "train": {"loss": 1 / e}, "val": {"dice": e / 4}} for e in (1, 2)]
+        >>> [a.get_title() for a in training_curves(hist).axes]
+        ['training loss', 'validation']
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [r["epoch"] for r in history]
+    for key in sorted({k for r in history for k in r.get("train", {}) if k != "steps"}):
+        ax_train.plot(epochs, [r["train"].get(key, math.nan) for r in history], label=key)
+    for key in sorted({k for r in history for k, v in r.get("val", {}).items()}):
+        values = [r["val"].get(key) for r in history]
+        if all(isinstance(v, (int, float)) for v in values):
+            ax_val.plot(epochs, values, marker="o", label=key)
+    for ax, title in ((ax_train, "training loss"), (ax_val, "validation")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def alm_trajectories(history: list[dict]) -> Figure | None:
+    """λ and ρ of every multiplier slot per epoch (log scale); ``None`` without ALM terms.
+
+    Slots are labelled by their index in the term's slot shape (``[region, class]`` for CRaC,
+    region 0 = inner), so class and region difficulty can be read off the curves.
+
+    Example:
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> rec = lambda e: {"epoch": e, "alm": {"alm0": {"lambda": [[e, 2 * e]], "rho": [[1, 1]]}}}
+        >>> fig = alm_trajectories([rec(1), rec(2)])
+        >>> [a.get_title() for a in fig.axes]
+        ['alm0 lambda', 'alm0 rho']
+        >>> alm_trajectories([{"epoch": 1, "alm": {}}]) is None
+        True
+    """
+    import matplotlib.pyplot as plt
+
+    terms = sorted({t for r in history for t in r.get("alm", {})})
+    if not terms:
+        return None
+    fig, axes = plt.subplots(len(terms), 2, figsize=(10, 3.5 * len(terms)), squeeze=False)
+    epochs = [r["epoch"] for r in history if r.get("alm")]
+    for row, term in zip(axes, terms, strict=True):
+        for ax, key in zip(row, ("lambda", "rho"), strict=True):
+            series = [torch.as_tensor(r["alm"][term][key]) for r in history if r.get("alm")]
+            stacked = torch.stack(series).reshape(len(series), -1)
+            shape = series[0].shape
+            for j in range(stacked.shape[1]):
+                index = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), shape))
+                ax.plot(epochs, stacked[:, j].tolist(), label=str(list(index)))
+            ax.set_yscale("log")
+            ax.set_title(f"{term} {key}")
+            ax.set_xlabel("epoch")
+            if stacked.shape[1] <= 16:
+                ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
