@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -500,7 +501,7 @@ def _focal(gamma: float = 3.0, **kw) -> nn.Module:
     return FocalLoss(gamma, **kw)
 
 
-@LOSSES.register("focal_adaptive", **_MC)
+@LOSSES.register("focal_adaptive", function=partial(focal_loss, gamma_schedule=FLSD53), **_MC)
 def _focal_adaptive(gamma_schedule: Sequence[tuple[float, float]] = FLSD53, **kw) -> nn.Module:
     return FocalLoss(gamma_schedule=gamma_schedule, **kw)
 
