@@ -295,21 +295,22 @@ def nacl_targets(
 
 
 class _L1ToTarget(torch.autograd.Function):
-    """``Σ_k |τ_k − z_k|`` that saves only the sign pattern (1 byte per entry) for backward."""
+    """``Σ_k |τ_k − z_k|`` that saves only the int8 sign pattern for backward.
+
+    ``tau`` is a no-grad temporary and is overwritten in place.
+    """
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        diff = z - tau
-        above, below = diff > 0, diff < 0
-        ctx.save_for_backward(above, below)
+        diff = tau.sub_(z).neg_()  # z - τ, in τ's storage
+        ctx.save_for_backward(torch.sign(diff).to(torch.int8))
         return diff.abs_().sum(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        above, below = ctx.saved_tensors
-        g = grad.unsqueeze(1)
-        return (above.to(g.dtype) - below.to(g.dtype)) * g, None
+        (sign,) = ctx.saved_tensors
+        return sign.to(grad.dtype).mul_(grad.unsqueeze(1)), None
 
 
 def neighbor_penalty(
