@@ -140,7 +140,7 @@ def main() -> None:
     )
     print(header + "\n".join(lines))
     if args.out:
-        with open(args.out + ".table", "w") as f:
+        with open(args.out + ".table", "w") as f:  # the .md wraps this table with the caveats
             f.write(header + "\n".join(lines) + "\n")
 
 
