@@ -97,8 +97,10 @@ def one_hot(
     target: torch.Tensor, num_classes: int, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One-hot encode ``(B, *spatial)`` labels to float ``(B, C, *spatial)``; masked rows are 0."""
-    oh = F.one_hot(target.long().clamp(0, num_classes - 1), num_classes)
-    oh = oh.movedim(-1, 1).float()
+    safe = target.long().clamp(0, num_classes - 1).unsqueeze(1)
+    shape = (target.shape[0], num_classes, *target.shape[1:])
+    # scatter into float directly: F.one_hot builds an int64 tensor 8x the size first.
+    oh = torch.zeros(shape, dtype=torch.float32, device=target.device).scatter_(1, safe, 1.0)
     if mask is not None:
         oh = oh * mask.unsqueeze(1)
     return oh
@@ -121,6 +123,18 @@ def _pool_fn(ndim: int, kind: str):
     if (kind, ndim) not in fns:
         raise ValueError(f"neighbourhood operations need 1 to 3 spatial dims, got {ndim}")
     return fns[(kind, ndim)]
+
+
+def _box_mean(padded: torch.Tensor, kernel_size: int, nd: int) -> torch.Tensor:
+    """Valid ``k^nd`` window mean of a padded tensor, one axis at a time (separable sums)."""
+    out = padded
+    for axis in range(padded.dim() - nd, padded.dim()):
+        n = out.shape[axis] - kernel_size + 1
+        acc = out.narrow(axis, 0, n).clone()
+        for j in range(1, kernel_size):
+            acc.add_(out.narrow(axis, j, n))
+        out = acc
+    return out.div_(kernel_size**nd)
 
 
 def neighbor_proportions(
@@ -155,21 +169,21 @@ def neighbor_proportions(
     safe, mask = valid_mask(target, ignore_index)
     oh = one_hot(safe, num_classes, mask if ignore_index is not None else None)
     nd = oh.dim() - 2
-    pool = _pool_fn(nd, "avg")
+    _pool_fn(nd, "avg")  # validates the number of spatial dims
     pads = (kernel_size // 2,) * (2 * nd)
     if padding == "replicate":
-        counts = pool(F.pad(oh, pads, mode="replicate"), kernel_size, stride=1)
+        counts = _box_mean(F.pad(oh, pads, mode="replicate"), kernel_size, nd)
     else:
         padded = F.pad(oh, pads, value=0.0)
         if padding == "label0":  # out-of-image neighbours are background
             padded[:, 0] += F.pad(torch.zeros_like(oh[:, 0]), pads, value=1.0)
-        counts = pool(padded, kernel_size, stride=1)
+        counts = _box_mean(padded, kernel_size, nd)
     if ignore_index is None:
         return counts
     # Ignored neighbours are absent: renormalise by the non-ignored share of the window.
     ignored = (~mask).unsqueeze(1).float()
     mode = "replicate" if padding == "replicate" else "constant"
-    ignored_share = pool(F.pad(ignored, pads, mode=mode), kernel_size, stride=1)
+    ignored_share = _box_mean(F.pad(ignored, pads, mode=mode), kernel_size, nd)
     return counts / (1.0 - ignored_share).clamp_min(1e-12) * mask.unsqueeze(1)
 
 

@@ -1,3 +1,549 @@
-"""Placeholder: filled by the losses work."""
+r"""Multi-class losses and logit penalties: CE, label smoothing, focal, ECP and the MbLS margin.
 
-__all__: list[str] = []
+Every loss takes logits ``(B, C, *spatial)`` (0 to 3 spatial dims) and integer targets
+``(B, *spatial)``; ``ignore_index`` elements get zero loss and zero gradient and the value does not
+depend on their logits. ``reduction="none"`` returns the per-element values ``(B, *spatial)``,
+``"mean"`` averages them over the *valid* elements. Everything is computed in float32 (float64
+inputs stay float64), whatever autocast is doing.
+
+Penalties (:func:`confidence_penalty`, :func:`logit_margin_penalty`) share the loss signature so
+that a calibration loss is ``WeightedSum({"ce": CE, "term": Penalty}, weights={"term": λ})``. Their
+``class_reduction`` is ``"mean"`` over classes (the published code, so published λ transfer) or
+``"sum"`` (the papers' text); the two agree when ``λ_sum = λ_mean / K``.
+
+Example:
+    >>> import torch
+    >>> from calibrant.registry import LOSSES
+    >>> logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    >>> mbls = LOSSES.build("mbls")
+    >>> sorted(mbls.terms(logits, target))
+    ['ce', 'margin']
+    >>> bool(torch.isclose(LOSSES.build("mbls", weight=0.0)(logits, target),
+    ...                    torch.nn.functional.cross_entropy(logits, target)))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibrant._checks import (
+    check_choice,
+    check_finite,
+    check_labels_in_range,
+    check_logits_target,
+    check_positive,
+)
+from calibrant._tensor import float32, reduce, valid_mask
+from calibrant.losses.combine import WeightedSum
+from calibrant.registry import LOSSES
+
+__all__ = [
+    "FLSD53",
+    "cross_entropy_loss",
+    "label_smoothing_loss",
+    "focal_loss",
+    "confidence_penalty",
+    "logit_margin_penalty",
+    "CrossEntropyLoss",
+    "LabelSmoothingLoss",
+    "FocalLoss",
+    "ConfidencePenalty",
+    "LogitMarginPenalty",
+]
+
+CLASS_REDUCTIONS = ("mean", "sum")
+MARGIN_NORMS = ("l1", "l2", "legacy_l2")
+#: The FLSD-53 schedule of Mukhoti et al. (2020): γ = 5 for p < 0.2, γ = 3 otherwise.
+FLSD53: tuple[tuple[float, float], ...] = ((0.2, 5.0), (float("inf"), 3.0))
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Float32 for any low-precision input; float64 stays float64 (for gradcheck)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def prepare(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, *, min_spatial: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate a multi-class pair and return ``(float logits, safe target, valid mask)``.
+
+    Call inside the :func:`calibrant._tensor.float32` context. Shared by every multi-class loss.
+
+    Raises:
+        ValueError: on non-finite logits, a shape/dtype mismatch or labels out of range.
+    """
+    check_logits_target(logits, target, min_dims=2 + min_spatial)
+    check_finite("logits", logits)
+    check_labels_in_range(target, logits.shape[1], ignore_index)
+    safe, mask = valid_mask(target, ignore_index)
+    return _as_float(logits), safe, mask
+
+
+def reduce_classes(values: torch.Tensor, class_reduction: str) -> torch.Tensor:
+    """Sum ``(B, C, *)`` over classes, divided by ``C`` for ``class_reduction="mean"``."""
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    out = values.sum(1)
+    return out / values.shape[1] if class_reduction == "mean" else out
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Softmax cross-entropy :math:`\ell_i = -\log s_{i, y_i}`, :math:`s = \mathrm{softmax}(l)`.
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels.
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` (over valid elements) | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)``, target ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> logits, target = torch.zeros(2, 4), torch.tensor([1, -100])
+        >>> round(cross_entropy_loss(logits, target).item(), 4)  # log 4
+        1.3863
+
+    Reference:
+        The stock ``F.cross_entropy``; calibrant only adds the shared masking and float32 policy.
+    """
+    with float32(logits):
+        x, safe, mask = prepare(logits, target, ignore_index)
+        return reduce(F.cross_entropy(x, safe, reduction="none"), mask, reduction)
+
+
+def label_smoothing_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    smoothing: float = 0.1,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Cross-entropy against the smoothed target :math:`q = (1-\alpha) e_y + \alpha/K`.
+
+    .. math::
+        \ell_i = (1-\alpha)(-\log s_{i,y_i}) + \frac{\alpha}{K} \sum_k (-\log s_{ik})
+
+    Equals ``F.cross_entropy(..., label_smoothing=α)`` (tested).
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels.
+        smoothing: α in [0, 1]; 0.1 in the MarginLoss configs, 0.05 in CALS.
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)``, target ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> logits, target = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+        >>> round(label_smoothing_loss(logits, target, smoothing=0.0).item(), 4)
+        0.1269
+
+    Reference:
+        Szegedy et al., "Rethinking the Inception architecture", CVPR 2016; METHODS §2.2.
+    """
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing!r}")
+    with float32(logits):
+        x, safe, mask = prepare(logits, target, ignore_index)
+        logp = F.log_softmax(x, dim=1)
+        nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        values = (1.0 - smoothing) * nll - smoothing * logp.mean(1)
+        return reduce(values, mask, reduction)
+
+
+def _schedule_gamma(p: torch.Tensor, schedule: Sequence[tuple[float, float]]) -> torch.Tensor:
+    """γ per element: the γ of the first ``(threshold, γ)`` pair with ``p < threshold``."""
+    gamma = p.new_full(p.shape, float(schedule[-1][1]))
+    for threshold, g in reversed(schedule[:-1]):
+        gamma = torch.where(p < threshold, p.new_tensor(float(g)), gamma)
+    return gamma
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 3.0,
+    gamma_schedule: Sequence[tuple[float, float]] | None = None,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Softmax focal loss :math:`\ell_i = -(1 - p_i)^\gamma \log p_i`, :math:`p_i = s_{i,y_i}`.
+
+    No α-balancing term (as in the calibration papers). With ``gamma_schedule`` the exponent is
+    chosen per element from the (detached) true-class probability: ``((0.2, 5.0), (inf, 3.0))``
+    (:data:`FLSD53`) gives γ = 5 where p < 0.2 and γ = 3 elsewhere.
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels.
+        gamma: fixed focusing parameter γ >= 0 (3 in the MarginLoss and CALS configs).
+        gamma_schedule: increasing ``(threshold, γ)`` pairs; overrides ``gamma`` when given.
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)``, target ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> logits, target = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+        >>> round(focal_loss(logits, target, gamma=0.0).item(), 4)  # = CE
+        0.1269
+
+    Reference:
+        Lin et al., "Focal loss for dense object detection", ICCV 2017; Mukhoti et al.,
+        "Calibrating deep neural networks using focal loss", NeurIPS 2020 (FLSD-53); METHODS §2.3.
+    """
+    check_positive("gamma", gamma, strict=False)
+    with float32(logits):
+        x, safe, mask = prepare(logits, target, ignore_index)
+        logp = F.log_softmax(x, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+        p = logp.exp()
+        if gamma_schedule is None:
+            g = gamma
+        else:
+            g = _schedule_gamma(p.detach(), gamma_schedule)
+        values = -((1.0 - p).clamp_min(0.0) ** g) * logp
+        return reduce(values, mask, reduction)
+
+
+def confidence_penalty(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    class_reduction: str = "mean",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Negative entropy, the ECP term: :math:`\ell_i = \frac{1}{K}\sum_k s_{ik}\log s_{ik}`.
+
+    ECP is ``CE + α · confidence_penalty`` (= CE − α·H/K). ``class_reduction="mean"`` divides the
+    entropy by K as the MarginLoss/CALS code does (α = 0.1 there); ``"sum"`` is Pereyra et al.'s
+    β·H with β = α/K. The code clamps s to [1e-10, 1 − 1e-10] before the log; here the entropy is
+    computed exactly from ``log_softmax`` (the two differ by less than K·2.3e-9).
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels (used only for the ignore mask).
+        class_reduction: ``"mean"`` | ``"sum"`` over classes.
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)``, target ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> round(confidence_penalty(torch.zeros(1, 4), torch.tensor([0])).item(), 4)  # -log(4)/4
+        -0.3466
+
+    Reference:
+        Pereyra et al., "Regularizing neural networks by penalizing confident output
+        distributions", ICLR-W 2017; METHODS §2.4.
+    """
+    with float32(logits):
+        x, _, mask = prepare(logits, target, ignore_index)
+        logp = F.log_softmax(x, dim=1)
+        values = reduce_classes(logp.exp() * logp, class_reduction)
+        return reduce(values, mask, reduction)
+
+
+class _MarginPenalty(torch.autograd.Function):
+    """Fused ``Σ_k φ(max_j l_j − l_k − m)`` with φ = ReLU, ReLU², or square (legacy).
+
+    Saves only the per-element max and its index; the backward recomputes the hinge, so no
+    class-sized temporary outlives the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, margin: float, norm: str) -> torch.Tensor:
+        mx, idx = x.max(dim=1, keepdim=True)
+        h = (mx - margin) - x  # d - m
+        if norm == "legacy_l2":
+            out = h.square_().sum(1)
+        else:
+            h.clamp_min_(0.0)
+            out = (h.square_() if norm == "l2" else h).sum(1)
+        ctx.save_for_backward(x, mx, idx)
+        ctx.margin, ctx.norm = margin, norm
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, mx, idx = ctx.saved_tensors
+        g = grad.unsqueeze(1)
+        h = (mx - ctx.margin) - x
+        if ctx.norm == "l1":
+            dh = (h > 0).to(x.dtype)
+        elif ctx.norm == "l2":
+            dh = h.clamp_min_(0.0).mul_(2.0)
+        else:
+            dh = h.mul_(2.0)
+        # d(h_k)/d(l_k) = -1 and d(h_k)/d(l_argmax) = +1 for every k.
+        dh.mul_(g)
+        gx = dh.neg()
+        gx.scatter_add_(1, idx, dh.sum(1, keepdim=True))
+        return gx, None, None
+
+
+def logit_margin_penalty(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    margin: float = 10.0,
+    norm: str = "l1",
+    class_reduction: str = "mean",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""MbLS logit-margin penalty on :math:`d_{ik} = \max_j l_{ij} - l_{ik} \ge 0`.
+
+    .. math::
+        \ell_i = \frac{1}{K} \sum_k \phi(d_{ik} - m), \quad
+        \phi(z) = \max(0, z) \;(\text{l1}), \; \max(0, z)^2 \;(\text{l2}),
+        \; z^2 \;(\text{legacy\_l2})
+
+    MbLS is ``CE + λ · logit_margin_penalty`` with λ = 0.1, m = 10 (MarginLoss config; the ACDC
+    README example uses m = 5). The arg-max column contributes φ(−m) (0 for the hinges) and is
+    counted in the 1/K mean, as in the code. ``"legacy_l2"`` is the research code's
+    ``LogitMarginL2``: ``ReLU((d−m)²)`` is two-sided and also pushes small distances *up* towards
+    m; it is offered only to reproduce that code.
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels (used only for the ignore mask).
+        margin: m >= 0.
+        norm: ``"l1"`` | ``"l2"`` (one-sided hinges) | ``"legacy_l2"`` (two-sided).
+        class_reduction: ``"mean"`` (code; λ = 0.1) | ``"sum"`` (paper; λ_sum = λ_mean / K).
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)``, target ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> logits = torch.tensor([[12.0, 0.0, 7.0]])
+        >>> logit_margin_penalty(logits, torch.tensor([0]), margin=10.0)  # (0 + 2 + 0) / 3
+        tensor(0.6667)
+
+    Reference:
+        Liu et al., "The devil is in the margin: margin-based label smoothing for network
+        calibration", CVPR 2022; METHODS §2.5.
+    """
+    check_choice("norm", norm, MARGIN_NORMS)
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    check_positive("margin", margin, strict=False)
+    with float32(logits):
+        x, _, mask = prepare(logits, target, ignore_index)
+        values = _MarginPenalty.apply(x, float(margin), norm)
+        if class_reduction == "mean":
+            values = values / x.shape[1]
+        return reduce(values, mask, reduction)
+
+
+class CrossEntropyLoss(nn.Module):
+    """Module form of :func:`cross_entropy_loss`."""
+
+    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
+        super().__init__()
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`cross_entropy_loss`."""
+        return cross_entropy_loss(
+            logits, target, ignore_index=self.ignore_index, reduction=self.reduction
+        )
+
+
+class LabelSmoothingLoss(nn.Module):
+    """Module form of :func:`label_smoothing_loss`."""
+
+    def __init__(
+        self, smoothing: float = 0.1, *, ignore_index: int | None = -100, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        self.smoothing, self.ignore_index, self.reduction = smoothing, ignore_index, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`label_smoothing_loss`."""
+        return label_smoothing_loss(
+            logits,
+            target,
+            smoothing=self.smoothing,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+
+class FocalLoss(nn.Module):
+    """Module form of :func:`focal_loss`."""
+
+    def __init__(
+        self,
+        gamma: float = 3.0,
+        gamma_schedule: Sequence[tuple[float, float]] | None = None,
+        *,
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.gamma, self.gamma_schedule = gamma, gamma_schedule
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`focal_loss`."""
+        return focal_loss(
+            logits,
+            target,
+            gamma=self.gamma,
+            gamma_schedule=self.gamma_schedule,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+
+class ConfidencePenalty(nn.Module):
+    """Module form of :func:`confidence_penalty`."""
+
+    def __init__(
+        self,
+        class_reduction: str = "mean",
+        *,
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.class_reduction, self.ignore_index, self.reduction = (
+            class_reduction,
+            ignore_index,
+            reduction,
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`confidence_penalty`."""
+        return confidence_penalty(
+            logits,
+            target,
+            class_reduction=self.class_reduction,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+
+class LogitMarginPenalty(nn.Module):
+    """Module form of :func:`logit_margin_penalty`."""
+
+    def __init__(
+        self,
+        margin: float = 10.0,
+        norm: str = "l1",
+        class_reduction: str = "mean",
+        *,
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        check_choice("norm", norm, MARGIN_NORMS)
+        self.margin, self.norm, self.class_reduction = margin, norm, class_reduction
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`logit_margin_penalty`."""
+        return logit_margin_penalty(
+            logits,
+            target,
+            margin=self.margin,
+            norm=self.norm,
+            class_reduction=self.class_reduction,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters in the module repr."""
+        return (
+            f"margin={self.margin:g}, norm={self.norm!r}, class_reduction={self.class_reduction!r}"
+        )
+
+
+# --- registered presets (published defaults, METHODS §8) -------------------------------------
+
+_MC = {"task": "multiclass", "granularity": "element", "spatial": False}
+
+
+@LOSSES.register("ce", function=cross_entropy_loss, **_MC)
+def _ce(*, ignore_index: int | None = -100, reduction: str = "mean") -> nn.Module:
+    return CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction)
+
+
+@LOSSES.register("ls", function=label_smoothing_loss, **_MC)
+def _ls(smoothing: float = 0.1, **kw) -> nn.Module:
+    return LabelSmoothingLoss(smoothing, **kw)
+
+
+@LOSSES.register("focal", function=focal_loss, **_MC)
+def _focal(gamma: float = 3.0, **kw) -> nn.Module:
+    return FocalLoss(gamma, **kw)
+
+
+@LOSSES.register("focal_adaptive", function=partial(focal_loss, gamma_schedule=FLSD53), **_MC)
+def _focal_adaptive(gamma_schedule: Sequence[tuple[float, float]] = FLSD53, **kw) -> nn.Module:
+    return FocalLoss(gamma_schedule=gamma_schedule, **kw)
+
+
+@LOSSES.register("ecp", **_MC)
+def _ecp(weight: float = 0.1, class_reduction: str = "mean", **kw) -> nn.Module:
+    """CE + α·(negative entropy / K); α = 0.1 (MarginLoss config)."""
+    return WeightedSum(
+        {"ce": CrossEntropyLoss(**kw), "entropy": ConfidencePenalty(class_reduction, **kw)},
+        weights={"entropy": weight},
+    )
+
+
+def _mbls_preset(weight: float, margin: float, norm: str, class_reduction: str, **kw) -> nn.Module:
+    return WeightedSum(
+        {
+            "ce": CrossEntropyLoss(**kw),
+            "margin": LogitMarginPenalty(margin, norm, class_reduction, **kw),
+        },
+        weights={"margin": weight},
+    )
+
+
+@LOSSES.register("mbls", **_MC)
+def _mbls(
+    weight: float = 0.1, margin: float = 10.0, class_reduction: str = "mean", **kw
+) -> nn.Module:
+    """MbLS = CE + λ·L1 margin penalty; λ = 0.1, m = 10 (MarginLoss config)."""
+    return _mbls_preset(weight, margin, "l1", class_reduction, **kw)
+
+
+@LOSSES.register("mbls_l2", **_MC)
+def _mbls_l2(
+    weight: float = 0.1, margin: float = 10.0, class_reduction: str = "mean", **kw
+) -> nn.Module:
+    """CE + λ·one-sided squared hinge."""
+    return _mbls_preset(weight, margin, "l2", class_reduction, **kw)
+
+
+@LOSSES.register("mbls_legacy_l2", **_MC)
+def _mbls_legacy_l2(
+    weight: float = 0.1, margin: float = 10.0, class_reduction: str = "mean", **kw
+) -> nn.Module:
+    """CE + λ·(d − m)²: the research code's two-sided ``LogitMarginL2`` (reproduction only)."""
+    return _mbls_preset(weight, margin, "legacy_l2", class_reduction, **kw)

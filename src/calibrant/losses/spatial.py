@@ -1,3 +1,687 @@
-"""Placeholder: filled by the losses work."""
+r"""Segmentation losses that look at the neighbourhood: SVLS, the NACL penalty and BWCR consistency.
 
-__all__: list[str] = []
+All take logits ``(B, C, *spatial)`` with 1 to 3 spatial dims and integer targets
+``(B, *spatial)``; ignored elements get zero loss and zero gradient, and ignored *neighbours* are
+treated as absent: each window is renormalised over its valid neighbours (METHODS §10 A2; a no-op
+on data without ignore labels). Targets built from the labels carry no gradient and are computed
+once per call.
+
+Example:
+    >>> import torch
+    >>> from calibrant.registry import LOSSES
+    >>> logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    >>> sorted(LOSSES.build("nacl").terms(logits, target))
+    ['ce', 'nacl']
+    >>> bool(LOSSES.build("svls")(logits, target) > 0)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from calibrant._checks import check_choice, check_positive
+from calibrant._tensor import PADDINGS, float32, neighbor_proportions, one_hot, reduce, valid_mask
+from calibrant.losses.classification import (
+    CLASS_REDUCTIONS,
+    CrossEntropyLoss,
+    _as_float,
+    prepare,
+    reduce_classes,
+)
+from calibrant.losses.combine import WeightedSum
+from calibrant.registry import LOSSES
+
+__all__ = [
+    "svls_kernel",
+    "svls_targets",
+    "svls_loss",
+    "nacl_targets",
+    "neighbor_penalty",
+    "boundary_weight_map",
+    "bwcr_consistency",
+    "SVLSLoss",
+    "NeighborPenalty",
+    "BWCRConsistency",
+]
+
+KERNELS = ("mean", "gaussian")
+DISTANCES = ("l1", "l2")
+ON = ("logits", "probs")
+
+
+def _gaussian_1d(kernel_size: int, sigma: float) -> list[float]:
+    """Normalised 1D Gaussian on the grid 0..k−1 centred at (k−1)/2."""
+    mu = (kernel_size - 1) / 2
+    g = [math.exp(-((i - mu) ** 2) / (2 * sigma**2)) for i in range(kernel_size)]
+    total = sum(g)
+    return [v / total for v in g]
+
+
+def _check_kernel(kernel_size: int, sigma: float) -> None:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    check_positive("sigma", sigma)
+
+
+def svls_kernel(
+    spatial_dims: int, kernel_size: int = 3, sigma: float = 1.0, *, dtype=torch.float64
+) -> torch.Tensor:
+    r"""The effective SVLS kernel: centre 1/2, neighbours share 1/2 in Gaussian proportion.
+
+    With :math:`G` the normalised Gaussian (variance σ²) and :math:`g_c` its centre weight, the
+    research code replaces the centre by :math:`1-g_c`, divides by :math:`1-g_c`, and divides the
+    filtered one-hot by the kernel sum (2), i.e. the effective kernel is
+    :math:`(G + (1 - 2 g_c)\,\delta) / (2 (1 - g_c))`. For k = 3, σ = 1: 2D 4-neighbours 0.0778,
+    diagonals 0.0472; 3D faces 0.0308, edges 0.0187, corners 0.0113.
+
+    Args:
+        spatial_dims: 1, 2 or 3.
+        kernel_size: odd k (the code is k = 3 only; here the true centre is used for any k).
+        sigma: Gaussian standard deviation.
+        dtype: output dtype.
+
+    Returns:
+        ``(k,) * spatial_dims`` tensor summing to 1.
+
+    Example:
+        >>> k = svls_kernel(2)
+        >>> round(k[1, 1].item(), 4), round(k[0, 1].item(), 4), round(k[0, 0].item(), 4)
+        (0.5, 0.0778, 0.0472)
+    """
+    _check_kernel(kernel_size, sigma)
+    g1 = torch.tensor(_gaussian_1d(kernel_size, sigma), dtype=dtype)
+    g = g1
+    for _ in range(spatial_dims - 1):
+        g = g.unsqueeze(-1) * g1
+    c = (kernel_size // 2,) * spatial_dims
+    gc = g[c].item()
+    out = g.clone()
+    out[c] += 1 - 2 * gc
+    return out / (2 * (1 - gc))
+
+
+def _separable_smooth(padded: torch.Tensor, g1: list[float], spatial_dims: int) -> torch.Tensor:
+    """Valid correlation of ``padded`` with ``g1`` along each of the last ``spatial_dims`` axes."""
+    k = len(g1)
+    out = padded
+    for axis in range(padded.dim() - spatial_dims, padded.dim()):
+        n = out.shape[axis] - k + 1
+        acc = out.narrow(axis, 0, n) * g1[0]
+        for j in range(1, k):
+            acc.add_(out.narrow(axis, j, n), alpha=g1[j])
+        out = acc
+    return out
+
+
+def _pad(x: torch.Tensor, r: int, padding: str) -> torch.Tensor:
+    """Pad the spatial dims of ``(B, C, *spatial)`` by ``r``; ``label0`` pads channel 0 with 1."""
+    pads = (r,) * (2 * (x.dim() - 2))
+    if padding == "replicate":
+        return F.pad(x, pads, mode="replicate")
+    out = F.pad(x, pads, value=0.0)
+    if padding == "label0":
+        out[:, :1] += F.pad(torch.zeros_like(x[:, :1]), pads, value=1.0)
+    return out
+
+
+def _gaussian_filter(
+    oh: torch.Tensor, kernel_size: int, sigma: float, padding: str, spatial_dims: int
+) -> torch.Tensor:
+    """Apply the effective SVLS kernel to ``(B, C, *spatial)``, padded per ``padding``."""
+    g1 = _gaussian_1d(kernel_size, sigma)
+    gc = g1[kernel_size // 2] ** spatial_dims
+    smooth = _separable_smooth(_pad(oh, kernel_size // 2, padding), g1, spatial_dims)
+    return smooth.add_(oh, alpha=1 - 2 * gc).div_(2 * (1 - gc))
+
+
+def _smoothed_targets(
+    target: torch.Tensor,
+    num_classes: int,
+    *,
+    kernel_size: int,
+    sigma: float,
+    padding: str,
+    ignore_index: int | None,
+) -> torch.Tensor:
+    """SVLS-kernel smoothing of the one-hot labels, renormalised over valid neighbours."""
+    safe, mask = valid_mask(target, ignore_index)
+    nd = target.dim() - 1
+    if nd < 1:
+        raise ValueError("spatial smoothing needs at least one spatial dim")
+    oh = one_hot(safe, num_classes, mask if ignore_index is not None else None)
+    t = _gaussian_filter(oh, kernel_size, sigma, padding, nd)
+    if ignore_index is None:
+        return t
+    m = mask.unsqueeze(1).float()
+    # Ignored neighbours are absent: renormalise by the non-ignored share of the window
+    # (out-of-image neighbours keep the meaning the padding gives them).
+    mode = "replicate" if padding == "replicate" else "zeros"
+    ignored_share = _gaussian_filter(1.0 - m, kernel_size, sigma, mode, nd)
+    share = (1.0 - ignored_share).clamp_min_(1e-12)
+    return t.div_(share).mul_(m)
+
+
+@torch.no_grad()
+def svls_targets(
+    target: torch.Tensor,
+    num_classes: int,
+    *,
+    kernel_size: int = 3,
+    sigma: float = 1.0,
+    ignore_index: int | None = -100,
+) -> torch.Tensor:
+    """SVLS soft targets: the one-hot labels filtered by :func:`svls_kernel`, replicate padding.
+
+    Args:
+        target: integer labels ``(B, *spatial)``, 1 to 3 spatial dims.
+        num_classes: K.
+        kernel_size: odd window size (3).
+        sigma: Gaussian σ (1).
+        ignore_index: ignored neighbours are absent (window renormalised); ignored centres get 0.
+
+    Returns:
+        ``(B, K, *spatial)`` float32; rows of valid elements sum to 1.
+
+    Example:
+        >>> t = svls_targets(torch.tensor([[0, 0, 1, 1]]), 2)
+        >>> [round(v, 4) for v in t[0, 1].tolist()]
+        [0.0, 0.25, 0.75, 1.0]
+    """
+    _check_kernel(kernel_size, sigma)
+    return _smoothed_targets(
+        target,
+        num_classes,
+        kernel_size=kernel_size,
+        sigma=sigma,
+        padding="replicate",
+        ignore_index=ignore_index,
+    )
+
+
+def svls_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kernel_size: int = 3,
+    sigma: float = 1.0,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Spatially varying label smoothing: :math:`\ell_i = -\sum_k t_{ik} \log s_{ik}`.
+
+    :math:`t` = :func:`svls_targets` (centre weight 1/2, Gaussian neighbours, replicate padding).
+    Since :math:`\sum_k t_{ik} = 1`, it is computed as :math:`\mathrm{lse}(l_i) - \sum_k t_{ik}
+    l_{ik}`, without materialising the log-probabilities.
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels.
+        kernel_size: odd window size (3; the MarginLoss 2D class always uses 3).
+        sigma: Gaussian σ (1).
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` (over valid pixels) | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)`` with 1 to 3 spatial dims, target ``(B, *spatial)``;
+        ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> logits, target = torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+        >>> round(svls_loss(logits, target).item(), 4)  # log 2
+        0.6931
+
+    Reference:
+        Islam & Glocker, "Spatially varying label smoothing", IPMI 2021; METHODS §2.6.
+    """
+    _check_kernel(kernel_size, sigma)
+    with float32(logits):
+        x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
+        t = svls_targets(
+            target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore_index
+        ).to(x.dtype)
+        values = torch.logsumexp(x, dim=1) - (t * x).sum(1)
+        return reduce(values, mask, reduction)
+
+
+@torch.no_grad()
+def nacl_targets(
+    target: torch.Tensor,
+    num_classes: int,
+    *,
+    kernel: str = "mean",
+    kernel_size: int = 3,
+    sigma: float = 1.0,
+    padding: str = "label0",
+    ignore_index: int | None = -100,
+) -> torch.Tensor:
+    r"""NACL constraint target :math:`\tau`: the class proportions around each element.
+
+    ``kernel="mean"`` is :func:`calibrant._tensor.neighbor_proportions` (the published NACL);
+    ``"gaussian"`` uses the SVLS kernel (the MarginLoss ``gaussian`` ablation; *not* MONAI's
+    ``GaussianFilter``). ``padding="label0"`` (research code, default) reads out-of-image
+    neighbours as class 0 so rows sum to 1; ``"zeros"`` (MONAI) drops them (rows sum to < 1 at
+    the border); ``"replicate"`` repeats the border label.
+
+    Returns:
+        ``(B, K, *spatial)`` float32 (no gradient).
+
+    Example:
+        >>> tau = nacl_targets(torch.tensor([[1, 1, 1]]), 2)
+        >>> [round(v, 4) for v in tau[0, 1].tolist()]
+        [0.6667, 1.0, 0.6667]
+    """
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("padding", padding, PADDINGS)
+    _check_kernel(kernel_size, sigma)
+    if kernel == "mean":
+        return neighbor_proportions(
+            target, num_classes, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
+        )
+    return _smoothed_targets(
+        target,
+        num_classes,
+        kernel_size=kernel_size,
+        sigma=sigma,
+        padding=padding,
+        ignore_index=ignore_index,
+    )
+
+
+class _L1ToTarget(torch.autograd.Function):
+    """``Σ_k |τ_k − z_k|`` that saves only the int8 sign pattern for backward.
+
+    ``tau`` is a no-grad temporary and is overwritten in place.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        diff = tau.sub_(z).neg_()  # z - τ, in τ's storage
+        ctx.save_for_backward(torch.sign(diff).to(torch.int8))
+        return diff.abs_().sum(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (sign,) = ctx.saved_tensors
+        return sign.to(grad.dtype).mul_(grad.unsqueeze(1)), None
+
+
+def neighbor_penalty(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kernel: str = "mean",
+    kernel_size: int = 3,
+    sigma: float = 1.0,
+    padding: str = "label0",
+    distance: str = "l1",
+    on: str = "logits",
+    class_reduction: str = "mean",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""NACL penalty: distance between the neighbourhood target τ and the logits (or probs).
+
+    .. math::
+        \ell_i = \frac{1}{K} \sum_k |\tau_{ik} - z_{ik}|^p, \quad
+        z = l \text{ or } \mathrm{softmax}(l)
+
+    NACL is ``CE + λ · neighbor_penalty`` with λ = 0.1, the 3×3 mean kernel, L1, on logits
+    (MarginLoss ``adaptive_margin_svls`` config). With ``padding="zeros"`` it equals MONAI's
+    ``NACLLoss`` (tested).
+
+    Args:
+        logits: class scores, class dim 1.
+        target: integer labels.
+        kernel: ``"mean"`` | ``"gaussian"`` (see :func:`nacl_targets`).
+        kernel_size: odd window size k (3).
+        sigma: σ of the gaussian kernel.
+        padding: ``"label0"`` (default) | ``"zeros"`` (MONAI) | ``"replicate"``.
+        distance: ``"l1"`` | ``"l2"`` (squared difference).
+        on: ``"logits"`` (published) | ``"probs"`` (softmax first).
+        class_reduction: ``"mean"`` (code; λ = 0.1) | ``"sum"`` (paper; λ_sum = λ_mean / K).
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits ``(B, C, *spatial)`` with 1 to 3 spatial dims, target ``(B, *spatial)``;
+        ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 3)
+        >>> neighbor_penalty(logits, torch.tensor([[1, 1, 1]]), reduction="none")
+        tensor([[0.5000, 0.5000, 0.5000]])
+
+    Reference:
+        Murugesan et al., "Trust your neighbours: penalty-based constraints for model
+        calibration", MICCAI 2023; METHODS §2.7.
+    """
+    check_choice("distance", distance, DISTANCES)
+    check_choice("on", on, ON)
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    with float32(logits):
+        x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
+        tau = nacl_targets(
+            target,
+            x.shape[1],
+            kernel=kernel,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            padding=padding,
+            ignore_index=ignore_index,
+        ).to(x.dtype)
+        z = F.softmax(x, dim=1) if on == "probs" else x
+        if distance == "l1":
+            values = _L1ToTarget.apply(z, tau)
+        else:
+            values = (z - tau).square().sum(1)
+        if class_reduction == "mean":
+            values = values / x.shape[1]
+        return reduce(values, mask, reduction)
+
+
+def _floor_sdt(fg: np.ndarray) -> np.ndarray:
+    """Floored signed distance (positive inside), boundary pixels of the region set to 0."""
+    inside = np.floor(ndimage.distance_transform_edt(fg))
+    outside = np.floor(ndimage.distance_transform_edt(~fg))
+    sdt = inside - outside
+    # Boundary: region pixels whose nearest outside pixel is a direct neighbour (distance 1).
+    sdt[fg & (inside <= 1)] = 0
+    return sdt
+
+
+@torch.no_grad()
+def boundary_weight_map(
+    target: torch.Tensor,
+    num_classes: int,
+    *,
+    radius: float = 10.0,
+    l_max: float = 1.0,
+    l_min: float = 0.01,
+    alpha: float = 1.0,
+    ignore_index: int | None = -100,
+) -> torch.Tensor:
+    r"""BWCR boundary weight :math:`w = \max_{c \ge 1} \lambda_c`, high near class boundaries.
+
+    .. math::
+        \lambda_c(x) = l_{max} \left(\frac{\max(R - |sdt_c(x)|, 0)}{R}\right)^\alpha + l_{min}
+
+    :math:`sdt_c` is the floored signed Euclidean distance to the boundary of foreground class c
+    (positive inside, 0 on the boundary), per sample over all its spatial dims (the official code
+    works on 2D slices). A class that is absent or has no interior pixel (max sdt < 1) gets
+    :math:`\lambda_c \equiv l_{min}`. Ignored pixels count as background here. Computed on CPU
+    with SciPy (labels only, no gradient).
+
+    Args:
+        target: integer labels ``(B, *spatial)``.
+        num_classes: K; classes 1..K−1 are foreground.
+        radius: R (10).
+        l_max: weight added at the boundary (1).
+        l_min: floor weight (0.01).
+        alpha: exponent (1).
+        ignore_index: label treated as background.
+
+    Returns:
+        ``(B, *spatial)`` float32 on ``target``'s device.
+
+    Example:
+        >>> y = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 0]])
+        >>> [round(v, 3) for v in boundary_weight_map(y, 2)[0].tolist()]
+        [0.81, 0.91, 1.01, 0.81, 0.71, 0.81, 1.01, 0.91]
+    """
+    check_positive("radius", radius)
+    y = target.detach().cpu().long().numpy()
+    if ignore_index is not None:
+        y = np.where(y == ignore_index, 0, y)
+    w = np.full(y.shape, l_min, dtype=np.float64)
+    for b in range(y.shape[0]):
+        for c in range(1, num_classes):
+            fg = y[b] == c
+            if not fg.any():
+                continue
+            sdt = _floor_sdt(fg)
+            if sdt.max() < 1:
+                continue
+            lam = l_max * (np.maximum(radius - np.abs(sdt), 0.0) / radius) ** alpha + l_min
+            np.maximum(w[b], lam, out=w[b])
+    return torch.from_numpy(w).float().to(target.device)
+
+
+def bwcr_consistency(
+    logits: torch.Tensor,
+    logits2: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    valid2: torch.Tensor | None = None,
+    *,
+    radius: float = 10.0,
+    l_max: float = 1.0,
+    l_min: float = 0.01,
+    alpha: float = 1.0,
+    weighted: bool = True,
+    class_reduction: str = "mean",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""BWCR boundary-weighted logit consistency between two views mapped back to one frame.
+
+    .. math::
+        \ell_i = m^{(1)}_i m^{(2)}_i \, w_i \, \frac{1}{K} \sum_k (z^{(1)}_{ik} - z^{(2)}_{ik})^2
+
+    ``w`` = :func:`boundary_weight_map` (``weighted=False``: w ≡ 1, plain logit consistency). The
+    validity masks zero pixels that fell outside a transformed image but, as in the official
+    code, do not change the denominator of the mean (all non-ignored pixels). Gradients flow into
+    both views. The training engine draws the transforms and forms the total
+    ``(l0·sup0 + l1·sup1 + l2·cons)/(l0+l1+l2)``.
+
+    Args:
+        logits: first view's logits, inverse-mapped to the original frame.
+        logits2: second view's logits, same frame and shape.
+        target: labels in the original frame.
+        valid: bool/float mask ``(B, *spatial)`` of view-1 pixels inside the image (or ``None``).
+        valid2: same for view 2.
+        radius: R of the weight map (10).
+        l_max: 1.
+        l_min: 0.01.
+        alpha: 1.
+        weighted: use the boundary weight map.
+        class_reduction: ``"mean"`` (code) | ``"sum"``.
+        ignore_index: label whose elements are ignored, or ``None``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+
+    Shape:
+        logits, logits2 ``(B, C, *spatial)`` (1 to 3 spatial dims), target/valid
+        ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
+
+    Example:
+        >>> a, y = torch.zeros(1, 2, 5), torch.tensor([[0, 1, 1, 1, 0]])
+        >>> bwcr_consistency(a, a + 1.0, y, weighted=False)
+        tensor(1.)
+
+    Reference:
+        Karani et al., "Boundary-weighted logit consistency improves calibration of segmentation
+        networks", MICCAI 2023; METHODS §2.8.
+    """
+    if logits2.shape != logits.shape:
+        raise ValueError(
+            f"logits2 shape {tuple(logits2.shape)} must equal logits shape {tuple(logits.shape)}"
+        )
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    with float32(logits):
+        x1, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
+        x2, _, _ = prepare(logits2, target, ignore_index, min_spatial=1)
+        values = reduce_classes((x1 - x2).square(), class_reduction)
+        for name, v in (("valid", valid), ("valid2", valid2)):
+            if v is None:
+                continue
+            if tuple(v.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{name} shape {tuple(v.shape)} must equal target shape {tuple(target.shape)}"
+                )
+            values = values * _as_float(v.to(values.dtype))
+        if weighted:
+            w = boundary_weight_map(
+                target,
+                x1.shape[1],
+                radius=radius,
+                l_max=l_max,
+                l_min=l_min,
+                alpha=alpha,
+                ignore_index=ignore_index,
+            )
+            values = values * w.to(values.dtype)
+        return reduce(values, mask, reduction)
+
+
+class SVLSLoss(nn.Module):
+    """Module form of :func:`svls_loss`."""
+
+    def __init__(
+        self,
+        kernel_size: int = 3,
+        sigma: float = 1.0,
+        *,
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        _check_kernel(kernel_size, sigma)
+        self.kernel_size, self.sigma = kernel_size, sigma
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`svls_loss`."""
+        return svls_loss(
+            logits,
+            target,
+            kernel_size=self.kernel_size,
+            sigma=self.sigma,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+
+class NeighborPenalty(nn.Module):
+    """Module form of :func:`neighbor_penalty`."""
+
+    def __init__(
+        self,
+        kernel: str = "mean",
+        kernel_size: int = 3,
+        sigma: float = 1.0,
+        padding: str = "label0",
+        distance: str = "l1",
+        on: str = "logits",
+        class_reduction: str = "mean",
+        *,
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        check_choice("kernel", kernel, KERNELS)
+        check_choice("padding", padding, PADDINGS)
+        check_choice("distance", distance, DISTANCES)
+        check_choice("on", on, ON)
+        self.kwargs = {
+            "kernel": kernel,
+            "kernel_size": kernel_size,
+            "sigma": sigma,
+            "padding": padding,
+            "distance": distance,
+            "on": on,
+            "class_reduction": class_reduction,
+            "ignore_index": ignore_index,
+            "reduction": reduction,
+        }
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """See :func:`neighbor_penalty`."""
+        return neighbor_penalty(logits, target, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters in the module repr."""
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class BWCRConsistency(nn.Module):
+    """Module form of :func:`bwcr_consistency`.
+
+    ``forward(logits, logits2, target, valid=None, valid2=None)``.
+    """
+
+    def __init__(
+        self,
+        radius: float = 10.0,
+        l_max: float = 1.0,
+        l_min: float = 0.01,
+        alpha: float = 1.0,
+        weighted: bool = True,
+        class_reduction: str = "mean",
+        *,
+        ignore_index: int | None = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.kwargs = {
+            "radius": radius,
+            "l_max": l_max,
+            "l_min": l_min,
+            "alpha": alpha,
+            "weighted": weighted,
+            "class_reduction": class_reduction,
+            "ignore_index": ignore_index,
+            "reduction": reduction,
+        }
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        logits2: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        valid2: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """See :func:`bwcr_consistency`."""
+        return bwcr_consistency(logits, logits2, target, valid, valid2, **self.kwargs)
+
+
+# --- registered presets (published defaults, METHODS §8) -------------------------------------
+
+_SEG = {"task": "multiclass", "granularity": "element", "spatial": True}
+
+
+@LOSSES.register("svls", function=svls_loss, **_SEG)
+def _svls(kernel_size: int = 3, sigma: float = 1.0, **kw) -> nn.Module:
+    """SVLS, k = 3, σ = 1."""
+    return SVLSLoss(kernel_size, sigma, **kw)
+
+
+@LOSSES.register("nacl", **_SEG)
+def _nacl(
+    weight: float = 0.1,
+    kernel: str = "mean",
+    kernel_size: int = 3,
+    padding: str = "label0",
+    distance: str = "l1",
+    on: str = "logits",
+    class_reduction: str = "mean",
+    **kw,
+) -> nn.Module:
+    """NACL = CE + λ·neighbour penalty; λ = 0.1, mean 3×3, L1 on logits (MarginLoss config)."""
+    penalty = NeighborPenalty(
+        kernel, kernel_size, 1.0, padding, distance, on, class_reduction, **kw
+    )
+    return WeightedSum({"ce": CrossEntropyLoss(**kw), "nacl": penalty}, weights={"nacl": weight})
+
+
+@LOSSES.register("bwcr", function=bwcr_consistency, inputs="two_view", **_SEG)
+def _bwcr(**kw) -> nn.Module:
+    """BWCR consistency term with R = 10, l_max = 1, l_min = 0.01, α = 1 (official code)."""
+    return BWCRConsistency(**kw)
