@@ -241,6 +241,8 @@ def _resolve_folder(root) -> Path:
             return p
         if (p / "acdc").is_dir():
             return p / "acdc"
+        if p.is_dir():
+            return p  # _find_cases names the expected files
     return dataset_dir(root, "acdc")
 
 
@@ -299,12 +301,11 @@ class ACDCVolumes(Dataset):
         else:
             self.patient_split = seeded_case_split(patients, seed=seed)
         keep = set(patients) if split == "all" else set(self.patient_split.get(split, []))
-        cases = [c for c in cases if c[0] in keep]
-        if not cases:
+        chosen = [i for i, c in enumerate(cases) if c[0] in keep]
+        if not chosen:
             raise FileNotFoundError(f"no ACDC volumes of split {split!r} found in {str(folder)!r}")
-        self.patients = sorted({c[0] for c in cases})
-        self.case_ids = [f"patient{p:03d}_frame{f:02d}" for p, f, _ in cases]
         size = tuple(int(s) for s in size)
+        # all volumes are decoded and cached together, so every split reuses one cache entry
         sources = [f for c in cases for f in c[2]]
         options = {"size": size, "crop": crop, "downsample": int(downsample), "layout": layout}
 
@@ -336,6 +337,10 @@ class ACDCVolumes(Dataset):
             use_cache=use_cache,
             data_root=folder,
         )
+        data = {k: [v[i] for i in chosen] for k, v in data.items()}
+        cases = [cases[i] for i in chosen]
+        self.patients = sorted({c[0] for c in cases})
+        self.case_ids = [f"patient{p:03d}_frame{f:02d}" for p, f, _ in cases]
         self.images = [torch.from_numpy(a) for a in data["images"]]
         self.labels = [torch.from_numpy(a) for a in data["labels"]]
         self.spacings = [tuple(s) for s in data["spacings"]]

@@ -165,8 +165,8 @@ class MSDVolumes(Dataset):
         cases, meta = _list_cases(folder)
         self.case_split = seeded_case_split([c[0] for c in cases], fractions, seed)
         keep = {c[0] for c in cases} if split == "all" else set(self.case_split[split])
-        cases = [c for c in cases if c[0] in keep]
-        self.case_ids = [c[0] for c in cases]
+        chosen = [i for i, c in enumerate(cases) if c[0] in keep]
+        # all cases are decoded and cached together, so every split and seed reuses one entry
         sources = [p for c in cases for p in c[1:]]
         options = {"normalize": normalize, "pad_to": list(pad_to) if pad_to else None}
 
@@ -182,7 +182,7 @@ class MSDVolumes(Dataset):
             return out
 
         data = cached(
-            name,
+            "msd",
             sources,
             options,
             build,
@@ -190,6 +190,8 @@ class MSDVolumes(Dataset):
             use_cache=use_cache,
             data_root=folder,
         )
+        data = {k: [v[i] for i in chosen] for k, v in data.items()}
+        self.case_ids = [cases[i][0] for i in chosen]
         self.images = [torch.from_numpy(a) for a in data["images"]]
         self.labels = [torch.from_numpy(a) for a in data["labels"]]
         self.spacings = [tuple(s) for s in data["spacings"]]
