@@ -243,7 +243,7 @@ def _resolve_folder(root) -> Path:
             return p / "acdc"
         if p.is_dir():
             return p  # _find_cases names the expected files
-    return dataset_dir(root, "acdc")
+    return dataset_dir(root, "acdc", expected=f"{_H5_DIR}/patientNNN_frameFF.h5")
 
 
 class ACDCVolumes(Dataset):

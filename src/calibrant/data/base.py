@@ -100,14 +100,21 @@ class DatasetInfo:
 # --------------------------------------------------------------------------------------- paths
 
 
-def dataset_dir(root: str | os.PathLike | None, *parts: str) -> Path:
-    """``data_root(root) / parts``; a missing folder raises naming the folder and the root."""
-    base = data_root(root)
+def dataset_dir(root: str | os.PathLike | None, *parts: str, expected: str = "") -> Path:
+    """``data_root(root) / parts``; a missing folder raises naming the folder and the root.
+
+    ``expected`` (for example ``"scene-train.arff, scene-test.arff"``) is added to the message.
+    """
+    what = f" holding {expected}" if expected else ""
+    try:
+        base = data_root(root)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; expected {'/'.join(parts)}/{what} below it") from None
     path = base.joinpath(*parts)
     if not path.exists():
         raise FileNotFoundError(
             f"dataset folder {str(path)!r} not found (data root {str(base)!r}); expected "
-            f"{'/'.join(parts)}/ below the data root"
+            f"{'/'.join(parts)}/{what} below the data root"
         )
     return path
 

@@ -165,7 +165,7 @@ def load_cifar10(root=None, cache_dir=None, use_cache: bool = True) -> dict:
                 folder = cand
                 break
     if folder is None:
-        base = dataset_dir(root, "cifar10_jpg") if root is None else None
+        base = dataset_dir(root, "cifar10_jpg", expected=_TAR) if root is None else None
         folder = base
     if folder is None or not (
         (folder / _PKL).is_dir() or (folder / _TAR).exists() or (folder / "train").is_dir()

@@ -280,7 +280,7 @@ def msd(root=None, split: str = "train", task: str = "msd_hippocampus", **opts) 
     if root is not None and (Path(root) / "imagesTr").is_dir():
         folder = Path(root)
     else:
-        folder = dataset_dir(root, task)
+        folder = dataset_dir(root, task, expected="imagesTr/ and labelsTr/")
     vols = MSDVolumes(folder, split, **opts)
     return MSDPatches(vols, transform=patch_transform, **patch) if patch else vols
 

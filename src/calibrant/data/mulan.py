@@ -224,7 +224,9 @@ def mulan(
     if root is not None and (Path(root) / f"{name}-train.arff").exists():
         folder = Path(root)
     else:
-        folder = dataset_dir(root, "mulan", name)
+        folder = dataset_dir(
+            root, "mulan", name, expected=f"{name}-train.arff, {name}-test.arff, {name}.xml"
+        )
     d = load_mulan(folder, name, cache_dir, use_cache)
     x = d[f"x_{split}"]
     if np.isnan(x).any():

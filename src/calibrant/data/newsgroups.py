@@ -116,7 +116,9 @@ def _source(root) -> Path:
         for cand in (p, p / "20newsgroups"):
             if (cand / _TAR).exists() or (cand / "20news-bydate-train").is_dir():
                 return cand
-    folder = dataset_dir(root, "20newsgroups")
+    folder = dataset_dir(
+        root, "20newsgroups", expected=f"{_TAR} or 20news-bydate-train/ and 20news-bydate-test/"
+    )
     if not (folder / _TAR).exists() and not (folder / "20news-bydate-train").is_dir():
         raise FileNotFoundError(
             f"20 Newsgroups not found in {str(folder)!r}: expected {_TAR} or the folders "
