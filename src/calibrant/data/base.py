@@ -1,0 +1,307 @@
+"""Shared pieces of the dataset loaders: :class:`DatasetInfo`, the decode cache and file checks.
+
+Every loader decodes its source files once, stores the decoded arrays in a cache directory and
+reads them back from there on later runs, so that training epochs are compute-bound. The cache key
+is a hash of the loader name, its options and the path, size and modification time of every
+source file, so editing or replacing a source file invalidates the entry. Cache files are written
+to a temporary name and renamed into place, so a crash never leaves a half-written entry. The
+cache directory is ``cache_dir`` if given, else ``$CALIBRANT_CACHE``, else ``~/.cache/calibrant``;
+nothing is ever written into the data root.
+
+Example:
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from calibrant.data.base import cached
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     calls = []
+    ...     build = lambda: calls.append(1) or {"x": np.arange(3)}
+    ...     a = cached("demo", [], {"k": 1}, build, cache_dir=d)
+    ...     b = cached("demo", [], {"k": 1}, build, cache_dir=d)
+    ...     (len(calls), b["x"].tolist())
+    (1, [0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from calibrant._paths import data_root
+
+__all__ = [
+    "CACHE_ENV",
+    "DatasetInfo",
+    "ArrayDataset",
+    "IndexedSubset",
+    "resolve_cache_dir",
+    "cache_key",
+    "cached",
+    "atomic_write_bytes",
+    "dataset_dir",
+    "require_files",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "CALIBRANT_CACHE"
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model, loss and metric need to know about a dataset.
+
+    Args:
+        name: registry name of the dataset.
+        num_classes: number of classes (labels for multi-label sets).
+        class_names: one name per class, in label order.
+        ignore_index: target value that marks pixels/samples to ignore (``-100`` when unused).
+        spatial_dims: 0 for vector/image classification, 2 or 3 for segmentation.
+        spacing: voxel/pixel spacing of the samples when known and common to all, else ``None``
+            (per-case spacings are exposed by the volume datasets).
+        task: ``"multiclass"``, ``"multilabel"`` or ``"segmentation"``.
+        in_channels: channels (or feature count, for vector data) of one input sample.
+
+    Example:
+        >>> DatasetInfo("toy", 2, ("a", "b"), task="multiclass").num_classes
+        2
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    ignore_index: int = -100
+    spatial_dims: int = 0
+    spacing: tuple[float, ...] | None = None
+    task: str = "multiclass"
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"DatasetInfo {self.name!r}: {len(self.class_names)} class names for "
+                f"num_classes={self.num_classes}"
+            )
+        if self.task not in ("multiclass", "multilabel", "segmentation"):
+            raise ValueError(f"DatasetInfo {self.name!r}: unknown task {self.task!r}")
+
+
+# --------------------------------------------------------------------------------------- paths
+
+
+def dataset_dir(root: str | os.PathLike | None, *parts: str, expected: str = "") -> Path:
+    """``data_root(root) / parts``; a missing folder raises naming the folder and the root.
+
+    ``expected`` (for example ``"scene-train.arff, scene-test.arff"``) is added to the message.
+    """
+    what = f" holding {expected}" if expected else ""
+    try:
+        base = data_root(root)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; expected {'/'.join(parts)}/{what} below it") from None
+    path = base.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset folder {str(path)!r} not found (data root {str(base)!r}); expected "
+            f"{'/'.join(parts)}/{what} below the data root"
+        )
+    return path
+
+
+def require_files(paths: Iterable[Path], what: str) -> list[Path]:
+    """Return ``paths`` as a list, raising ``FileNotFoundError`` listing any that are missing."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise FileNotFoundError(f"{what}: expected file(s) not found: {shown}")
+    return paths
+
+
+# --------------------------------------------------------------------------------------- cache
+
+
+def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """The cache directory: ``path``, else ``$CALIBRANT_CACHE``, else ``~/.cache/calibrant``."""
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "calibrant"
+    return Path(path).expanduser()
+
+
+def _fingerprint(sources: Sequence[str | os.PathLike]) -> list[list[Any]]:
+    out = []
+    for s in sources:
+        st = os.stat(s)
+        out.append([str(Path(s).resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def cache_key(name: str, sources: Sequence[str | os.PathLike], options: dict[str, Any]) -> str:
+    """Hash of the loader name, its options and each source file's path, size and mtime.
+
+    Example:
+        >>> cache_key("x", [], {"a": 1}) == cache_key("x", [], {"a": 1})
+        True
+        >>> cache_key("x", [], {"a": 1}) == cache_key("x", [], {"a": 2})
+        False
+    """
+    payload = json.dumps(
+        {"v": _CACHE_VERSION, "name": name, "options": options, "sources": _fingerprint(sources)},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def cached(
+    name: str,
+    sources: Sequence[str | os.PathLike],
+    options: dict[str, Any],
+    build: Callable[[], Any],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    data_root: str | os.PathLike | None = None,
+) -> Any:
+    """Return ``build()``, computed once per (name, options, source files) and cached on disk.
+
+    Args:
+        name: loader name (part of the key and of the file name).
+        sources: the files the result is decoded from.
+        options: every option that changes the result (JSON-serialisable).
+        build: computes the value (a picklable object, typically a dict of numpy arrays).
+        cache_dir: cache folder (see :func:`resolve_cache_dir`).
+        use_cache: ``False`` always calls ``build()`` and writes nothing.
+        data_root: when given, a cache folder inside it is refused (the data root is read-only).
+
+    Raises:
+        ValueError: if the cache folder lies inside ``data_root``.
+    """
+    if not use_cache:
+        return build()
+    folder = resolve_cache_dir(cache_dir)
+    if data_root is not None and _inside(folder, Path(data_root)):
+        raise ValueError(f"cache folder {str(folder)!r} lies inside the data root; choose another")
+    path = folder / f"{name}-{cache_key(name, sources, options)}.pkl"
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except Exception as err:  # a damaged cache entry is rebuilt, never trusted
+            log.warning("discarding unreadable cache entry %s: %s", path, err)
+    value = build()
+    try:
+        atomic_write_bytes(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError as err:
+        log.warning("could not write cache entry %s: %s", path, err)
+    return value
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+class ArrayDataset(Dataset):
+    """Map-style dataset over in-memory inputs and targets, with an optional joint transform.
+
+    Args:
+        inputs: a tensor ``(N, ...)`` or any sequence indexable by sample.
+        targets: a tensor ``(N, ...)`` (class labels ``(N,)`` or multi-label ``(N, C)``).
+        info: the :class:`DatasetInfo`.
+        transform: optional callable ``(x, y) -> (x, y)``.
+        convert: optional callable applied to ``inputs[i]`` before the transform (for example
+            uint8 -> normalised float), so memory holds the compact form.
+
+    Example:
+        >>> info = DatasetInfo("toy", 2, ("a", "b"))
+        >>> ds = ArrayDataset(torch.zeros(4, 3), torch.tensor([0, 1, 1, 0]), info)
+        >>> x, y = ds[1]; (tuple(x.shape), int(y), len(ds))
+        ((3,), 1, 4)
+    """
+
+    def __init__(
+        self,
+        inputs: Any,
+        targets: torch.Tensor,
+        info: DatasetInfo,
+        transform: Callable | None = None,
+        convert: Callable | None = None,
+    ) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs = inputs
+        self.targets = targets
+        self.info = info
+        self.transform = transform
+        self.convert = convert
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.inputs[index]
+        if self.convert is not None:
+            x = self.convert(x)
+        y = self.targets[index]
+        if self.transform is not None:
+            x, y = self.transform(x, y)
+        return x, y
+
+
+class IndexedSubset(Dataset):
+    """A subset of a dataset that keeps its ``info`` and (sub-selected) ``targets``.
+
+    Example:
+        >>> info = DatasetInfo("toy", 2, ("a", "b"))
+        >>> ds = ArrayDataset(torch.arange(5.0)[:, None], torch.tensor([0, 1, 1, 0, 1]), info)
+        >>> sub = IndexedSubset(ds, torch.tensor([4, 0]))
+        >>> sub.targets.tolist(), float(sub[0][0])
+        ([1, 0], 4.0)
+    """
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor | Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        self.info = dataset.info
+        targets = getattr(dataset, "targets", None)
+        self.targets = targets[self.indices] if targets is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[int(self.indices[index])]
