@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -87,7 +88,10 @@ def build_criterion(cfg: Mapping[str, Any], info: Any) -> nn.Module:
         factory = ALM_PRESETS.get(name).factory
         kw.setdefault("num_classes", info.num_classes)
     else:
-        LOSSES.get(name)  # raises with close matches among the losses
+        known = sorted({*LOSSES.names(), *ALM_PRESETS.names()})
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown loss {name!r}{hint} Known: {', '.join(known)}")
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if info.task != "multilabel" and (takes_any or "ignore_index" in params):

@@ -1,0 +1,145 @@
+"""End-to-end CLI runs on the real ACDC data at a tiny CPU budget."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibrant.cli import main
+from tests.conftest import require_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.downsample=4",
+    "model.base_channels=4",
+    "model.depth=2",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.checkpoint_every=5",
+    "eval.batch_size=64",
+]
+
+
+@pytest.fixture(scope="module")
+def acdc_root(data_root):
+    require_dataset(data_root, "acdc", "ACDC_training_volumes")
+    return str(data_root)
+
+
+@pytest.fixture(scope="module")
+def trained(acdc_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "crac"
+    args = ["train", "acdc_crac", *TINY, "--out", str(out), "--data-root", acdc_root, "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 0
+    return out
+
+
+def test_train_writes_report_checkpoints_and_figures(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["dice"] <= 1.0
+    assert 0.0 <= metrics["test"]["ece_paper"] <= 1.0
+    assert len(metrics["history"]) == 2
+    alm = metrics["history"][-1]["alm"]["alm0"]
+    assert len(alm["lambda"]) == 2 and len(alm["lambda"][0]) == 4  # [region, class]
+    assert (trained / "checkpoints" / "last.pt").is_file()
+    assert (trained / "checkpoints" / "best.pt").is_file()
+    assert (trained / "figures" / "training.png").is_file()
+    assert (trained / "figures" / "multipliers.png").is_file()
+    assert "| run |" in (trained / "report.md").read_text()
+
+
+def test_killed_run_resumes_to_the_same_result(trained, acdc_root, tmp_path):
+    out = tmp_path / "crac"
+    cmd = [sys.executable, "-m", "calibrant", "train", "acdc_crac", *TINY, "--out", str(out)]
+    cmd += ["--data-root", acdc_root, "--device", "cpu", "--quiet", "--halt-after-step", "7"]
+    killed = subprocess.run(cmd, cwd=ROOT, capture_output=True)
+    assert killed.returncode == 3, killed.stderr.decode()[-2000:]
+    assert (
+        main(
+            [
+                "train",
+                "acdc_crac",
+                *TINY,
+                "--out",
+                str(out),
+                "--data-root",
+                acdc_root,
+                "--device",
+                "cpu",
+                "--quiet",
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    ref = json.loads((trained / "metrics.json").read_text())
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["test"] == ref["test"]
+    assert got["history"] == ref["history"]
+
+
+def test_eval_and_calibrate(trained, acdc_root, capsys):
+    assert main(["eval", str(trained), "--data-root", acdc_root, "--device", "cpu"]) == 0
+    assert main(["calibrate", str(trained), "--data-root", acdc_root, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "after (temperature)" in out
+    calibrated = json.loads((trained / "metrics_calibrated.json").read_text())
+    before = json.loads((trained / "metrics.json").read_text())
+    # temperature scaling keeps the argmax: overlap scores are unchanged
+    assert calibrated["test"]["dice"] == pytest.approx(before["test"]["dice"])
+    assert main(["compare", str(trained), str(trained)]) == 0
+
+
+def test_unknown_loss_suggests_close_match(acdc_root, tmp_path, capsys):
+    code = main(["train", "acdc_ce", "loss=crak", "--out", str(tmp_path), "--data-root", acdc_root])
+    assert code == 2
+    assert "did you mean 'crac'" in capsys.readouterr().err
+
+
+def test_missing_data_root_is_an_error(tmp_path, capsys):
+    code = main(
+        ["train", "acdc_ce", "--out", str(tmp_path / "r"), "--data-root", str(tmp_path / "nope")]
+    )
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_override_and_unknown_preset(tmp_path, capsys):
+    assert main(["train", "acdc_ce", "loss", "--out", str(tmp_path)]) == 2
+    assert "key=value" in capsys.readouterr().err
+    assert main(["train", "no_such_preset", "--out", str(tmp_path)]) == 2
+    assert "presets:" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_on_resume_is_an_error(acdc_root, tmp_path, capsys):
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    code = main(
+        [
+            "train",
+            "acdc_ce",
+            *TINY,
+            "--out",
+            str(tmp_path),
+            "--data-root",
+            acdc_root,
+            "--device",
+            "cpu",
+            "--resume",
+        ]
+    )
+    assert code == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_list_and_help(capsys):
+    assert main(["list", "losses"]) == 0
+    assert "crac" not in capsys.readouterr().out.split()  # crac is an ALM preset
+    assert main(["list", "alm"]) == 0
+    assert "crac" in capsys.readouterr().out.split()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "ALM presets:" in capsys.readouterr().out
