@@ -1,4 +1,4 @@
-# One command sets up and runs: `make test` (tests), `make demo` (main job, once the CLI exists).
+# One command sets up and runs: `make test` (tests), `make demo` (the main job).
 # On a CPU machine torch comes from the local CPU build; override TORCH_SPEC on GPU machines.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.calibrant-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test lint format bench clean
+CALIBRANT_DATA ?= $(abspath ../shared/data)
+export CALIBRANT_DATA
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup test lint format demo clean
 
 setup: $(STAMP)
 
@@ -30,6 +34,13 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+# Main job: train CE and CRaC on ACDC at CPU scale, then print the comparison table.
+demo: $(STAMP)
+	$(VENV)/bin/calibrant train acdc_ce --out $(DEMO_OUT)/ce --device cpu
+	$(VENV)/bin/calibrant train acdc_crac --out $(DEMO_OUT)/crac --device cpu
+	$(VENV)/bin/calibrant compare $(DEMO_OUT)/ce $(DEMO_OUT)/crac --out $(DEMO_OUT)/comparison.md
+	@echo "reports: $(DEMO_OUT)/ce/report.md $(DEMO_OUT)/crac/report.md; figures in */figures/"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
