@@ -441,3 +441,21 @@ def test_preset_defaults():
     assert crac.lam.unique().tolist() == [1e-6]
     hr = ALM_PRESETS.build("cals_hr", num_classes=3, with_ce=False)
     assert (hr.cfg.gamma, hr.cfg.mu, hr.constraint.normalize) == (1.1, 1.1, False)
+
+
+@pytest.mark.parametrize(
+    "shape,k", [((2, 9), 3), ((2, 7, 8), 3), ((2, 7, 8), 5), ((2, 4, 5, 6), 3)]
+)
+def test_fast_label0_path_equals_shared_helpers(shape, k, generator):
+    from calibrant._tensor import boundary_mask, neighbor_proportions
+
+    target = torch.randint(0, 3, shape, generator=generator)
+    target[torch.rand(shape, generator=generator) < 0.15] = IGNORE
+    logits = torch.randn(shape[0], 3, *shape[1:], generator=generator)
+    v = NeighborConstraint(kernel_size=k, inner_target_scale=4.0)(logits, target, IGNORE)
+    region = boundary_mask(target, kernel_size=k, ignore_index=IGNORE)
+    tau = neighbor_proportions(target, 3, kernel_size=k, ignore_index=IGNORE)
+    tau = torch.where(region.unsqueeze(1), tau, 4.0 * tau)
+    m = (target != IGNORE).unsqueeze(1)
+    assert torch.equal(v.region, region)
+    torch.testing.assert_close(v.h * m, (tau - logits).abs() * m)

@@ -71,8 +71,11 @@ class _PenaltyMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, lam, rho, mask, denom, fn: PenaltyFn):  # noqa: D102
         value, grad = fn(h, lam, rho)
+        if mask is None:  # no ignored pixel: skip the masking passes
+            ctx.save_for_backward(grad.div_(denom))
+            return value.sum() / denom
         zero = h.new_zeros(())
-        ctx.save_for_backward(torch.where(mask, grad, zero) / denom)
+        ctx.save_for_backward(torch.where(mask, grad, zero).div_(denom))
         return torch.where(mask, value, zero).sum() / denom
 
     @staticmethod
@@ -204,11 +207,10 @@ class ALMPenalty(nn.Module):
         with float32(logits):
             v = self._violations(logits, target)
             lam, rho = self._params(v)
-            n = v.mask.sum().clamp_min(1)
-            denom = n * (self.layout.num_slots * self.layout.columns_per_slot)
-            return _PenaltyMean.apply(
-                v.h, lam, rho, v.mask.unsqueeze(1), denom.float(), self._penalty
-            )
+            n = int(v.mask.sum())
+            denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
+            mask = None if n == v.mask.numel() else v.mask.unsqueeze(1)
+            return _PenaltyMean.apply(v.h, lam, rho, mask, float(denom), self._penalty)
 
     @torch.no_grad()
     def observe(self, logits: torch.Tensor, target: torch.Tensor) -> None:
