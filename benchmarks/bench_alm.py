@@ -69,17 +69,21 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _time(fn, repeats, device, warmup=2):
+def _time(fn, repeats, device, warmup=2, baseline=None):
+    """Median time of ``fn``; with ``baseline``, the two alternate (load drift cancels)."""
+    fns = [fn] if baseline is None else [baseline, fn]
     for _ in range(warmup):
-        fn()
+        for f in fns:
+            f()
     _sync(device)
-    times = []
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for f, t in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            t.append(time.perf_counter() - t0)
+    return [(statistics.median(t), min(t)) for t in times]
 
 
 def _seg_target(b, h, w, device, g):
@@ -116,14 +120,19 @@ def measure(name, repeats, device):
         ys = [_seg_target(4, 192, 192, device, g) for _ in range(5)]
         alm = ALM_PRESETS.build("crac", num_classes=K, with_ce=False).to(device)
 
-        def run():
-            with torch.no_grad():
-                for x, y in zip(xs, ys):
-                    out = model(x)
-                    if name == "val+observe":
-                        alm.observe(out, y)
-                if name == "val+observe":
-                    alm.step()
+        def make(observe):
+            def run():
+                with torch.no_grad():
+                    for x, y in zip(xs, ys, strict=True):
+                        out = model(x)
+                        if observe:
+                            alm.observe(out, y)
+                    if observe:
+                        alm.step()
+
+            return run
+
+        run, base = make(name == "val+observe"), make(False)
 
     else:
         logits = torch.randn(8, K, 192, 192, generator=g).to(device).requires_grad_()
@@ -170,14 +179,25 @@ def measure(name, repeats, device):
             logits.grad = None
             loss().backward()
 
-    sec = _time(run, repeats, device)
+        def base():
+            logits.grad = None
+            F.cross_entropy(logits, y).backward()
+
+    (sec, sec_min), (base_sec, base_min) = _time(run, repeats, device, baseline=base)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"name": name, "sec": sec, "peak_rss_mb": peak, "gpu_peak_mb": gpu_peak}
+    return {
+        "name": name,
+        "sec": sec,
+        "baseline_sec": base_sec,
+        "ratio": sec / base_sec,
+        "ratio_of_min": sec_min / base_min,
+        "peak_rss_mb": peak,
+        "gpu_peak_mb": gpu_peak,
+    }
 
 
 NAMES = [
-    "val",
     "val+observe",
     "ce",
     "crac",
@@ -209,14 +229,14 @@ def main():
         rows[name] = json.loads(out.strip().splitlines()[-1])
         print(rows[name], flush=True)
     ratio = {
-        "observe+step overhead on the validation pass": rows["val+observe"]["sec"]
-        / rows["val"]["sec"]
-        - 1,
-        "CRaC penalty / CE (fwd+bwd)": rows["crac"]["sec"] / rows["ce"]["sec"],
-        "CRaC penalty, validate=False / CE": rows["crac_novalidate"]["sec"] / rows["ce"]["sec"],
-        "research-code CRaC penalty / CE": rows["crac_research_code"]["sec"] / rows["ce"]["sec"],
-        "calibrant nacl / MONAI NACLLoss (CE + term)": rows["nacl_calibrant"]["sec"]
-        / rows["nacl_monai"]["sec"],
+        "observe+step overhead on the validation pass": rows["val+observe"]["ratio"] - 1,
+        "same, ratio of minima": rows["val+observe"]["ratio_of_min"] - 1,
+        "CRaC penalty / CE (fwd+bwd)": rows["crac"]["ratio"],
+        "CRaC penalty / CE, ratio of minima": rows["crac"]["ratio_of_min"],
+        "CRaC penalty, validate=False / CE": rows["crac_novalidate"]["ratio"],
+        "research-code CRaC penalty / CE": rows["crac_research_code"]["ratio"],
+        "calibrant nacl (CE + term) / CE": rows["nacl_calibrant"]["ratio"],
+        "MONAI NACLLoss (CE + term) / CE": rows["nacl_monai"]["ratio"],
     }
     print(json.dumps(ratio, indent=1))
     write(rows, ratio, args)
@@ -234,12 +254,19 @@ def write(rows, ratio, args):
         "Command: `PYTHONPATH=src python benchmarks/bench_alm.py "
         f"--repeats {args.repeats} --threads {args.threads} --device {args.device}`",
         "",
-        "| measurement | median time (ms) | peak RSS increase (MiB) | GPU peak (MiB) |",
-        "|---|---|---|---|",
+        "Each row is timed alternately with its baseline in the same process (the validation",
+        "pass without observe, or CE forward+backward on the same logits).",
+        "",
+        "| measurement | median (ms) | baseline median (ms) | ratio of medians | ratio of minima "
+        "| peak RSS increase (MiB) | GPU peak (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
         gpu = "-" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f}"
-        lines.append(f"| {r['name']} | {1000 * r['sec']:.1f} | {r['peak_rss_mb']:.0f} | {gpu} |")
+        lines.append(
+            f"| {r['name']} | {1000 * r['sec']:.1f} | {1000 * r['baseline_sec']:.1f} "
+            f"| {r['ratio']:.2f} | {r['ratio_of_min']:.2f} | {r['peak_rss_mb']:.0f} | {gpu} |"
+        )
     lines += ["", "| ratio | value |", "|---|---|"]
     for k, v in ratio.items():
         lines.append(f"| {k} | {100 * v:.1f} % |" if "overhead" in k else f"| {k} | {v:.2f}x |")
