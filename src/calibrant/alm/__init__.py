@@ -1,1 +1,58 @@
-"""Augmented-Lagrangian machinery: constraints, penalties, update rules and multiplier state."""
+"""Augmented-Lagrangian machinery: constraints, penalties, update rules and multiplier state.
+
+Four small parts (STYLE.md §1.6 and §1.7): a pure constraint (:mod:`.constraints`), a pure
+penalty with its derivative (:mod:`.penalties`), pure update rules (:mod:`.rules`) and one
+stateful module, :class:`ALMPenalty` (:mod:`.term`). Named presets (CALS-ALM, CALS-HR, CRaC and
+its ablations, NACL) are registered in :data:`calibrant.registry.ALM_PRESETS` (:mod:`.presets`).
+"""
+
+from calibrant.alm.constraints import (
+    LAYOUTS,
+    Layout,
+    MarginConstraint,
+    NeighborConstraint,
+    Violations,
+    margin_violation,
+    neighbor_violation,
+)
+from calibrant.alm.penalties import PENALTIES, get_penalty, p2, p3, phr, relu
+from calibrant.alm.presets import (
+    cals_alm,
+    cals_hr,
+    crac,
+    crac_class,
+    crac_global,
+    crac_region,
+    nacl,
+)
+from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
+from calibrant.alm.term import ALMPenalty, alm_terms
+
+__all__ = [
+    "ALMPenalty",
+    "ALMState",
+    "LAYOUTS",
+    "Layout",
+    "MarginConstraint",
+    "NeighborConstraint",
+    "PENALTIES",
+    "RuleConfig",
+    "Statistics",
+    "Violations",
+    "alm_terms",
+    "cals_alm",
+    "cals_hr",
+    "crac",
+    "crac_class",
+    "crac_global",
+    "crac_region",
+    "get_penalty",
+    "margin_violation",
+    "nacl",
+    "neighbor_violation",
+    "p2",
+    "p3",
+    "phr",
+    "relu",
+    "update",
+]

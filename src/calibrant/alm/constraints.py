@@ -1,0 +1,379 @@
+r"""Constraints of the ALM methods: ``(logits, target) -> violations`` and their slot layout.
+
+A constraint maps logits ``(B, K, *spatial)`` and labels ``(B, *spatial)`` to one violation per
+element and class, ``h`` of shape ``(B, K, *spatial)`` (``h <= 0`` is satisfied), plus the
+validity mask (ignored pixels never enter) and, for the neighbourhood constraint, each pixel's
+region (inner or boundary). A *layout* then says which multiplier (slot) each entry uses:
+
+==================  ============  ===========================  =======================
+layout              slots shape   slot of entry (i, k)         used by
+==================  ============  ===========================  =======================
+``"global"``        ``(1,)``      0                            NACL, ``crac_global``
+``"class"``         ``(K,)``      k                            CALS, ``crac_class``
+``"region"``        ``(2,)``      r(i)                         ``crac_region``
+``"region_class"``  ``(2, K)``    ``[r(i), k]``                CRaC
+==================  ============  ===========================  =======================
+
+Regions are stored ``[region, class]`` with region 0 = inner (one label in the window) and
+region 1 = boundary (two or more labels); the research code orders ``[outer, inner]``
+(METHODS.md B4).
+
+Each slot stands for ``columns_per_slot`` columns of the research code's per-pixel constraint
+matrix (``K`` for one global or per-region multiplier, 1 otherwise), so that the penalty mean runs
+over ``N · num_slots · columns_per_slot`` entries exactly like the code (``N · 2K`` for CRaC,
+whose entries from the other region are 0).
+
+Example:
+    >>> import torch
+    >>> from calibrant.alm.constraints import NeighborConstraint, Layout
+    >>> y = torch.tensor([[[0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 1]]])
+    >>> v = NeighborConstraint(inner_target_scale=5.0)(torch.zeros(1, 2, 3, 4), y)
+    >>> v.region.int()  # 1 = boundary
+    tensor([[[0, 0, 1, 1],
+             [0, 0, 1, 1],
+             [0, 0, 1, 1]]], dtype=torch.int32)
+    >>> round(v.h[0, 0, 1, 0].item(), 4), round(v.h[0, 0, 1, 2].item(), 4)  # |5·1 - 0|, |6/9 - 0|
+    (5.0, 0.6667)
+    >>> Layout("region_class", 2).shape
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from calibrant._checks import check_choice, check_logits_target, check_positive
+from calibrant._tensor import PADDINGS, boundary_mask, neighbor_proportions, valid_mask
+
+__all__ = [
+    "LAYOUTS",
+    "Layout",
+    "Violations",
+    "margin_violation",
+    "neighbor_violation",
+    "MarginConstraint",
+    "NeighborConstraint",
+    "slot_values",
+    "slot_sums",
+    "slot_counts",
+]
+
+LAYOUTS = ("global", "class", "region", "region_class")
+
+
+class Violations(NamedTuple):
+    """Output of a constraint.
+
+    Attributes:
+        h: float32 violations ``(B, K, *spatial)``, ``h <= 0`` satisfied.
+        mask: bool ``(B, *spatial)``, True where the pixel is not ignored.
+        region: bool ``(B, *spatial)``, True = boundary (region 1), or ``None`` when the
+            constraint defines no regions.
+    """
+
+    h: torch.Tensor
+    mask: torch.Tensor
+    region: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which multiplier slot each violation entry uses.
+
+    Args:
+        name: one of ``"global"``, ``"class"``, ``"region"``, ``"region_class"``.
+        num_classes: number of classes ``K``.
+    """
+
+    name: str
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        check_choice("layout", self.name, LAYOUTS)
+        if int(self.num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the λ and ρ buffers."""
+        k = self.num_classes
+        return {"global": (1,), "class": (k,), "region": (2,), "region_class": (2, k)}[self.name]
+
+    @property
+    def num_slots(self) -> int:
+        """Number of multipliers."""
+        return int(torch.Size(self.shape).numel())
+
+    @property
+    def columns_per_slot(self) -> int:
+        """Per-pixel constraint columns that share one slot (``K`` or 1)."""
+        return self.num_classes if self.name in ("global", "region") else 1
+
+    @property
+    def needs_region(self) -> bool:
+        """Whether the layout indexes slots by region."""
+        return self.name in ("region", "region_class")
+
+
+def margin_violation(
+    logits: torch.Tensor, *, margin: float = 10.0, normalize: bool = True
+) -> torch.Tensor:
+    r"""CALS margin constraint: the logit distance to the maximum may not exceed ``m``.
+
+    .. math::
+        h_{ik} = \frac{\max_j l_{ij} - l_{ik} - m}{m} \quad (\text{or } d_{ik} - m
+        \text{ when } \texttt{normalize=False})
+
+    The arg-max column always has ``h = -1`` (normalised), i.e. it is satisfied.
+
+    Args:
+        logits: ``(B, K, *spatial)``.
+        margin: ``m > 0``.
+        normalize: divide by ``m`` (the CALS code's ``normalize=True``, METHODS.md F2).
+
+    Returns:
+        float32 ``(B, K, *spatial)``.
+
+    Example:
+        >>> margin_violation(torch.tensor([[0.0, 4.0, 10.0]]), margin=5.0)
+        tensor([[ 1.0000,  0.2000, -1.0000]])
+    """
+    check_positive("margin", margin)
+    x = logits.float()
+    h = x.amax(dim=1, keepdim=True) - x - margin
+    return h / margin if normalize else h
+
+
+def neighbor_violation(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kernel_size: int = 3,
+    inner_target_scale: float = 1.0,
+    padding: str = "label0",
+    ignore_index: int | None = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""NACL/CRaC neighbourhood constraint and the region of each pixel.
+
+    .. math::
+        h_{ik} = |s_i \tau_{ik} - l_{ik}|, \qquad
+        s_i = \begin{cases} \texttt{inner\_target\_scale} & i \text{ inner} \\
+        1 & i \text{ boundary} \end{cases}
+
+    ``τ`` is the class proportion in the ``k^d`` window
+    (:func:`calibrant._tensor.neighbor_proportions`); a pixel is *boundary* when its window
+    (label-0 padded) holds at least two distinct labels
+    (:func:`calibrant._tensor.boundary_mask`, the intended test of METHODS.md B1, not the research
+    code's float-rounding artefact). ``h >= 0`` always (METHODS.md B3).
+
+    Args:
+        logits: ``(B, K, *spatial)``, 1 to 3 spatial dims.
+        target: ``(B, *spatial)`` integer labels.
+        kernel_size: odd window size (3 in the papers).
+        inner_target_scale: ``s`` for inner pixels (the CRaC code's "margin": 5 in the published
+            runs, 1 for NACL and the pure-poster variant; METHODS.md B2).
+        padding: out-of-image neighbours for ``τ``: ``"label0"`` (research code), ``"zeros"``
+            (MONAI), ``"replicate"``.
+        ignore_index: ignored label, or ``None``.
+
+    Returns:
+        ``h`` float32 ``(B, K, *spatial)`` and ``boundary`` bool ``(B, *spatial)``.
+
+    Example:
+        >>> y = torch.tensor([[0, 0, 0, 1, 1]])
+        >>> h, b = neighbor_violation(torch.zeros(1, 2, 5), y, inner_target_scale=2.0)
+        >>> b.tolist(), [round(x, 3) for x in h[0, 1].tolist()]  # label-0 padding: last is boundary
+        ([[False, False, True, True, True]], [0.0, 0.0, 0.333, 0.667, 0.667])
+    """
+    check_positive("inner_target_scale", inner_target_scale, strict=False)
+    check_choice("padding", padding, PADDINGS)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    num_classes = logits.shape[1]
+    x = logits.float()
+    if padding != "label0":
+        tau = neighbor_proportions(
+            target, num_classes, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
+        )
+        boundary = boundary_mask(target, kernel_size=kernel_size, ignore_index=ignore_index)
+        if inner_target_scale != 1.0:
+            tau = torch.where(boundary.unsqueeze(1), tau, tau * inner_target_scale)
+        return (tau - x).abs(), boundary
+    # Fast path (label-0 padding, the research code's convention): one window sum of the one-hot
+    # labels gives both the proportions and the region. A valid pixel is boundary exactly when no
+    # class holds all its valid neighbours, i.e. when the window has >= 2 distinct labels; this
+    # equals calibrant._tensor.boundary_mask (tested exhaustively against it and against loops).
+    safe, mask = valid_mask(target, ignore_index)
+    classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * (x.dim() - 2)))
+    onehot = (safe.unsqueeze(1) == classes) & mask.unsqueeze(1)
+    counts = _window_sum(onehot.to(x.dtype), kernel_size)  # in-image neighbours only
+    outside = _outside_count(target.shape[1:], kernel_size, x)  # padded neighbours: label 0
+    counts[:, :1] += outside
+    n_valid = _window_sum(mask.unsqueeze(1).to(x.dtype), kernel_size) + outside
+    boundary = (counts.amax(1, keepdim=True) < n_valid) & mask.unsqueeze(1)
+    scale = torch.where(boundary, 1.0, float(inner_target_scale)) / n_valid.clamp_min(1.0)
+    return (torch.addcmul(-x, counts, scale)).abs_(), boundary.squeeze(1)
+
+
+def _window_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Zero-padded ``k^d`` box sum over the spatial dims of ``(B, C, *spatial)`` (separable)."""
+    r = kernel_size // 2
+    for dim in range(2, x.dim()):
+        n = x.shape[dim]
+        pad = [0, 0] * (x.dim() - dim - 1) + [r, r]
+        p = torch.nn.functional.pad(x, pad)
+        out = p.narrow(dim, 0, n).clone()
+        for shift in range(1, kernel_size):
+            out += p.narrow(dim, shift, n)
+        x = out
+    return x
+
+
+def _outside_count(spatial: torch.Size, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Number of out-of-image positions in each pixel's window, ``(1, 1, *spatial)``."""
+    ones = like.new_ones((1, 1, *spatial))
+    return kernel_size ** len(spatial) - _window_sum(ones, kernel_size)
+
+
+def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    check_logits_target(logits, target)
+    return valid_mask(target, ignore_index)[1]
+
+
+@dataclass(frozen=True)
+class MarginConstraint:
+    """Configured :func:`margin_violation` (CALS-ALM, CALS-HR); defines no regions.
+
+    Args:
+        margin: ``m`` (10 for CALS, METHODS.md F1).
+        normalize: divide by ``m``.
+    """
+
+    margin: float = 10.0
+    normalize: bool = True
+    has_regions = False
+
+    def __post_init__(self) -> None:
+        check_positive("margin", self.margin)
+
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = -100
+    ) -> Violations:
+        """Violations of ``logits`` against ``target`` (the target only supplies the mask)."""
+        mask = _check(logits, target, ignore_index)
+        return Violations(
+            margin_violation(logits, margin=self.margin, normalize=self.normalize), mask, None
+        )
+
+
+@dataclass(frozen=True)
+class NeighborConstraint:
+    """Configured :func:`neighbor_violation` (NACL, CRaC).
+
+    Args:
+        kernel_size: odd window size.
+        inner_target_scale: target scale of inner pixels (CRaC runs: 5).
+        padding: padding of the proportion target.
+    """
+
+    kernel_size: int = 3
+    inner_target_scale: float = 1.0
+    padding: str = "label0"
+    has_regions = True
+
+    def __post_init__(self) -> None:
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
+        check_positive("inner_target_scale", self.inner_target_scale, strict=False)
+        check_choice("padding", self.padding, PADDINGS)
+
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = -100
+    ) -> Violations:
+        """Violations and regions of ``logits`` against ``target``."""
+        mask = _check(logits, target, ignore_index)
+        h, boundary = neighbor_violation(
+            logits,
+            target,
+            kernel_size=self.kernel_size,
+            inner_target_scale=self.inner_target_scale,
+            padding=self.padding,
+            ignore_index=ignore_index,
+        )
+        return Violations(h, mask, boundary)
+
+
+def _view_classes(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(K,)`` -> ``(1, K, 1, ...)`` with ``ndim`` dims in total."""
+    return values.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+def slot_values(
+    values: torch.Tensor, layout: Layout, region: torch.Tensor | None, ndim: int
+) -> torch.Tensor:
+    """Expand per-slot values (λ or ρ, shaped ``layout.shape``) to broadcast against ``h``.
+
+    Args:
+        values: ``layout.shape`` tensor.
+        layout: the slot layout.
+        region: bool ``(B, *spatial)`` (True = boundary) for region layouts, else ignored.
+        ndim: ``h.dim()``.
+
+    Returns:
+        A tensor broadcastable to ``h`` (``(B, K, *spatial)``).
+    """
+    if layout.name == "global":
+        return values.reshape([1] * ndim)
+    if layout.name == "class":
+        return _view_classes(values, ndim)
+    r = region.unsqueeze(1)
+    if layout.name == "region":
+        return torch.where(r, values[1], values[0])
+    return torch.where(r, _view_classes(values[1], ndim), _view_classes(values[0], ndim))
+
+
+def slot_sums(x: torch.Tensor, layout: Layout, region: torch.Tensor | None) -> torch.Tensor:
+    """Sum of per-entry values by slot, in float64.
+
+    Args:
+        x: ``(B, K, *spatial)`` values, already zero where masked.
+        layout: the slot layout.
+        region: bool ``(B, *spatial)`` for region layouts.
+
+    Returns:
+        float64 tensor of ``layout.shape``.
+    """
+    x = x.double()
+    dims = [0, *range(2, x.dim())]
+    if layout.name == "global":
+        return x.sum().reshape(1)
+    if layout.name == "class":
+        return x.sum(dims)
+    r = region.unsqueeze(1)
+    zero = x.new_zeros(())
+    inner = torch.where(r, zero, x).sum(dims)
+    outer = torch.where(r, x, zero).sum(dims)
+    out = torch.stack([inner, outer])
+    return out.sum(1) if layout.name == "region" else out
+
+
+def slot_counts(mask: torch.Tensor, layout: Layout, region: torch.Tensor | None) -> torch.Tensor:
+    """Number of valid violation entries per slot (int64, ``layout.shape``).
+
+    Args:
+        mask: bool ``(B, *spatial)`` of valid pixels.
+        layout: the slot layout.
+        region: bool ``(B, *spatial)`` for region layouts.
+    """
+    k = layout.num_classes
+    n = mask.sum()
+    if layout.name == "global":
+        return (n * k).reshape(1)
+    if layout.name == "class":
+        return n.expand(k).clone()
+    n_outer = (mask & region).sum()
+    pair = torch.stack([n - n_outer, n_outer])
+    return pair * k if layout.name == "region" else pair.unsqueeze(1).expand(2, k).clone()

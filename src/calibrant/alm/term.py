@@ -1,0 +1,313 @@
+r"""``ALMPenalty``: multiplier state in buffers, the training penalty, validation statistics.
+
+The module joins the three pure parts: a constraint (:mod:`calibrant.alm.constraints`), a
+penalty (:mod:`calibrant.alm.penalties`) and the update rules (:mod:`calibrant.alm.rules`).
+
+- ``forward(logits, target)`` is the training penalty with the current (frozen) λ and ρ,
+
+  .. math::
+      \mathcal{P} = \frac{1}{N \cdot S \cdot c} \sum_{i \text{ valid}} \sum_k
+      P\big(h_{ik};\ \lambda_{s(i,k)}, \rho_{s(i,k)}\big),
+
+  with ``N`` valid pixels, ``S`` slots and ``c`` columns per slot (the mean over ``N·2K`` of
+  the CRaC code, ``N·K`` of CALS and NACL). It drops into
+  :class:`calibrant.losses.combine.WeightedSum` next to the task loss.
+- ``observe(logits, target)`` (no gradient) accumulates per-slot ``Σ clamp(P')``, ``Σh``,
+  ``ΣP`` and counts over validation batches, in float64 sums and int64 counts.
+- ``step()`` does one ``all_reduce`` of the packed sums (a no-op without
+  ``torch.distributed``), applies :func:`calibrant.alm.rules.update`, resets the accumulators and
+  returns a log record ``{"epoch", "lambda", "rho", "violation"}`` (nested lists shaped like the
+  slots, ``[region][class]`` for CRaC). :meth:`ALMPenalty.history` returns all records; they are
+  saved in the ``state_dict``, so a resumed run keeps its trajectory.
+
+Distributed statistics are the *exact global* sums over all ranks' validation pixels, not the
+research code's equal-weighted mean of per-rank means; the two agree only for equal splits.
+
+Example:
+    >>> import torch
+    >>> from calibrant.alm import ALMPenalty, NeighborConstraint
+    >>> alm = ALMPenalty(2, NeighborConstraint(inner_target_scale=5.0), layout="region_class",
+    ...                  rho_init=0.1)
+    >>> logits = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    >>> target = torch.zeros(1, 4, 4, dtype=torch.long)
+    >>> target[:, :, 2:] = 1
+    >>> alm(logits, target).backward()
+    >>> alm.observe(logits, target)
+    >>> record = alm.step()  # inner class 0: λ = 1e-6 + 0.1 · (4 pixels · |5 - 0|) / 16
+    >>> record["epoch"], [[round(x, 3) for x in row] for row in record["lambda"]]
+    (0, [[0.125, 0.0], [0.04, 0.035]])
+
+Reference:
+    Liu et al., "Class Adaptive Network Calibration", CVPR 2023; Murugesan et al., "Class and
+    Region-Adaptive Constraints for Network Calibration", MICCAI 2024.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from calibrant._checks import check_finite, check_labels_in_range
+from calibrant._tensor import float32
+from calibrant.alm.constraints import Layout, Violations, slot_counts, slot_sums, slot_values
+from calibrant.alm.penalties import PenaltyFn, get_penalty
+from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
+
+__all__ = ["ALMPenalty", "alm_terms"]
+
+log = logging.getLogger(__name__)
+
+Constraint = Callable[[torch.Tensor, torch.Tensor, int | None], Violations]
+
+
+class _PenaltyMean(torch.autograd.Function):
+    """``Σ_valid P(h) / denom`` with the closed-form derivative (saves one tensor)."""
+
+    @staticmethod
+    def forward(ctx, h, lam, rho, mask, denom, fn: PenaltyFn):  # noqa: D102
+        value, grad = fn(h, lam, rho)
+        if mask is None:  # no ignored pixel: skip the masking passes
+            ctx.save_for_backward(grad.div_(denom))
+            return value.sum() / denom
+        zero = h.new_zeros(())
+        ctx.save_for_backward(torch.where(mask, grad, zero).div_(denom))
+        return torch.where(mask, value, zero).sum() / denom
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        (grad,) = ctx.saved_tensors
+        return g * grad, None, None, None, None, None
+
+
+class ALMPenalty(nn.Module):
+    """Augmented-Lagrangian penalty term with per-slot multipliers λ and coefficients ρ.
+
+    Args:
+        num_classes: number of classes ``K``.
+        constraint: a :class:`~calibrant.alm.constraints.MarginConstraint`,
+            :class:`~calibrant.alm.constraints.NeighborConstraint` or any callable
+            ``(logits, target, ignore_index) -> Violations``.
+        layout: ``"global" | "class" | "region" | "region_class"`` (slots ``1 | K | 2 | 2×K``).
+        rule: ``"alm"`` (CALS/CRaC), ``"heuristic"`` (CALS-HR) or ``"fixed"`` (NACL).
+        penalty: ``"phr" | "p2" | "p3" | "relu"``.
+        lambda_init: initial λ (default ``lambda_min``); must lie in ``[lambda_min, lambda_max]``.
+        lambda_min: lower clamp of λ.
+        lambda_max: upper clamp of λ.
+        lambda_step: λ update period in epochs.
+        rho_init: initial ρ and its lower clamp.
+        rho_max: upper clamp of ρ.
+        rho_step: ρ test period in epochs (0: never).
+        gamma: growth factor (of ρ for ALM, of λ for the heuristic rule).
+        mu: tolerance factor (the code's ``tao``).
+        per_region_mean: average over a slot's own entries in the λ/ρ updates (METHODS.md B5).
+        ignore_index: ignored label (never enters the penalty or the statistics), or ``None``.
+        validate: check label range and finiteness of the logits (one pass over the data).
+
+    Shape:
+        - logits: ``(B, K, *spatial)``; target: ``(B, *spatial)`` int.
+        - output: scalar.
+
+    Raises:
+        ValueError: on a bad configuration (see :class:`calibrant.alm.rules.RuleConfig`), a
+            region layout with a constraint that has no regions, ``lambda_init`` outside the
+            clamp range, or loading a state dict with another slot layout.
+    """
+
+    lam: torch.Tensor
+    rho: torch.Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        constraint: Constraint,
+        *,
+        layout: str = "class",
+        rule: str = "alm",
+        penalty: str = "phr",
+        lambda_init: float | None = None,
+        lambda_min: float = 1e-6,
+        lambda_max: float = 1e6,
+        lambda_step: int = 1,
+        rho_init: float = 1.0,
+        rho_max: float = 10.0,
+        rho_step: int = 10,
+        gamma: float = 1.2,
+        mu: float = 0.9,
+        per_region_mean: bool = False,
+        ignore_index: int | None = -100,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layout = Layout(layout, num_classes)
+        self.cfg = RuleConfig(
+            rule=rule,
+            penalty=penalty,
+            lambda_min=lambda_min,
+            lambda_max=lambda_max,
+            lambda_step=lambda_step,
+            rho_init=rho_init,
+            rho_max=rho_max,
+            rho_step=rho_step,
+            gamma=gamma,
+            mu=mu,
+            per_region_mean=per_region_mean,
+        )
+        if self.layout.needs_region and not getattr(constraint, "has_regions", True):
+            raise ValueError(
+                f"layout {layout!r} needs pixel regions, but {type(constraint).__name__} "
+                "defines none; use layout 'global' or 'class'"
+            )
+        lambda_init = lambda_min if lambda_init is None else lambda_init
+        if not lambda_min <= lambda_init <= lambda_max:
+            raise ValueError(
+                f"lambda_init ({lambda_init}) must lie in [lambda_min, lambda_max] = "
+                f"[{lambda_min}, {lambda_max}]"
+            )
+        self.constraint = constraint
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.validate = validate
+        self._penalty = get_penalty(penalty)
+        state = ALMState.init(self.layout.shape, lambda_init=lambda_init, rho_init=rho_init)
+        for name, value in state._asdict().items():
+            self.register_buffer(name, value)
+        shape = self.layout.shape
+        self.register_buffer("acc_grad", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("acc_viol", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("acc_value", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("acc_count", torch.zeros(shape, dtype=torch.int64))
+        self.register_buffer("acc_pixels", torch.zeros((), dtype=torch.int64))
+        self._history: list[dict[str, Any]] = []
+
+    # -- evaluation of the constraint -------------------------------------------------------
+    def _violations(self, logits: torch.Tensor, target: torch.Tensor) -> Violations:
+        if self.validate:
+            if logits.shape[1:2] != (self.num_classes,):
+                raise ValueError(
+                    f"logits have {logits.shape[1] if logits.dim() > 1 else None} classes on "
+                    f"dim 1 but this ALMPenalty has num_classes={self.num_classes}"
+                )
+            check_labels_in_range(target, self.num_classes, self.ignore_index)
+            check_finite("logits", logits)
+        return self.constraint(logits, target, self.ignore_index)
+
+    def _params(self, v: Violations) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = v.h.dim()
+        lam = slot_values(self.lam.float(), self.layout, v.region, dim)
+        rho = slot_values(self.rho.float(), self.layout, v.region, dim)
+        return lam, rho
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training penalty with the current λ and ρ (float32, differentiable in ``logits``)."""
+        with float32(logits):
+            v = self._violations(logits, target)
+            lam, rho = self._params(v)
+            n = int(v.mask.sum())
+            denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
+            mask = None if n == v.mask.numel() else v.mask.unsqueeze(1)
+            return _PenaltyMean.apply(v.h, lam, rho, mask, float(denom), self._penalty)
+
+    @torch.no_grad()
+    def observe(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate the validation statistics of one batch (no gradient, no state change)."""
+        with float32(logits):
+            v = self._violations(logits.detach(), target)
+            lam, rho = self._params(v)
+            value, grad = self._penalty(v.h, lam, rho)
+            grad = grad.clamp(self.cfg.lambda_min, self.cfg.lambda_max)
+            m = v.mask.unsqueeze(1)
+            zero = v.h.new_zeros(())
+            lay, reg = self.layout, v.region
+            self.acc_grad += slot_sums(torch.where(m, grad, zero), lay, reg)
+            self.acc_viol += slot_sums(torch.where(m, v.h, zero), lay, reg)
+            self.acc_value += slot_sums(torch.where(m, value, zero), lay, reg)
+            self.acc_count += slot_counts(v.mask, lay, reg)
+            self.acc_pixels += v.mask.sum()
+
+    # -- dual step ---------------------------------------------------------------------------
+    def _synced_statistics(self) -> Statistics:
+        shape, s = self.layout.shape, self.layout.num_slots
+        packed = torch.cat(
+            [
+                self.acc_grad.reshape(-1),
+                self.acc_viol.reshape(-1),
+                self.acc_value.reshape(-1),
+                self.acc_count.reshape(-1).double(),  # exact below 2**53
+                self.acc_pixels.reshape(1).double(),
+            ]
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(packed)
+        parts = [packed[i * s : (i + 1) * s].reshape(shape) for i in range(4)]
+        rows = packed[-1] * self.layout.columns_per_slot
+        return Statistics(*parts, rows=rows.expand(shape))
+
+    @torch.no_grad()
+    def step(self) -> dict[str, Any]:
+        """Apply the update rules to the observed statistics, reset them, return the log record.
+
+        Returns:
+            ``{"epoch": int, "lambda": list, "rho": list, "violation": list}``: the epoch just
+            finished (0-based) and the new per-slot λ and ρ and this epoch's mean violation (ALM)
+            or score (heuristic), nested like the slot shape.
+        """
+        stats = self._synced_statistics()
+        if float(stats.rows.reshape(-1)[0]) == 0:
+            log.warning("ALMPenalty.step() without observed validation pixels; λ is kept")
+        state = ALMState(self.lam, self.rho, self.prev, self.has_prev, self.epoch)
+        new = update(state, stats, self.cfg)
+        for name, value in new._asdict().items():
+            getattr(self, name).copy_(value)
+        for acc in (self.acc_grad, self.acc_viol, self.acc_value, self.acc_count, self.acc_pixels):
+            acc.zero_()
+        record = {
+            "epoch": int(self.epoch) - 1,
+            "lambda": self.lam.tolist(),
+            "rho": self.rho.tolist(),
+            "violation": self.prev.tolist(),
+        }
+        self._history.append(record)
+        return record
+
+    def history(self) -> list[dict[str, Any]]:
+        """All step records so far (copies), ready for plotting trajectories per slot."""
+        return [dict(r) for r in self._history]
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        """The λ/ρ history travels with the state dict."""
+        return {"history": [dict(r) for r in self._history]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the history saved by :meth:`get_extra_state`."""
+        self._history = [dict(r) for r in state.get("history", [])]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in ("lam", "rho", "prev", "acc_grad", "acc_count"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and tuple(saved.shape) != self.layout.shape:
+                raise ValueError(
+                    f"checkpoint entry {prefix + name!r} has {saved.numel()} ALM slots of shape "
+                    f"{tuple(saved.shape)}, but this ALMPenalty has layout "
+                    f"{self.layout.name!r} with {self.layout.num_slots} slots of shape "
+                    f"{self.layout.shape}; build it with the same layout and num_classes"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        """Configuration shown in the module repr."""
+        c = self.cfg
+        return (
+            f"num_classes={self.num_classes}, layout={self.layout.name!r}, rule={c.rule!r}, "
+            f"penalty={c.penalty!r}, constraint={self.constraint!r}"
+        )
+
+
+def alm_terms(module: nn.Module) -> list[ALMPenalty]:
+    """Every :class:`ALMPenalty` inside ``module`` (e.g. a ``WeightedSum``), for observe/step."""
+    return [m for m in module.modules() if isinstance(m, ALMPenalty)]
