@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from calibrant import distributed as dist_utils
+from calibrant.alm.term import alm_terms
 
 __all__ = [
     "EpochSampler",
-    "alm_terms",
     "autocast_context",
     "evaluate",
     "fit",
@@ -125,17 +125,6 @@ def loss_terms(criterion: nn.Module, logits: torch.Tensor, target: torch.Tensor)
     if callable(terms):
         return terms(logits, target)
     return {"loss": criterion(logits, target)}
-
-
-def alm_terms(module: nn.Module | None) -> list[nn.Module]:
-    """Sub-modules that learn multipliers on validation data (with ``observe`` and ``step``)."""
-    if module is None:
-        return []
-    return [
-        m
-        for m in module.modules()
-        if callable(getattr(m, "observe", None)) and callable(getattr(m, "step", None))
-    ]
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -392,7 +381,7 @@ def fit(
         train_loader: a DataLoader whose ``sampler`` is an :class:`EpochSampler` and which has
             its own ``generator`` (so the global RNG only drives the model).
         val_loader: validation batches (or volumes, with ``infer``).
-        criterion: loss module; its ALM terms are found by :func:`alm_terms`.
+        criterion: loss module; its ALM terms are found by :func:`calibrant.alm.alm_terms`.
         optimizer: the optimiser.
         epochs: total number of epochs.
         metrics: validation metrics, name -> torchmetrics-style object.

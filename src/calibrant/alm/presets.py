@@ -31,13 +31,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from calibrant._tensor import float32
 from calibrant.alm.constraints import MarginConstraint, NeighborConstraint
 from calibrant.alm.term import ALMPenalty
+from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
 from calibrant.registry import ALM_PRESETS
 
@@ -47,18 +45,6 @@ _ALM = dict(rule="alm", penalty="phr", lambda_min=1e-6, lambda_max=1e6, lambda_s
 _ALM.update(rho_max=10.0, rho_step=10, gamma=1.2, mu=0.9)
 
 
-class _CrossEntropy(nn.Module):
-    """Mean cross-entropy over non-ignored elements, in float32 (placeholder for the library CE)."""
-
-    def __init__(self, ignore_index: int | None = -100) -> None:
-        super().__init__()
-        self.ignore_index = -100 if ignore_index is None else ignore_index
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with float32(logits):
-            return F.cross_entropy(logits.float(), target.long(), ignore_index=self.ignore_index)
-
-
 def _split(kwargs: dict[str, Any], constraint_keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in constraint_keys if k in kwargs}
 
@@ -66,7 +52,7 @@ def _split(kwargs: dict[str, Any], constraint_keys: tuple[str, ...]) -> dict[str
 def _finish(term: ALMPenalty, with_ce: bool) -> nn.Module:
     if not with_ce:
         return term
-    return WeightedSum({"ce": _CrossEntropy(term.ignore_index), "alm": term})
+    return WeightedSum({"ce": CrossEntropyLoss(ignore_index=term.ignore_index), "alm": term})
 
 
 def _margin_preset(num_classes, with_ce, defaults, constraint_defaults, overrides):
