@@ -34,6 +34,7 @@ class PaddedDynUNet(nn.Module):
         net: the wrapped ``monai.networks.nets.DynUNet``.
         spatial_dims: 2 or 3.
         in_channels: input channels (checked in ``forward``).
+        num_classes: logit channels of ``net``.
         multiple: product of the strides per spatial axis.
         pad_mode: ``F.pad`` mode for the padding.
 
@@ -48,11 +49,13 @@ class PaddedDynUNet(nn.Module):
         net: nn.Module,
         spatial_dims: int,
         in_channels: int,
+        num_classes: int,
         multiple: tuple[int, ...],
         pad_mode: str = "constant",
     ) -> None:
         super().__init__()
         self.net = net
+        self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.multiple = multiple
@@ -147,4 +150,4 @@ def dynunet(
     )
     per_axis = [s if isinstance(s, Sequence) else (s,) * spatial_dims for s in strides]
     multiple = tuple(math.prod(s[d] for s in per_axis) for d in range(spatial_dims))
-    return PaddedDynUNet(net, spatial_dims, in_channels, multiple, pad_mode)
+    return PaddedDynUNet(net, spatial_dims, in_channels, num_classes, multiple, pad_mode)

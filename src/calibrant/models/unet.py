@@ -61,6 +61,8 @@ class UNet(nn.Module):
 
     The input is padded at the end of each spatial axis to a multiple of
     :math:`\prod_i \text{pool\_sizes}_i` and the logits are cropped back, so any input size works.
+    With ``norm="instance"`` (or ``"batch"`` in training mode) the padded size must leave more
+    than one element per channel at the bottleneck, otherwise PyTorch raises a ``ValueError``.
 
     Args:
         spatial_dims: 2 or 3.
