@@ -1,0 +1,105 @@
+"""Small building blocks shared by the model files: normalisation table, padding, input checks.
+
+Example:
+    >>> x = torch.zeros(1, 1, 37, 53)
+    >>> padded, crop = pad_to_multiple(x, 16)
+    >>> tuple(padded.shape), tuple(padded[crop].shape)
+    ((1, 1, 48, 64), (1, 1, 37, 53))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibrant._checks import check_choice
+
+__all__ = ["NORMS", "make_norm", "pad_to_multiple", "check_image_input", "conv_nd", "pool_nd"]
+
+NORMS = ("batch", "instance", "group", "none")
+
+
+def conv_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    check_choice("spatial_dims", spatial_dims, (2, 3))
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def pool_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
+    check_choice("spatial_dims", spatial_dims, (2, 3))
+    return nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+
+
+def make_norm(norm: str, channels: int, spatial_dims: int, *, groups: int = 8) -> nn.Module:
+    """Normalisation layer by name.
+
+    Args:
+        norm: ``"batch"`` (running statistics, differs between train and eval), ``"instance"``
+            (affine, no running statistics), ``"group"`` (``min(groups, channels)`` groups; the
+            count is reduced until it divides ``channels``) or ``"none"`` (identity).
+        channels: feature channels.
+        spatial_dims: 2 or 3 (1 for feature vectors, batch norm only).
+        groups: requested number of groups for group norm.
+
+    Returns:
+        The layer.
+    """
+    check_choice("norm", norm, NORMS)
+    if norm == "none":
+        return nn.Identity()
+    if norm == "batch":
+        return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims](channels)
+    if norm == "instance":
+        cls = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims]
+        return cls(channels, affine=True)
+    g = max(1, min(groups, channels))
+    while channels % g:
+        g -= 1
+    return nn.GroupNorm(g, channels)
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int | tuple[int, ...], *, mode: str = "constant"
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Pad the trailing spatial dims of ``x`` (B, C, *spatial) at the end up to a multiple.
+
+    Args:
+        x: input, shape ``(B, C, *spatial)``.
+        multiple: required divisor of every spatial size (one int or one per spatial dim).
+        mode: ``F.pad`` mode: ``"constant"`` (zeros), ``"replicate"`` or ``"reflect"``.
+
+    Returns:
+        The padded tensor and the index that crops an output of the padded size back to ``x``'s
+        spatial size (``out[crop]``).
+    """
+    spatial = x.shape[2:]
+    mults = (multiple,) * len(spatial) if isinstance(multiple, int) else tuple(multiple)
+    if len(mults) != len(spatial):
+        raise ValueError(f"multiple has {len(mults)} entries for {len(spatial)} spatial dims")
+    extra = [(-s) % m for s, m in zip(spatial, mults, strict=True)]
+    crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)
+    if not any(extra):
+        return x, crop
+    pad: list[int] = []
+    for e in reversed(extra):  # F.pad lists the last dim first
+        pad += [0, e]
+    if mode == "reflect" and any(e >= s for e, s in zip(extra, spatial, strict=True)):
+        mode = "replicate"  # reflect needs pad < size; tiny inputs fall back to replicate
+    return F.pad(x, pad, mode=mode), crop
+
+
+def check_image_input(x: torch.Tensor, in_channels: int, spatial_dims: int) -> None:
+    """Raise a clear ValueError unless ``x`` is float ``(B, in_channels, *spatial)``."""
+    if not torch.is_floating_point(x):
+        raise ValueError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != spatial_dims + 2:
+        raise ValueError(
+            f"input must have shape (B, C, {', '.join('HWD'[:spatial_dims])}) "
+            f"({spatial_dims + 2} dims), got {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"input has {x.shape[1]} channels but the model expects in_channels={in_channels}"
+        )
