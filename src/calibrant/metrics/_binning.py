@@ -71,6 +71,20 @@ def check_n_bins(n_bins: int, name: str = "n_bins") -> None:
         raise ValueError(f"{name} must be a positive integer, got {n_bins!r}")
 
 
+class Workspace:
+    """A reusable float32 buffer: one allocation for all chunks (no page faults per chunk)."""
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+
+    def like(self, z: torch.Tensor) -> torch.Tensor:
+        """A contiguous float32 tensor shaped like ``z`` backed by the shared buffer."""
+        n = z.numel()
+        if self.buf is None or self.buf.numel() < n or self.buf.device != z.device:
+            self.buf = torch.empty(n, dtype=torch.float32, device=z.device)
+        return self.buf[:n].view(z.shape)
+
+
 class Chunk(NamedTuple):
     """One chunk: scores ``z`` (C, L) float32, safe labels ``t`` (L,) int64, ``valid`` (L,) bool."""
 
@@ -104,6 +118,7 @@ def iter_chunks(
     else:  # small samples: several whole samples per chunk
         per = max(1, L // max(S, 1))
         spans = [(b, min(b + per, B), 0, S) for b in range(0, B, per)]
+    buf = None
     for b0, b1, s0, s1 in spans:
         if b1 - b0 == 1:
             z = x[b0, :, s0:s1]
@@ -113,7 +128,10 @@ def iter_chunks(
             mm = m[b0, s0:s1] if m is not None else None
         else:
             part = x[b0:b1, :, s0:s1]
-            z = torch.empty((C, b1 - b0, s1 - s0), dtype=torch.float32, device=x.device)
+            n = (b1 - b0) * (s1 - s0)
+            if buf is None or buf.numel() < C * n:
+                buf = torch.empty(C * n, dtype=torch.float32, device=x.device)
+            z = buf[: C * n].view(C, b1 - b0, s1 - s0)
             z.copy_(part.transpose(0, 1))
             z = z.view(C, -1)
             t = y[b0:b1, s0:s1].reshape(-1)
@@ -123,7 +141,8 @@ def iter_chunks(
         if mm is not None:
             valid &= mm
         t = torch.where(valid, t, 0)
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= C):
+        lo, hi = torch.aminmax(t) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
+        if int(lo) < 0 or int(hi) >= C:
             bad = torch.unique(t[(t < 0) | (t >= C)])[:5].tolist()
             raise ValueError(
                 f"target holds labels outside [0, {C}) (ignore_index={ignore_index}): {bad}"
@@ -139,30 +158,36 @@ def _check_chunk_finite(z: torch.Tensor, zmax: torch.Tensor, input_kind: str) ->
     if input_kind == "probs":
         if not bool(((zmin >= 0) & (zmax <= 1)).all()):  # NaN fails both comparisons
             raise ValueError("probs must be finite and lie in [0, 1] (input_kind='probs')")
-    elif not bool((torch.isfinite(zmax) & torch.isfinite(zmin)).all()):
+    elif not bool(torch.isfinite(zmax - zmin).all()):  # NaN, +inf or -inf anywhere
         n_nan = int(torch.isnan(z).sum())
         raise ValueError(
             f"logits contain NaN or infinite values ({n_nan} NaN in the offending chunk)"
         )
 
 
-def softmax_stats(z: torch.Tensor, input_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(zmax, e)`` with ``e = exp(z - zmax)`` for logits, or ``(zmax, z)`` for probs."""
+def softmax_stats(
+    z: torch.Tensor, input_kind: str, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(zmax, e)`` with ``e = exp(z - zmax)`` for logits, or ``(zmax, z)`` for probs.
+
+    ``out`` (same shape as ``z``) is reused for ``e`` to avoid a fresh allocation per chunk.
+    """
     zmax = z.amax(0)
     _check_chunk_finite(z, zmax, input_kind)
     if input_kind == "probs":
         return zmax, z
-    return zmax, torch.exp(z - zmax)
+    e = torch.sub(z, zmax, out=out) if out is not None else z - zmax
+    return zmax, e.exp_()
 
 
 def top_label(
-    z: torch.Tensor, t: torch.Tensor, input_kind: str
+    z: torch.Tensor, t: torch.Tensor, input_kind: str, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-label confidence, correctness (first-index argmax, like ``torch.argmax``) and ``e``.
 
     Returns ``conf`` (L,) float32, ``correct`` (L,) bool and the exponentials/probabilities used.
     """
-    zmax, e = softmax_stats(z, input_kind)
+    zmax, e = softmax_stats(z, input_kind, out)
     if input_kind == "probs":
         conf = zmax
     else:
@@ -171,11 +196,12 @@ def top_label(
     # Ties: the target may share the max with an earlier class, which argmax would pick.
     # A tie implies sum_k exp(z_k - max) >= 2 (probs: conf <= 0.5), so only those columns
     # need the exact (slower) test.
-    maybe_tie = correct & (t > 0) & (conf <= 0.5)
+    maybe_tie = correct & (conf <= 0.5)
     if bool(maybe_tie.any()):
         cols = maybe_tie.nonzero().squeeze(1)
+        tc = t[cols]
         zs = z[:, cols]
-        earlier = torch.arange(z.shape[0], device=z.device).unsqueeze(1) < t[cols]
+        earlier = torch.arange(z.shape[0], device=z.device).unsqueeze(1) < tc
         tie = ((zs == zmax[cols]) & earlier).any(0)
         correct[cols[tie]] = False
     return conf, correct, e
@@ -220,8 +246,8 @@ def bin_values(
     into: Bins, p: torch.Tensor, outcome: torch.Tensor, valid: torch.Tensor, n_bins: int
 ) -> None:
     """Bin 1-D confidences ``p`` with boolean outcomes into ``into`` (shape ``(n_bins,)``)."""
-    slot = bin_index(p, n_bins) + outcome.long() * n_bins
-    slot = torch.where(valid, slot, 2 * n_bins)
+    slot = bin_index(p, n_bins).add_(outcome, alpha=n_bins)
+    slot.masked_fill_(~valid, 2 * n_bins)
     accumulate(into, slot, p, 2 * n_bins, 1)
 
 

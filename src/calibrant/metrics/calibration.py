@@ -112,11 +112,12 @@ def _top_label_bins(
     )
     bins = K.empty_bins((n_bins,), logits.device)
     kept_conf, kept_acc = [], []
+    ws = K.Workspace()
     with torch.no_grad(), float32(logits):
         for ch in K.iter_chunks(
             logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
         ):
-            conf, correct, _ = K.top_label(ch.z, ch.t, input_kind)
+            conf, correct, _ = K.top_label(ch.z, ch.t, input_kind, ws.like(ch.z))
             K.bin_values(bins, conf, correct, ch.valid, n_bins)
             if keep:
                 kept_conf.append(conf[ch.valid])
@@ -129,8 +130,8 @@ def _top_label_bins(
     return bins
 
 
-def _probs_chunk(ch: K.Chunk, input_kind: str) -> torch.Tensor:
-    _, e = K.softmax_stats(ch.z, input_kind)
+def _probs_chunk(ch: K.Chunk, input_kind: str, ws: K.Workspace) -> torch.Tensor:
+    _, e = K.softmax_stats(ch.z, input_kind, ws.like(ch.z))
     if input_kind == "probs":
         return e
     return e.div_(e.sum(0))
@@ -162,11 +163,12 @@ def _classwise_bins(
     bins = K.empty_bins((C, n_bins), logits.device)
     labels = torch.zeros(C, dtype=torch.int64, device=logits.device)
     kept_p, kept_t = [], []
+    ws = K.Workspace()
     with torch.no_grad(), float32(logits):
         for ch in K.iter_chunks(
             logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
         ):
-            p = _probs_chunk(ch, input_kind)
+            p = _probs_chunk(ch, input_kind, ws)
             K.bin_classwise(bins, p, ch.t, ch.valid, n_bins, threshold)
             labels += torch.bincount(torch.where(ch.valid, ch.t, C), minlength=C + 1)[:C]
             if keep:
