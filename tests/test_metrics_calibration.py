@@ -539,7 +539,7 @@ def test_streaming_equals_one_shot(generator):
         for metric, fn in _metric_pairs(4):
             for part in torch.tensor_split(torch.arange(9), cuts):
                 metric.update(logits[part], target[part])
-            assert float(metric.compute()) == pytest.approx(float(fn(logits, target)), abs=1e-12)
+            assert float(metric.compute()) == pytest.approx(float(fn(logits, target)), abs=1e-9)
 
 
 def test_streamed_tace_adaptive_modes_within_bound(generator):
@@ -620,7 +620,7 @@ def test_ddp_two_processes_equal_single(generator):
         pv.update(logits[i : i + 1], target[i : i + 1])
     single += [float(ada.compute()), float(pv.compute())]
     for r in results:
-        np.testing.assert_allclose(r, single, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(r, single, rtol=0, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

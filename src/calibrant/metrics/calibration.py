@@ -131,10 +131,7 @@ def _top_label_bins(
 
 
 def _probs_chunk(ch: K.Chunk, input_kind: str, ws: K.Workspace) -> torch.Tensor:
-    _, e = K.softmax_stats(ch.z, input_kind, ws.like(ch.z))
-    if input_kind == "probs":
-        return e
-    return e.div_(e.sum(0))
+    return K.class_probs(ch.z, input_kind)
 
 
 def _classwise_bins(
