@@ -8,8 +8,13 @@ the same as: the voxel lies on the image border or one of its face neighbours ha
 which gives the surfaces of every class from one pass over the volume.
 
 Directed surface distances ``d(S_A -> S_B)`` are Euclidean distances, in spacing units, from each
-point of ``S_A`` to the nearest point of ``S_B``. Points of ``S_A`` that are also in ``S_B`` are at
-distance 0 and are not queried; the others are answered exactly by a k-d tree built on ``S_B``.
+point of ``S_A`` to the nearest point of ``S_B``. Both surfaces are placed in a boolean grid cropped
+to their joint bounding box (padded by the search radius). For every point of ``S_A`` the integer
+offsets of a small ball are tried in order of increasing length, all points at once; the first
+offset landing on ``S_B`` gives the exact distance, since every point of ``S_B`` closer than the
+ball's radius lies inside the ball. The few points with no ``S_B`` point in the ball are answered
+exactly by a k-d tree on ``S_B``. Surfaces of a reasonable segmentation are close to each other,
+so almost every point is resolved after a handful of cheap vectorised gathers.
 
 Example:
     >>> import numpy as np
@@ -80,18 +85,60 @@ def _points_by_class(labels: np.ndarray, classes: Sequence[int]) -> dict[int, np
     return out
 
 
+def _offsets(scale: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer offsets inside the ball of ``radius`` (spacing units), sorted by length.
+
+    Returns ``(offsets (K, d), lengths (K,), half_widths (d,))``.
+    """
+    half = np.floor(radius / scale + 1e-9).astype(np.int64)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    off = np.stack([g.reshape(-1) for g in grids], axis=1)
+    length = np.sqrt(((off * scale) ** 2).sum(1))
+    keep = length <= radius
+    order = np.argsort(length[keep], kind="stable")
+    return off[keep][order], length[keep][order], half
+
+
 def _directed(
-    src: np.ndarray, dst: np.ndarray, shape: tuple[int, ...], scale: np.ndarray
+    src: np.ndarray,
+    dst_mask: np.ndarray,
+    dst_coords: np.ndarray,
+    steps: np.ndarray,
+    lengths: np.ndarray,
+    strides: np.ndarray,
+    scale: np.ndarray,
 ) -> np.ndarray:
-    """Distances from each flat index in ``src`` to the nearest flat index in ``dst`` (float64)."""
-    out = np.zeros(src.size, dtype=np.float64)
-    shared = np.isin(src, dst, assume_unique=True)
-    todo = np.flatnonzero(~shared)
-    if todo.size:
-        dst_xyz = np.stack(np.unravel_index(dst, shape), axis=1) * scale
-        src_xyz = np.stack(np.unravel_index(src[todo], shape), axis=1) * scale
-        out[todo] = cKDTree(dst_xyz, leafsize=16, balanced_tree=False).query(src_xyz, k=1)[0]
+    """Distances from each point ``src`` (flat indices into the padded crop) to the set ``dst``.
+
+    ``dst_mask`` marks the ``dst`` points in the flattened crop, ``dst_coords`` are their crop
+    coordinates and ``steps``/``lengths`` the flat offsets of the search ball and their lengths.
+
+    Offsets are tried in order of increasing length; the first one that lands on a ``dst`` point
+    gives the exact distance, because every ``dst`` point closer than the ball's radius lies in the
+    ball. Points with no ``dst`` point in the ball are answered by a k-d tree (exact).
+    """
+    out = np.empty(src.size, dtype=np.float64)
+    todo = np.arange(src.size)
+    q = src
+    for step, length in zip(steps, lengths, strict=True):
+        hit = dst_mask[q + step]
+        if hit.any():
+            out[todo[hit]] = length
+            miss = ~hit
+            todo, q = todo[miss], q[miss]
+            if todo.size == 0:
+                return out
+    src_xyz = np.stack(_unflat(q, strides), axis=1) * scale
+    out[todo] = cKDTree(dst_coords * scale).query(src_xyz, k=1)[0]
     return out
+
+
+def _unflat(flat: np.ndarray, strides: np.ndarray) -> list[np.ndarray]:
+    coords = []
+    for st in strides:
+        coords.append(flat // st)
+        flat = flat % st
+    return coords
 
 
 def class_surface_distances(
@@ -99,6 +146,7 @@ def class_surface_distances(
     target: np.ndarray,
     classes: Sequence[int],
     spacing: Sequence[float],
+    radius: float | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray] | None]:
     """Directed surface distances ``pred -> target`` and ``target -> pred`` for each class.
 
@@ -107,6 +155,8 @@ def class_surface_distances(
         target: integer label map of the same shape.
         classes: class ids to evaluate.
         spacing: voxel size along each axis.
+        radius: search-ball radius in spacing units (default 4 voxels of the finest axis);
+            farther points fall back to a k-d tree. Only speed depends on it.
 
     Returns:
         ``{c: (d_pred_to_target, d_target_to_pred)}`` as float64 arrays, or ``{c: None}`` when the
@@ -115,6 +165,8 @@ def class_surface_distances(
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {pred.shape} != target shape {target.shape}")
     scale = np.asarray(spacing, dtype=np.float64)
+    radius = 4.0 * float(scale.min()) if radius is None else float(radius)
+    offsets, lengths, half = _offsets(scale, radius)
     sp = _points_by_class(pred, classes)
     st = _points_by_class(target, classes)
     out: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
@@ -123,7 +175,23 @@ def class_surface_distances(
         if a.size == 0 or b.size == 0:
             out[c] = None
             continue
-        out[c] = (_directed(a, b, pred.shape, scale), _directed(b, a, pred.shape, scale))
+        ca = np.stack(np.unravel_index(a, pred.shape), axis=1)
+        cb = np.stack(np.unravel_index(b, pred.shape), axis=1)
+        lo = np.minimum(ca.min(0), cb.min(0)) - half
+        crop = tuple(np.maximum(ca.max(0), cb.max(0)) - lo + half + 1)
+        strides = np.array([int(np.prod(crop[i + 1 :])) for i in range(len(crop))], np.int64)
+        ca -= lo
+        cb -= lo
+        fa = ca @ strides
+        fb = cb @ strides
+        steps = offsets @ strides
+        mask_a = np.zeros(crop, dtype=bool).reshape(-1)
+        mask_b = np.zeros(crop, dtype=bool).reshape(-1)
+        mask_a[fa] = True
+        mask_b[fb] = True
+        d_ab = _directed(fa, mask_b, cb, steps, lengths, strides, scale)
+        d_ba = _directed(fb, mask_a, ca, steps, lengths, strides, scale)
+        out[c] = (d_ab, d_ba)
     return out
 
 

@@ -105,8 +105,8 @@ def _prepare(
     num_classes: int | None,
     ignore_index: int | None,
     validate: bool,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Return ``(pred, target, C)`` as int64 label maps with ignored voxels set to -1 in both."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return ``(pred, target, C)``: compact NumPy label maps, ignored voxels -1 in both."""
     if (logits is None) == (pred_labels is None):
         raise ValueError(
             "pass exactly one of logits (B, C, *spatial) and pred_labels (B, *spatial)"
@@ -147,7 +147,7 @@ def _prepare(
                 f"{tuple(target.shape)}"
             )
         if validate:
-            check_labels_in_range(pred_labels, num_classes, None)
+            _check_range(pred_labels, num_classes, None)
         pred = pred_labels.long()
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -157,13 +157,33 @@ def _prepare(
             f"{tuple(target.shape)}"
         )
     if validate:
-        check_labels_in_range(target, num_classes, ignore_index)
-    target = target.long()
+        _check_range(target, num_classes, ignore_index)
+    # Compact CPU copies (int8/int16/int32): every later pass reads 1/8 of the int64 bytes.
+    dtype = _label_dtype(num_classes)
+    tgt = target.to("cpu", dtype)
+    pred = pred.to("cpu", dtype)
     if ignore_index is not None:
         ignored = target == ignore_index
-        target = target.masked_fill(ignored, -1)
-        pred = pred.masked_fill(ignored, -1)
-    return pred, target, num_classes
+        if bool(ignored.any()):
+            ignored = ignored.cpu()
+            tgt = tgt.masked_fill(ignored, -1)
+            pred = pred.masked_fill(ignored, -1)
+    return pred.numpy(), tgt.numpy(), num_classes
+
+
+def _label_dtype(num_classes: int) -> torch.dtype:
+    """Smallest signed integer dtype that holds -1..num_classes."""
+    if num_classes < 127:
+        return torch.int8
+    return torch.int16 if num_classes < 32767 else torch.int32
+
+
+def _check_range(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+    """Label-range check with a one-pass fast path (min/max) before the detailed check."""
+    lo, hi = torch.aminmax(target)
+    if int(lo) >= 0 and int(hi) < num_classes:
+        return
+    check_labels_in_range(target, num_classes, ignore_index)
 
 
 def _spacing_table(spacing, batch: int, nd: int) -> np.ndarray:
@@ -263,12 +283,13 @@ def segmentation_metrics(
     nd = len(spatial)
     table = _spacing_table(spacing, B, nd)
 
-    # Confusion counts per case: one bincount over (case, target, pred), ignored voxels dropped.
-    valid = tgt >= 0
-    case = torch.arange(B, device=device).view(B, *([1] * nd)).expand_as(tgt)
-    flat = (case * C + tgt.clamp_min(0)) * (C + 1) + (pred + 1)  # pred -1 -> column 0
-    conf = torch.bincount(flat[valid], minlength=B * C * (C + 1)).view(B, C, C + 1)
-    conf = conf[:, :, 1:].double().cpu()  # (B, C_target, C_pred); predictions at ignored dropped
+    # Confusion counts per case from one bincount of (target + 1, pred + 1); row/column 0 hold
+    # the ignored voxels (-1) and are dropped.
+    conf = torch.zeros(B, C, C, dtype=torch.float64)
+    for b in range(B):
+        code = (tgt[b].astype(np.int32) + 1) * (C + 1) + pred[b] + 1
+        counts = np.bincount(code.reshape(-1), minlength=(C + 1) ** 2).reshape(C + 1, C + 1)
+        conf[b] = torch.from_numpy(counts[1:, 1:].astype(np.float64))
     tp = torch.diagonal(conf, dim1=1, dim2=2)
     n_gt = conf.sum(2)
     n_pred = conf.sum(1)
@@ -311,9 +332,7 @@ def segmentation_metrics(
             classes = [c for c in range(C) if not (gt_empty[b, c] or pred_empty[b, c])]
             if not classes:
                 continue
-            d = class_surface_distances(
-                _to_numpy_labels(pred[b], C), _to_numpy_labels(tgt[b], C), classes, table[b]
-            )
+            d = class_surface_distances(pred[b], tgt[b], classes, table[b])
             for c in classes:
                 d_pt, d_tp = d[c]
                 hd, hdq_pooled, hdq_dmax, assd_pooled, assd_mean = summarise_distances(
@@ -331,12 +350,6 @@ def segmentation_metrics(
         for v in out.values():
             v[:, 0] = float("nan")
     return {m: out[m].to(device) for m in metrics}
-
-
-def _to_numpy_labels(x: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Compact integer NumPy copy of a label map (values -1..C-1)."""
-    dtype = torch.int8 if num_classes <= 127 else torch.int16 if num_classes <= 32767 else None
-    return (x.to(dtype) if dtype is not None else x).cpu().numpy()
 
 
 def _single(name: str, logits, target, **kwargs) -> torch.Tensor:
