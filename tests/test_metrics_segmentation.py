@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from calibrant.metrics._surface import label_surface
+from calibrant.metrics._surface import class_surface_distances, label_surface
 from calibrant.metrics.segmentation import (
     AverageSymmetricSurfaceDistance,
     DiceScore,
@@ -154,6 +154,29 @@ def test_surface_matches_erosion_definition():
             er = binary_erosion(m, generate_binary_structure(m.ndim, 1))
             assert np.array_equal(surf & m, m & ~er)
             assert np.array_equal(surf & m, ref_surface(m))
+
+
+def test_ball_search_and_kdtree_fallback_agree_with_bruteforce():
+    # Far-apart objects force the k-d tree fallback; radius 0 uses it for every non-shared point,
+    # a huge radius never does. All must equal the pairwise minimum.
+    gt = torch.zeros(9, 30, 12, dtype=torch.long)
+    pred = gt.clone()
+    gt[2:5, 2:6, 3:8] = 1
+    gt[5:8, 20:27, 2:9] = 2
+    pred[3:6, 3:7, 3:9] = 1
+    pred[1:4, 8:11, 2:5] = 2  # class 2 predicted ~10 voxels away
+    spacing = (1.5, 0.6, 1.1)
+    ref = {c: ref_case((pred == c).numpy(), (gt == c).numpy(), spacing) for c in (1, 2)}
+    for radius in (0.0, 1.0, None, 40.0):
+        got = class_surface_distances(pred.numpy(), gt.numpy(), [1, 2], spacing, radius=radius)
+        for c in (1, 2):
+            d_pg, d_gp = got[c]
+            sp = np.argwhere(ref_surface((pred == c).numpy())) * np.asarray(spacing)
+            sg = np.argwhere(ref_surface((gt == c).numpy())) * np.asarray(spacing)
+            pair_d = np.sqrt(((sp[:, None] - sg[None]) ** 2).sum(-1))
+            np.testing.assert_allclose(d_pg, pair_d.min(1), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(d_gp, pair_d.min(0), rtol=1e-12, atol=1e-12)
+            assert max(d_pg.max(), d_gp.max()) == pytest.approx(ref[c]["hd"])
 
 
 # ------------------------------------------------------------------------------------------

@@ -120,14 +120,21 @@ def _directed(
     out = np.empty(src.size, dtype=np.float64)
     todo = np.arange(src.size)
     q = src
-    for step, length in zip(steps, lengths, strict=True):
-        hit = dst_mask[q + step]
+    start = 0
+    while start < len(steps):  # one shell (offsets of equal length) at a time
+        stop = start + 1
+        while stop < len(steps) and lengths[stop] == lengths[start]:
+            stop += 1
+        hit = dst_mask[q + steps[start]]
+        for step in steps[start + 1 : stop]:
+            hit |= dst_mask[q + step]
         if hit.any():
-            out[todo[hit]] = length
+            out[todo[hit]] = lengths[start]
             miss = ~hit
             todo, q = todo[miss], q[miss]
             if todo.size == 0:
                 return out
+        start = stop
     src_xyz = np.stack(_unflat(q, strides), axis=1) * scale
     out[todo] = cKDTree(dst_coords * scale).query(src_xyz, k=1)[0]
     return out
@@ -155,7 +162,7 @@ def class_surface_distances(
         target: integer label map of the same shape.
         classes: class ids to evaluate.
         spacing: voxel size along each axis.
-        radius: search-ball radius in spacing units (default 4 voxels of the finest axis);
+        radius: search-ball radius in spacing units (default 6 voxels of the finest axis);
             farther points fall back to a k-d tree. Only speed depends on it.
 
     Returns:
@@ -165,7 +172,7 @@ def class_surface_distances(
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {pred.shape} != target shape {target.shape}")
     scale = np.asarray(spacing, dtype=np.float64)
-    radius = 4.0 * float(scale.min()) if radius is None else float(radius)
+    radius = 6.0 * float(scale.min()) if radius is None else float(radius)
     offsets, lengths, half = _offsets(scale, radius)
     sp = _points_by_class(pred, classes)
     st = _points_by_class(target, classes)

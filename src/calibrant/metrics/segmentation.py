@@ -329,7 +329,8 @@ def segmentation_metrics(
                         fill = float("nan")
                     for m in wanted:
                         dist[m][b, c] = fill
-            classes = [c for c in range(C) if not (gt_empty[b, c] or pred_empty[b, c])]
+            first = 0 if include_background else 1  # the background surface is never computed
+            classes = [c for c in range(first, C) if not (gt_empty[b, c] or pred_empty[b, c])]
             if not classes:
                 continue
             d = class_surface_distances(pred[b], tgt[b], classes, table[b])
