@@ -537,3 +537,34 @@ def test_bad_input_raises():
         segmentation_metrics(torch.zeros(1, 3, 2, 2, 2, 2), torch.zeros(1, 2, 2, 2, 2).long())
     with pytest.raises(ValueError, match="average"):
         OverlapDistance(3, average="micro")
+
+
+def test_argmax_and_confusion_fast_paths(generator):
+    from calibrant.metrics.segmentation import _argmax, _confusion
+
+    for C in (2, 5, 40):
+        x = torch.randint(0, 3, (2, C, 6, 7), generator=generator).float()  # many ties
+        for dt in (torch.float32, torch.bfloat16):
+            assert torch.equal(_argmax(x.to(dt), torch.int16).long(), x.to(dt).argmax(1))
+    for C in (3, 15, 16, 40):  # uint8 codes up to C = 15, int64 beyond
+        t = torch.randint(-1, C, (9, 8, 7), generator=generator).to(torch.int8).numpy()
+        p = torch.randint(-1, C, (9, 8, 7), generator=generator).to(torch.int8).numpy()
+        ref = torch.zeros(C, C, dtype=torch.float64)
+        for a, b in zip(t.reshape(-1), p.reshape(-1), strict=True):
+            if a >= 0 and b >= 0:
+                ref[a, b] += 1
+        assert torch.equal(_confusion(p, t, C), ref)
+
+
+@pytest.mark.parametrize("empty", ["nan", "legacy", "diagonal"])
+def test_distance_only_path_matches_bundle(empty):
+    # Without dice/iou, emptiness comes from the surfaces instead of the confusion counts.
+    C = 4
+    pred, gt = _batch(3, C)
+    pred[1][pred[1] == 2] = 1  # class 2 missed in case 1
+    full = segmentation_metrics(None, gt, pred_labels=pred, num_classes=C, empty=empty)
+    for name in ("hd", "hd95", "assd"):
+        alone = segmentation_metrics(
+            None, gt, pred_labels=pred, num_classes=C, empty=empty, metrics=[name]
+        )
+        torch.testing.assert_close(alone[name], full[name], equal_nan=True)

@@ -136,7 +136,9 @@ def _directed(
                 return out
         start = stop
     src_xyz = np.stack(_unflat(q, strides), axis=1) * scale
-    out[todo] = cKDTree(dst_coords * scale).query(src_xyz, k=1)[0]
+    # Sliding-midpoint, non-compact tree with larger leaves: half the build time, same answers.
+    tree = cKDTree(dst_coords * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
+    out[todo] = tree.query(src_xyz, k=1)[0]
     return out
 
 
@@ -154,7 +156,8 @@ def class_surface_distances(
     classes: Sequence[int],
     spacing: Sequence[float],
     radius: float | None = None,
-) -> dict[int, tuple[np.ndarray, np.ndarray] | None]:
+    return_presence: bool = False,
+):
     """Directed surface distances ``pred -> target`` and ``target -> pred`` for each class.
 
     Args:
@@ -164,10 +167,12 @@ def class_surface_distances(
         spacing: voxel size along each axis.
         radius: search-ball radius in spacing units (default 6 voxels of the finest axis);
             farther points fall back to a k-d tree. Only speed depends on it.
+        return_presence: also return ``{c: (c in pred, c in target)}``.
 
     Returns:
         ``{c: (d_pred_to_target, d_target_to_pred)}`` as float64 arrays, or ``{c: None}`` when the
-        class is absent from ``pred`` or ``target`` (distances are undefined).
+        class is absent from ``pred`` or ``target`` (distances are undefined); with
+        ``return_presence`` a pair ``(distances, presence)``.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {pred.shape} != target shape {target.shape}")
@@ -177,6 +182,7 @@ def class_surface_distances(
     sp = _points_by_class(pred, classes)
     st = _points_by_class(target, classes)
     out: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+    presence = {c: (sp[c].size > 0, st[c].size > 0) for c in classes}
     for c in classes:
         a, b = sp[c], st[c]
         if a.size == 0 or b.size == 0:
@@ -199,7 +205,7 @@ def class_surface_distances(
         d_ab = _directed(fa, mask_b, cb, steps, lengths, strides, scale)
         d_ba = _directed(fb, mask_a, ca, steps, lengths, strides, scale)
         out[c] = (d_ab, d_ba)
-    return out
+    return (out, presence) if return_presence else out
 
 
 def summarise_distances(
