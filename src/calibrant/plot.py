@@ -424,7 +424,7 @@ def alm_trajectories(history: list[dict]) -> Figure | None:
             shape = series[0].shape
             for j in range(stacked.shape[1]):
                 index = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), shape))
-                ax.plot(epochs, stacked[:, j].tolist(), label=str(list(index)))
+                ax.plot(epochs, stacked[:, j].tolist(), marker=".", label=str(list(index)))
             ax.set_yscale("log")
             ax.set_title(f"{term} {key}")
             ax.set_xlabel("epoch")

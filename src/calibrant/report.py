@@ -37,6 +37,7 @@ from calibrant.metrics._curve import ReliabilityCurve
 
 __all__ = [
     "Progress",
+    "ReliabilityCurves",
     "compare_runs",
     "evaluate_run",
     "fit_calibrator",
@@ -105,6 +106,60 @@ def _curves(results: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str,
     return found
 
 
+class ReliabilityCurves:
+    """Streaming reliability curves for the report: top-label, and inner vs boundary pixels.
+
+    Holds one :class:`~calibrant.metrics.CalibrationError` per pixel set (state ``O(n_bins)``)
+    and returns ``{"all": curve, "inner": curve, "boundary": curve}`` (regions only for
+    segmentation targets, from the label window of ``kernel_size``).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_bins: int = 15,
+        ignore_index: int | None = -100,
+        regions: bool = True,
+        kernel_size: int = 3,
+    ) -> None:
+        from calibrant.metrics import CalibrationError
+
+        names = ("all", "inner", "boundary") if regions else ("all",)
+        self.parts = {n: CalibrationError(n_bins, ignore_index=ignore_index) for n in names}
+        self.ignore_index, self.kernel_size = ignore_index, kernel_size
+
+    def to(self, device):
+        """Move the states."""
+        for m in self.parts.values():
+            m.to(device)
+        return self
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        for m in self.parts.values():
+            m.reset()
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch; regions need at least one spatial dim."""
+        from calibrant._tensor import boundary_mask
+
+        self.parts["all"].update(logits, target)
+        if "boundary" in self.parts and target.dim() >= 2:
+            boundary = boundary_mask(
+                target, kernel_size=self.kernel_size, ignore_index=self.ignore_index
+            )
+            self.parts["boundary"].update(logits, target, mask=boundary)
+            self.parts["inner"].update(logits, target, mask=~boundary)
+
+    def compute(self) -> dict[str, ReliabilityCurve]:
+        """Curves over everything seen on all ranks."""
+        curves = {}
+        for name, metric in self.parts.items():
+            with metric.sync_context():
+                curves[name] = metric.curve()
+        return curves
+
+
 def _load_calibrator(path: str | Path | None):
     if path is None:
         return None
@@ -133,10 +188,13 @@ def evaluate_run(
     cal = _load_calibrator(calibrator)
     if cal is not None:
         cal = cal.to(device)
+    curves = ReliabilityCurves(
+        ignore_index=exp.info.ignore_index, regions=exp.info.task == "segmentation"
+    ).to(device)
     results = evaluate(
         exp.model,
         exp.test_loader,
-        exp.test_metrics,
+        {**exp.test_metrics, "reliability": curves},
         device=device,
         amp=amp,
         infer=exp.infer,
@@ -266,10 +324,18 @@ def plot_run(run: Path) -> list[Path]:
         alm = plot.alm_trajectories(history)
         if alm is not None:
             written.append(plot.save_figure(alm, out / "multipliers.png"))
-    for name, curve in payload.get("curves", {}).items():
-        rc = ReliabilityCurve(*(torch.tensor(curve[f]) for f in ReliabilityCurve._fields))
-        fig = plot.reliability_diagram(rc, title=name)
-        written.append(plot.save_figure(fig, out / f"reliability_{name.replace('/', '_')}.png"))
+    curves = {
+        name.split("/")[-1]: ReliabilityCurve(
+            *(torch.tensor(c[f]) for f in ReliabilityCurve._fields)
+        )
+        for name, c in payload.get("curves", {}).items()
+    }
+    if "all" in curves:
+        fig = plot.reliability_diagram(curves["all"], title="test, all pixels")
+        written.append(plot.save_figure(fig, out / "reliability.png"))
+    if "inner" in curves and "boundary" in curves:
+        fig = plot.region_reliability_diagram({r: curves[r] for r in ("inner", "boundary")})
+        written.append(plot.save_figure(fig, out / "reliability_regions.png"))
     return written
 
 
