@@ -24,6 +24,13 @@ import time
 
 N_BINS = 15
 BANDWIDTH = 24e9  # bytes/s, measured read bandwidth of the reference 2-core machine
+PREDICTION = (
+    "Prediction written before the first measurement: top-label ECE about 5x faster than "
+    "torchmetrics with < 0.1x the logits' size of extra memory (chunked, compute-bound on exp); "
+    "class-wise ECE about 7x faster than MONAI; TACE about as fast as class-wise ECE. The first "
+    "run gave ECE 7.9x (CT volume 10.6x) but class-wise only 3.2x faster than MONAI; fusing the "
+    "softmax and building the bin slots in int32 brought class-wise to the figure below."
+)
 
 
 def _data(case: str, n: int, c: int):
@@ -219,6 +226,8 @@ def render(rows, args) -> str:
         "Each row: fresh subprocess, 1 warm-up + median of "
         f"{args.repeats} timed update+compute runs; memory = peak-RSS increase over the "
         "post-data baseline. Floor = (logits + int64 labels) bytes read once / 24 GB/s.",
+        "",
+        PREDICTION,
         "",
         "| case | implementation | N | median s | vs best peer | peak extra MiB "
         "| extra / logits | floor s | x floor | value |",

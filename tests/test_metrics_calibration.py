@@ -760,3 +760,16 @@ def test_exact_at_ct_scale_where_float32_peers_drift():
         assert abs(float(monai.aggregate()) - np.mean(ref2)) > 0.1 * np.mean(ref2)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_state_sizes_are_fixed_and_small(generator):
+    metrics = [CalibrationError(), AdaptiveCalibrationError(), ClasswiseCalibrationError(14)]
+    before = [sum(v.numel() for v in m.metric_state.values()) for m in metrics]
+    logits, target = rand_seg(generator, B=3, C=14, H=16, W=16)
+    for m in metrics:
+        m.update(logits, target)
+        nbytes = sum(v.numel() * v.element_size() for v in m.metric_state.values())
+        assert nbytes <= 2**20
+    after = [sum(v.numel() for v in m.metric_state.values()) for m in metrics]
+    assert before == after
+    assert all(v.dtype in (torch.int64, torch.float64) for v in metrics[0].metric_state.values())

@@ -1152,7 +1152,7 @@ class TACE(_CalMetric):
 
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
         if self.scheme == "uniform":
-            return self._bins(), torch.zeros(self.num_classes, dtype=torch.float64)
+            return self._bins(), self.conf.new_zeros(self.num_classes)
         return K.adaptive_from_fine(self._bins(), self.n_bins, self.scheme)
 
     def _value(self) -> torch.Tensor:
@@ -1170,8 +1170,8 @@ class TACE(_CalMetric):
         _, bound = self._coarse()
         sel = _class_selection(self.labels, self.class_range, self.include_background)
         if sel is None or not bool(sel.any()):
-            return torch.zeros((), dtype=torch.float64)
-        b = bound.to(self.labels.device)[sel].mean()
+            return self.conf.new_zeros(())
+        b = bound[sel].mean()
         return b / self.n_bins if self.divide else b
 
 
@@ -1207,7 +1207,7 @@ class _ScoreMetric(_CalMetric):
 
     def _value(self) -> torch.Tensor:
         if int(self.count) == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
+            return self.total.new_tensor(float("nan"))
         return self.total / self.count
 
 
@@ -1312,7 +1312,7 @@ class NeighborhoodBrierScore(_CalMetric):
 
     def _value(self) -> torch.Tensor:
         if int(self.count) == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
+            return self.total.new_tensor(float("nan"))
         return self.total / self.count
 
 
@@ -1365,7 +1365,7 @@ class PerVolumeMean(Metric):
     def compute(self) -> torch.Tensor:
         """Unweighted mean over the volumes seen (NaN if none)."""
         if int(self.volumes) == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
+            return self.total.new_tensor(float("nan"))
         return self.total / self.volumes
 
 

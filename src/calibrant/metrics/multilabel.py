@@ -244,7 +244,7 @@ class MultilabelCalibrationError(Metric):
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
         bins = K.Bins(self.count, self.conf, self.acc)
         if self.norm != "adaptive":
-            return bins, torch.zeros(bins.count.shape[0], dtype=torch.float64)
+            return bins, self.conf.new_zeros(bins.count.shape[0])
         return K.adaptive_from_fine(bins, self.n_bins, "interp")
 
     def compute(self) -> torch.Tensor:
