@@ -22,15 +22,14 @@ ASSD is the mean of the pooled list (``assd_mode="pooled"``, medpy 0.5 and MONAI
 ``symmetric=True``) or the mean of the two directed means (``"mean_of_directed"``, medpy < 0.5).
 Percentiles interpolate linearly (``numpy.percentile`` = ``torch.quantile``).
 
-Empty masks (``empty=``):
+Empty masks (``empty=``), for (ground truth ``G``, prediction ``P``):
 
-=====================  =====================  ==========================  ====================
-case                   ``"nan"`` (default)    ``"legacy"`` (papers' code)  ``"diagonal"``
-=====================  =====================  ==========================  ====================
-``G`` empty, ``P``     Dice/IoU NaN, dist NaN  Dice/IoU 1, dist 0          Dice/IoU 0, dist D
-``G`` empty, no ``P``  Dice/IoU NaN, dist NaN  Dice/IoU 1, dist 0          all NaN
-``P`` empty, ``G``     Dice/IoU 0, dist NaN    Dice/IoU 0, dist 0          Dice/IoU 0, dist D
-=====================  =====================  ==========================  ====================
+* ``"nan"`` (default): ``G`` empty gives Dice/IoU NaN and distances NaN; ``P`` empty (``G`` not)
+  gives Dice/IoU 0 and distances NaN.
+* ``"legacy"`` (the papers' code): ``G`` empty gives Dice/IoU 1 and distances 0 whatever ``P``;
+  ``P`` empty (``G`` not) gives Dice/IoU 0 and distances 0.
+* ``"diagonal"``: exactly one side empty gives Dice/IoU 0 and distances ``D``; both empty gives
+  NaN everywhere.
 
 where ``D = sqrt(sum_i (n_i s_i)^2)`` is the image diagonal in spacing units (extent ``n_i`` voxels
 of size ``s_i`` per axis). NaN values are excluded from every mean; the streaming classes count
@@ -134,7 +133,8 @@ def _prepare(
             )
         # One cheap reduction first: a finite sum implies every element is finite (any NaN or
         # inf element makes the sum NaN or inf); the full check only runs to explain a failure.
-        if validate and not bool(torch.isfinite(logits.sum(dtype=torch.float64))):
+        # (An overflowing sum of finite values also falls back to the full check.)
+        if validate and not bool(torch.isfinite(logits.sum())):
             check_finite("logits", logits)
         pred = _argmax(logits, _label_dtype(num_classes))
     else:
