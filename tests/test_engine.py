@@ -161,29 +161,30 @@ class _NLL(torchmetrics.Metric):
 
 
 def _ddp_worker(rank, world_size):
+    from calibrant.registry import ALM_PRESETS
+
     model, loader, val_loader, opt, metrics = _ddp_problem(rank, world_size)
     metrics["nll"] = _NLL()
+    criterion = ALM_PRESETS.build("crac", num_classes=3, rho_step=1)
     history = fit(
-        model,
-        loader,
-        val_loader,
-        nn.CrossEntropyLoss(),
-        opt,
-        epochs=3,
-        metrics=metrics,
-        select="acc",
+        model, loader, val_loader, criterion, opt, epochs=3, metrics=metrics, select="acc"
     )
     bare = model.module if hasattr(model, "module") else model
-    return {k: v.detach().clone() for k, v in bare.state_dict().items()}, history
+    state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
+    alm = criterion.parts["alm"]
+    return state, history, (alm.lam.clone(), alm.rho.clone())
 
 
 @pytest.mark.ddp
-def test_two_process_gloo_run_matches_single_process():
+def test_two_process_gloo_run_matches_single_process_with_alm_multipliers():
     from tests._ddp import run_ddp
 
-    single_state, single_history = _ddp_worker(0, 1)
+    single_state, single_history, (single_lam, single_rho) = _ddp_worker(0, 1)
     results = run_ddp(_ddp_worker, world_size=2)
-    for state, history in results:
+    assert single_lam.max() > 1e-3  # the multipliers did move
+    for state, history, (lam, rho) in results:
+        torch.testing.assert_close(lam, single_lam, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(rho, single_rho, rtol=1e-6, atol=0)
         for name, ref in single_state.items():
             torch.testing.assert_close(state[name], ref, rtol=1e-5, atol=1e-6)
         for rec, ref in zip(history, single_history, strict=True):
