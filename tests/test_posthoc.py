@@ -208,3 +208,26 @@ def test_registered():
     assert isinstance(
         CALIBRATORS.build("classwise_temperature", num_classes=3), ClasswiseTemperature
     )
+
+
+def test_spa_link_calibrator_gives_spa_probabilities():
+    from calibrant.losses.multilabel import spa_probs
+    from calibrant.posthoc import SPALink
+
+    v = torch.linspace(-8, 8, 101).reshape(1, -1)
+    params = {"zeta_neg": 5.0, "k_neg": 3.0, "b_neg": 1.0}
+    link = SPALink(**params).fit(v, v > 0)
+    torch.testing.assert_close(torch.sigmoid(link(v)), spa_probs(v, **params), rtol=1e-5, atol=1e-6)
+
+
+def test_phi_calibrator_equals_phi_on_probabilities():
+    from calibrant.losses.multilabel import phi_correct
+    from calibrant.posthoc import PhiCorrection
+
+    v = torch.linspace(-6, 6, 61, dtype=torch.float64).reshape(1, -1)
+    phi = PhiCorrection(gamma_neg=4.0, gamma_pos=1.0, margin=0.05)
+    expected = phi_correct(torch.sigmoid(v), 4.0, 1.0, 0.05).clamp(1e-6, 1 - 1e-6)
+    torch.testing.assert_close(torch.sigmoid(phi(v)), expected, rtol=1e-9, atol=1e-9)
+    # bijective for m = 0: the ranking of scores is kept (away from the eps clamp)
+    inner = torch.linspace(-4, 4, 41, dtype=torch.float64).reshape(1, -1)
+    assert bool((PhiCorrection(gamma_neg=2.0, gamma_pos=2.0)(inner).diff() > 0).all())
