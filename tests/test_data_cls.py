@@ -46,7 +46,7 @@ MULAN_COUNTS = {  # README: train/test examples, features, labels
 @pytest.mark.parametrize("name", sorted(MULAN_COUNTS))
 def test_mulan_counts_and_standardisation(data_root, cache, name):
     require_dataset(data_root, "mulan", name)
-    tr = DATASETS.build(f"mulan_{name}", root=data_root, split="train", cache_dir=cache)
+    tr = DATASETS.build(f"mulan_{name}", root=data_root, split="trainval", cache_dir=cache)
     te = DATASETS.build(f"mulan_{name}", root=data_root, split="test", cache_dir=cache)
     n_tr, n_te, n_feat, n_lab = MULAN_COUNTS[name]
     assert (len(tr), len(te)) == (n_tr, n_te)
@@ -69,17 +69,35 @@ def test_mulan_against_scipy_and_label_order(data_root, cache):
     ref = np.array([[float(v) for v in row] for row in meta_x.tolist()], np.float32)
     np.testing.assert_allclose(dense, ref, rtol=1e-6)
     raw = DATASETS.build(
-        "mulan_emotions", root=data_root, split="train", standardize=False, cache_dir=cache
+        "mulan_emotions", root=data_root, split="trainval", standardize=False, cache_dir=cache
     )
     labels = read_label_xml(folder / "emotions.xml")
     np.testing.assert_array_equal(raw.targets.numpy(), ref[:, [names.index(n) for n in labels]])
     # enron declares its labels in a different order than its XML: columns follow the XML
     enron = require_dataset(data_root, "mulan", "enron")
     attrs, data = read_arff(enron / "enron-train.arff")
-    ds = DATASETS.build("mulan_enron", root=data_root, split="train", cache_dir=cache)
+    ds = DATASETS.build("mulan_enron", root=data_root, split="trainval", cache_dir=cache)
     for k in (0, 10, 52):
         col = attrs.index(ds.info.class_names[k])
         np.testing.assert_array_equal(ds.targets[:, k].numpy(), data[:, col])
+
+
+def test_mulan_validation_split_is_a_seeded_disjoint_part_of_train(data_root, cache):
+    require_dataset(data_root, "mulan", "scene")
+    opts = {"root": data_root, "standardize": False, "cache_dir": cache}
+    full = DATASETS.build("mulan_scene", split="trainval", **opts)
+    tr = DATASETS.build("mulan_scene", split="train", **opts)
+    va = DATASETS.build("mulan_scene", split="val", **opts)
+    assert len(tr) + len(va) == len(full) and len(va) == round(0.1 * len(full))
+    rows = {tuple(r.tolist()) for r in full.inputs}
+    tr_rows = {tuple(r.tolist()) for r in tr.inputs}
+    va_rows = {tuple(r.tolist()) for r in va.inputs}
+    assert tr_rows | va_rows == rows and not tr_rows & va_rows
+    again = DATASETS.build("mulan_scene", split="val", **opts)
+    other = DATASETS.build("mulan_scene", split="val", seed=1, **opts)
+    assert torch.equal(again.inputs, va.inputs) and not torch.equal(other.inputs, va.inputs)
+    z = DATASETS.build("mulan_scene", split="train", root=data_root, cache_dir=cache)
+    assert z.inputs.double().mean(0).abs().max() < 1e-4  # standardised on the train rows
 
 
 def test_arff_parser_dense_sparse_nominal_and_errors(tmp_path):

@@ -207,20 +207,30 @@ def mulan(
     cache_dir=None,
     use_cache: bool = True,
     transform=None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
 ) -> ArrayDataset:
-    """A MULAN set: ``split`` is ``"train"`` or ``"test"``; items ``(x (F,), y (C,))`` float32.
+    """A MULAN set: ``split`` is ``"train"``, ``"val"``, ``"trainval"`` or ``"test"``.
+
+    Items are ``(x (F,), y (C,))`` float32. ``"val"`` is a seeded random ``val_fraction`` of the
+    official train part and ``"train"`` the rest (MULAN has no official validation split; model
+    selection and ALM multipliers need one); ``"trainval"`` is the whole official train part.
 
     Args:
         root: data root holding ``mulan/NAME/`` (or the ``NAME`` folder itself).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"trainval"`` or ``"test"``.
         name: one of :data:`MULAN_SETS` (any MULAN set in the same layout works).
         standardize: z-score the features with train-part statistics.
         cache_dir: decode cache folder (see :func:`calibrant.data.base.cached`).
         use_cache: ``False`` decodes without reading or writing the cache.
         transform: optional callable ``(x, y) -> (x, y)``.
+        val_fraction: share of the official train part held out as ``"val"``.
+        seed: seed of the held-out draw.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in ("train", "val", "trainval", "test"):
+        raise ValueError(f"split must be 'train', 'val', 'trainval' or 'test', got {split!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if root is not None and (Path(root) / f"{name}-train.arff").exists():
         folder = Path(root)
     else:
@@ -228,12 +238,20 @@ def mulan(
             root, "mulan", name, expected=f"{name}-train.arff, {name}-test.arff, {name}.xml"
         )
     d = load_mulan(folder, name, cache_dir, use_cache)
-    x = d[f"x_{split}"]
+    n_train = d["x_train"].shape[0]
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_val = max(1, round(val_fraction * n_train))
+    rows = {"val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
+    part = "test" if split == "test" else "train"
+    x, y = d[f"x_{part}"], d[f"y_{part}"]
+    if split in rows:
+        x, y = x[rows[split]], y[rows[split]]
     if np.isnan(x).any():
         raise ValueError(f"MULAN set {name!r} ({split}) has missing feature values")
-    if standardize:
-        mean = d["x_train"].mean(0, dtype=np.float64)
-        std = d["x_train"].std(0, dtype=np.float64)
+    if standardize:  # statistics of the rows the model trains on
+        fit_rows = d["x_train"] if split == "trainval" else d["x_train"][rows["train"]]
+        mean = fit_rows.mean(0, dtype=np.float64)
+        std = fit_rows.std(0, dtype=np.float64)
         std[std < 1e-12] = 1.0
         x = ((x - mean) / std).astype(np.float32)
     info = DatasetInfo(
@@ -243,7 +261,7 @@ def mulan(
         task="multilabel",
         in_channels=x.shape[1],
     )
-    return ArrayDataset(torch.from_numpy(x), torch.from_numpy(d[f"y_{split}"]), info, transform)
+    return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y), info, transform)
 
 
 for _set in MULAN_SETS:
