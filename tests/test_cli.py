@@ -143,3 +143,24 @@ def test_list_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "ALM presets:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "keys"),
+    [
+        ("mulan_spa_lpr", ["train.epochs=1"], ("map_y", "map_x", "ace", "mce")),
+        ("fmnist_lt_cals_alm", ["train.epochs=1", "model.hidden=[32]"], ("accuracy", "ece")),
+        (
+            "hippocampus_crac",
+            ["train.epochs=1", "model.base_channels=4", "model.depth=2"],
+            ("dice", "hd95", "ece_paper"),
+        ),
+    ],
+)
+def test_other_presets_train_and_report(data_root, tmp_path, preset, overrides, keys):
+    out = tmp_path / preset
+    args = ["train", preset, *overrides, "--out", str(out), "--data-root", str(data_root)]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    for key in keys:
+        assert 0.0 <= test[key] < float("inf"), (key, test[key])

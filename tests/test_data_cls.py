@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.io import arff as scipy_arff
 
+from calibrant.data import fashion_mnist as fashion_mnist_module
 from calibrant.data.cifar import load_cifar10, read_cifar_jpegs
 from calibrant.data.fashion_mnist import SYSTEM_DIR, read_idx
 from calibrant.data.longtail import (
@@ -277,7 +278,7 @@ def test_fashion_mnist_real(cache):
     assert y.dtype == torch.int64
 
 
-def test_idx_reader_gz_plain_and_errors(tmp_path):
+def test_idx_reader_gz_plain_and_errors(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
     labs = np.array([1, 9, 0], np.uint8)
@@ -301,6 +302,7 @@ def test_idx_reader_gz_plain_and_errors(tmp_path):
     short.write_bytes(raw_l + labs.tobytes()[:2])
     with pytest.raises(ValueError, match="short-idx1-ubyte"):
         read_idx(short)
+    monkeypatch.setattr(fashion_mnist_module, "SYSTEM_DIR", tmp_path / "no-debian-copy")
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         DATASETS.build("fashion_mnist", root=tmp_path / "none", use_cache=False)
 

@@ -131,6 +131,7 @@ def cmd_train(args) -> int:
         clip_grad=train_cfg.get("clip_grad"),
         infer=exp.infer,
         observe_view=exp.observe_view,
+        output_transform=exp.output_transform,
         checkpoint_dir=str(out / "checkpoints"),
         checkpoint_every=int(train_cfg.get("checkpoint_every", 0)),
         resume=args.resume,

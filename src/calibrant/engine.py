@@ -360,6 +360,7 @@ def fit(
     clip_grad: float | None = None,
     infer: Callable | None = None,
     observe_view: Callable | None = None,
+    output_transform: nn.Module | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
@@ -395,6 +396,8 @@ def fit(
         infer: validation inference function (see :func:`evaluate`).
         observe_view: maps validation ``(logits, target)`` to what ALM terms observe (for
             example volume logits back to 2D slices).
+        output_transform: fixed map applied to the logits before the validation metrics (for
+            example the SPA inverse link); ALM terms observe the raw logits.
         checkpoint_dir: folder for ``last.pt``/``best.pt``; ``None`` disables checkpoints.
         checkpoint_every: also save ``last.pt`` every this many steps (0: only per epoch).
         resume: continue from ``checkpoint_dir/last.pt``.
@@ -485,7 +488,14 @@ def fit(
         )
         observers = [_ViewObserver(a, observe_view) for a in alms] if observe_view else alms
         val = evaluate(
-            model, val_loader, metrics, device=device, amp=amp, observers=observers, infer=infer
+            model,
+            val_loader,
+            metrics,
+            device=device,
+            amp=amp,
+            observers=observers,
+            infer=infer,
+            calibrator=output_transform,
         )
         alm_logs = {}
         for i, term in enumerate(alms):

@@ -37,6 +37,7 @@ __all__ = [
     "build_metrics",
     "build_model",
     "build_optimizer",
+    "build_output_transform",
     "build_scheduler",
 ]
 
@@ -124,6 +125,19 @@ def build_metrics(specs: Iterable[Mapping[str, Any]], info: Any) -> dict[str, An
     return metrics
 
 
+SPA_PARAMS = ("zeta_pos", "k_pos", "b_pos", "zeta_neg", "k_neg", "b_neg")
+
+
+def build_output_transform(loss_cfg: Mapping[str, Any]) -> nn.Module | None:
+    """The prediction-time map a loss implies: the SPA inverse link for SPA losses, else None."""
+    name, kw = _kwargs(loss_cfg)
+    if name in ("spa", "spa_lpr"):
+        from calibrant.posthoc.links import SPALink
+
+        return SPALink(**{k: v for k, v in kw.items() if k in SPA_PARAMS})
+    return None
+
+
 def build_data(cfg: Mapping[str, Any], root: Any, split: str) -> Any:
     """``DATASETS.build(name, root=root, split=split, **kwargs)`` with split-specific overrides.
 
@@ -172,6 +186,7 @@ class Experiment:
     test_metrics: dict[str, Any]
     infer: Callable | None = None
     observe_view: Callable | None = None
+    output_transform: nn.Module | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -255,6 +270,9 @@ def build_experiment(
             def infer(model, volume):
                 return predict_volume(model, volume, model_dims=3, window=window)
 
+    output_transform = build_output_transform(cfg["loss"])
+    if output_transform is not None:
+        output_transform = output_transform.to(device)
     eval_cfg = cfg.get("eval", {})
     metrics = build_metrics(eval_cfg.get("val_metrics", []), info)
     test_metrics = build_metrics(eval_cfg.get("test_metrics", []), info)
@@ -275,4 +293,5 @@ def build_experiment(
         test_metrics=test_metrics,
         infer=infer,
         observe_view=observe_view,
+        output_transform=output_transform,
     )

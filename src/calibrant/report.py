@@ -188,13 +188,17 @@ def evaluate_run(
     cal = _load_calibrator(calibrator)
     if cal is not None:
         cal = cal.to(device)
-    curves = ReliabilityCurves(
-        ignore_index=exp.info.ignore_index, regions=exp.info.task == "segmentation"
-    ).to(device)
+    elif exp.output_transform is not None:
+        cal = exp.output_transform
+    metrics = dict(exp.test_metrics)
+    if exp.info.task != "multilabel":  # top-label curves need class labels
+        metrics["reliability"] = ReliabilityCurves(
+            ignore_index=exp.info.ignore_index, regions=exp.info.task == "segmentation"
+        ).to(device)
     results = evaluate(
         exp.model,
         exp.test_loader,
-        {**exp.test_metrics, "reliability": curves},
+        metrics,
         device=device,
         amp=amp,
         infer=exp.infer,
@@ -230,6 +234,13 @@ def fit_calibrator(exp: Any, run: Path, *, method: str = "temperature", device="
     kwargs = {}
     if method == "classwise_temperature" or method == "vector":
         kwargs["num_classes"] = exp.info.num_classes
+    if method == "phi":  # the focal/ASY hyper-parameters of the run's loss
+        loss = dict(exp.cfg["loss"])
+        kwargs = {k: loss[k] for k in ("gamma_neg", "gamma_pos", "margin") if k in loss}
+        if "gamma" in loss:  # symmetric binary focal
+            kwargs.update(gamma_neg=loss["gamma"], gamma_pos=loss["gamma"])
+        defaults = {"asl": {"gamma_neg": 4.0, "gamma_pos": 0.0, "margin": 0.05}}
+        kwargs = {**defaults.get(loss["name"], {"gamma_neg": 2.0, "gamma_pos": 2.0}), **kwargs}
     calibrator = CALIBRATORS.build(method, **kwargs)
     batches = _validation_logits(exp, device)
     calibrator.fit_stream(batches, ignore_index=exp.info.ignore_index)

@@ -91,8 +91,7 @@ def _folder(root) -> Path:
         candidates += [Path(root).expanduser(), Path(root).expanduser() / "fashion-mnist"]
     elif os.environ.get("CALIBRANT_DATA"):
         candidates.append(Path(os.environ["CALIBRANT_DATA"]) / "fashion-mnist")
-    if root is None:
-        candidates.append(SYSTEM_DIR)
+    candidates.append(SYSTEM_DIR)  # the Debian package, also behind a data root that lacks it
     for c in candidates:
         if all(_find(c, s) for pair in _FILES.values() for s in pair):
             return c
