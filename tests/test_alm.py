@@ -11,7 +11,7 @@ from calibrant.alm import (
     alm_terms,
     get_penalty,
 )
-from calibrant.alm.presets import _CrossEntropy
+from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
 from calibrant.losses.combine import WeightedSum
 from calibrant.registry import ALM_PRESETS
@@ -323,7 +323,7 @@ def _train_toy(term, epochs=10, steps=20):
         model.weight.copy_(0.1 * torch.randn(3, 2, generator=g))
         model.bias.zero_()
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    loss = WeightedSum({"ce": _CrossEntropy(), "alm": term})
+    loss = WeightedSum({"ce": CrossEntropyLoss(), "alm": term})
     violation = []
     for _ in range(epochs):
         for _ in range(steps):
