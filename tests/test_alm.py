@@ -11,8 +11,8 @@ from calibrant.alm import (
     alm_terms,
     get_penalty,
 )
-from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
+from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
 from calibrant.registry import ALM_PRESETS
 
