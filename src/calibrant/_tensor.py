@@ -298,15 +298,28 @@ def window_counts(
     return counts
 
 
-def row_chunks(x: torch.Tensor, elements: int = 1 << 20) -> Iterator[tuple[int, int, int]]:
-    """``(b, c0, c1)`` blocks of ``(B, C, *spatial)`` with about ``elements`` entries each.
+def row_chunks(
+    shape: tuple[int, int, int], elements: int = 1 << 18
+) -> Iterator[tuple[slice, slice, slice]]:
+    """``(batch, class, position)`` slices of a ``(B, C, N)`` tensor, about ``elements`` each.
 
-    Fused losses loop over these so that their temporaries stay small (cache-resident, reused
-    by the allocator) instead of allocating several full-size tensors.
+    Whole samples are grouped while they are small; a large sample is split over classes, then
+    over positions. Fused element-wise losses loop over these so that their temporaries stay
+    small (cache-resident and reused by the allocator instead of page-faulted in afresh).
     """
-    b, c = x.shape[:2]
-    per_row = max(1, x[0, 0].numel()) if b and c else 1
-    step = max(1, elements // per_row)
+    b, c, n = shape
+    per_sample = max(1, c * n)
+    if per_sample <= elements:
+        step = elements // per_sample
+        for b0 in range(0, b, step):
+            yield slice(b0, min(b, b0 + step)), slice(0, c), slice(0, n)
+        return
+    rows = elements // max(1, n)
     for i in range(b):
-        for c0 in range(0, c, step):
-            yield i, c0, min(c, c0 + step)
+        if rows >= 1:
+            for c0 in range(0, c, rows):
+                yield slice(i, i + 1), slice(c0, min(c, c0 + rows)), slice(0, n)
+            continue
+        for k in range(c):
+            for s0 in range(0, n, elements):
+                yield slice(i, i + 1), slice(k, k + 1), slice(s0, min(n, s0 + elements))

@@ -332,11 +332,13 @@ class _ScaledL1Sum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, tau, scale: float, mask):  # noqa: D102
+        x3, t3 = x.view(*x.shape[:2], -1), tau.reshape(*x.shape[:2], -1)
+        m3 = None if mask is None else mask.reshape(x.shape[0], 1, -1)
         total = x.new_zeros(())
-        for b, c0, c1 in row_chunks(x):
-            d = torch.sub(x[b, c0:c1], tau[b, c0:c1], alpha=scale)
-            if mask is not None:
-                d.mul_(mask[b])
+        for b, c, n in row_chunks(x3.shape):
+            d = torch.sub(x3[b, c, n], t3[b, c, n], alpha=scale)
+            if m3 is not None:
+                d.mul_(m3[b, :, n])
             total += d.abs_().sum()
         ctx.save_for_backward(x, tau, mask)
         ctx.scale = scale
@@ -346,13 +348,15 @@ class _ScaledL1Sum(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: D102
         x, tau, mask = ctx.saved_tensors
+        x3, t3 = x.view(*x.shape[:2], -1), tau.reshape(*x.shape[:2], -1)
+        m3 = None if mask is None else mask.reshape(x.shape[0], 1, -1)
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        for b, c0, c1 in row_chunks(x):
-            out = gx[b, c0:c1]
-            torch.sub(x[b, c0:c1], tau[b, c0:c1], alpha=ctx.scale, out=out)
-            if mask is not None:
-                out.mul_(mask[b])
-            out.sign_().mul_(grad)
+        g3 = gx.view(x3.shape)
+        for b, c, n in row_chunks(x3.shape):
+            d = torch.sub(x3[b, c, n], t3[b, c, n], alpha=ctx.scale)
+            if m3 is not None:
+                d.mul_(m3[b, :, n])
+            torch.mul(d.sign_(), grad, out=g3[b, c, n])
         return gx, None, None, None
 
 
