@@ -497,7 +497,7 @@ def test_fused_neighbor_phr_gradcheck():
         rho = torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.1
         m = None if mask is None else mask.unsqueeze(1).double()
         args = (counts.double(), f.double(), bnd.unsqueeze(1).double(), m, lam, rho, 7.0)
-        assert torch.autograd.gradcheck(lambda z: _NeighborPHR.apply(z, *args), (x,))
+        assert torch.autograd.gradcheck(lambda z, a=args: _NeighborPHR.apply(z, *a), (x,))
 
 
 def test_fused_neighbor_phr_rejects_nan():
