@@ -5,7 +5,7 @@ maximum RSS during one forward+backward (inputs already allocated, so it counts 
 loss itself allocates), then the time is the median of ``--repeats`` timed runs after warm-up.
 
 Usage:
-    PYTHONPATH=src python benchmarks/bench_losses.py --repeats 10
+    PYTHONPATH=src python benchmarks/bench_losses.py --repeats 11 --threads 1
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ import time
 SHAPES = {"2d": (8, 4, 192, 192), "3d": (2, 14, 96, 96, 96)}
 LOSSES = [
     "plain_ce",  # F.cross_entropy, the reference
-    "ce",
-    "mbls",
-    "svls",
+    "ce",  # calibrant CE (validates inputs)
+    "mbls",  # full loss: CE + 0.1 * margin penalty
+    "mbls_term",  # the margin penalty alone
+    "svls",  # SVLS is a CE replacement: the full loss is the penalty
     "nacl",
-    "monai_nacl",
-    "crac_region",  # only if the ALM engineer's preset is registered
+    "nacl_term",
+    "monai_nacl",  # peer: MONAI NACLLoss (CE + term)
+    "crac",  # ALM_PRESETS "crac": CE + the CRaC ALM penalty (λ, ρ random per slot)
+    "crac_term",  # the ALMPenalty alone
 ]
 
 
-def _build(name: str, dims: int):
+def _build(name: str, shape: tuple[int, ...]):
+    import torch
     import torch.nn.functional as F
 
+    from calibrant.registry import ALM_PRESETS
     from calibrant.registry import LOSSES as REG
 
     if name == "plain_ce":
@@ -40,25 +45,32 @@ def _build(name: str, dims: int):
     if name == "monai_nacl":
         from monai.losses import NACLLoss
 
-        return NACLLoss(classes=SHAPES[f"{dims}d"][1], dim=dims)
-    if name == "crac_region":
-        for key in ("crac", "crac_region"):
-            if key in REG:
-                return REG.build(key)
-        return None
+        return NACLLoss(classes=shape[1], dim=len(shape) - 2)
+    if name.startswith("crac"):
+        full = ALM_PRESETS.build("crac", num_classes=shape[1])
+        alm = full.parts["alm"]
+        g = torch.Generator().manual_seed(0)  # non-uniform multipliers, as after some epochs
+        alm.lam.copy_(torch.rand(alm.lam.shape, generator=g, dtype=alm.lam.dtype))
+        alm.rho.copy_(torch.rand(alm.rho.shape, generator=g, dtype=alm.rho.dtype) + 0.1)
+        return alm if name == "crac_term" else full
+    if name.endswith("_term"):
+        full = REG.build(name[: -len("_term")])
+        return full.parts["margin" if name.startswith("mbls") else "nacl"]
     return REG.build(name)
 
 
-def child(name: str, shape_key: str, repeats: int) -> dict:
+def child(name: str, shape_key: str, repeats: int, threads: int) -> dict:
+    """Peak RSS of the first forward+backward, then timing interleaved with plain CE."""
     import resource
+    import statistics
 
     import torch
+    import torch.nn.functional as F
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     shape = SHAPES[shape_key]
-    loss = _build(name, len(shape) - 2)
-    if loss is None:
-        return {"name": name, "shape": shape_key, "missing": True}
+    loss = _build(name, shape)
     logits = torch.randn(shape, requires_grad=True)
     target = torch.randint(0, shape[1], (shape[0], *shape[2:]))
 
@@ -66,20 +78,28 @@ def child(name: str, shape_key: str, repeats: int) -> dict:
         logits.grad = None
         loss(logits, target).backward()
 
+    def base():
+        logits.grad = None
+        F.cross_entropy(logits, target).backward()
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
+    base()
+    times, base_times = [], []
+    for _ in range(repeats):  # alternate, so that load drift hits both alike
+        for fn, out in ((base, base_times), (step, times)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
     return {
         "name": name,
         "shape": shape_key,
-        "median_s": times[len(times) // 2],
+        "median_s": statistics.median(times),
+        "base_median_s": statistics.median(base_times),
+        "ratio": statistics.median(times) / statistics.median(base_times),
+        "ratio_of_min": min(times) / min(base_times),
         "peak_mib": peak_kib / 1024,
         "logits_mib": logits.numel() * 4 / 2**20,
     }
@@ -90,14 +110,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default="benchmarks/results/losses.md")
     ap.add_argument("--shapes", default="2d,3d")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.repeats)))
+        print(json.dumps(child(args.child[0], args.child[1], args.repeats, args.threads)))
         return
     rows = []
     for shape_key in args.shapes.split(","):
-        for name in LOSSES:
+        for name in args.losses.split(","):
             out = subprocess.run(
                 [
                     sys.executable,
@@ -107,6 +129,8 @@ def main() -> None:
                     shape_key,
                     "--repeats",
                     str(args.repeats),
+                    "--threads",
+                    str(args.threads),
                 ],
                 capture_output=True,
                 text=True,
@@ -116,27 +140,26 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
     lines = [
-        "| shape | loss | median fwd+bwd (ms) | × plain CE | peak extra RSS (MiB) | × plain CE |",
-        "|---|---|---|---|---|---|",
+        "| shape | loss | median fwd+bwd (ms) | plain CE median, same process (ms) "
+        "| × plain CE (medians) | × plain CE (minima) | peak extra RSS (MiB) | × plain CE peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for shape_key in args.shapes.split(","):
         base = next(r for r in rows if r["shape"] == shape_key and r["name"] == "plain_ce")
         for r in rows:
             if r["shape"] != shape_key:
                 continue
-            if r.get("missing"):
-                lines.append(f"| {shape_key} | {r['name']} | not registered | | | |")
-                continue
             lines.append(
-                f"| {shape_key} {SHAPES[shape_key]} | {r['name']} | {1e3 * r['median_s']:.1f} | "
-                f"{r['median_s'] / base['median_s']:.2f} | {r['peak_mib']:.0f} | "
-                f"{r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |"
+                f"| {shape_key} | {r['name']} | {1e3 * r['median_s']:.1f} | "
+                f"{1e3 * r['base_median_s']:.1f} | {r['ratio']:.2f} | {r['ratio_of_min']:.2f} | "
+                f"{r['peak_mib']:.0f} | {r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |"
             )
     import torch
 
     header = (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}.\n"
+        f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}, "
+        f"load average at the end {os.getloadavg()[0]:.1f}.\n"
     )
     print(header + "\n".join(lines))
     if args.out:

@@ -459,3 +459,50 @@ def test_fast_label0_path_equals_shared_helpers(shape, k, generator):
     m = (target != IGNORE).unsqueeze(1)
     assert torch.equal(v.region, region)
     torch.testing.assert_close(v.h * m, (tau - logits).abs() * m)
+
+
+@pytest.mark.parametrize("layout", ["global", "class", "region", "region_class"])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (2, 4, 5, 6, 4), (1, 2, 13)])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_fused_neighbor_phr_equals_generic_path(layout, shape, ignore):
+    g = torch.Generator().manual_seed(sum(shape))
+    k = shape[1]
+    alm = ALMPenalty(k, NeighborConstraint(inner_target_scale=5.0), layout=layout)
+    alm.lam.copy_(torch.rand(alm.lam.shape, generator=g))
+    alm.rho.copy_(torch.rand(alm.rho.shape, generator=g) + 0.1)
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    y = torch.randint(0, k, (shape[0], *shape[2:]), generator=g)
+    if ignore:
+        y[torch.rand(y.shape, generator=g) < 0.2] = IGNORE
+    assert alm._fast_neighbor_phr(x, y) is not None
+    value = alm(x, y)
+    (grad,) = torch.autograd.grad(value, x)
+    alm._fast_neighbor_phr = lambda *a: None  # the generic constraint + _PenaltyMean path
+    ref = alm(x, y)
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_neighbor_phr_gradcheck():
+    from calibrant.alm.constraints import neighbor_parts
+    from calibrant.alm.term import _NeighborPHR
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (2, 5, 6), generator=g)
+    for mask in (None, torch.rand(y.shape, generator=g) > 0.3):
+        counts, f, bnd = neighbor_parts(y, mask, 3, inner_target_scale=5.0)
+        x = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        lam = torch.rand(2, 3, generator=g, dtype=torch.float64)
+        rho = torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.1
+        m = None if mask is None else mask.unsqueeze(1).double()
+        args = (counts.double(), f.double(), bnd.unsqueeze(1).double(), m, lam, rho, 7.0)
+        assert torch.autograd.gradcheck(lambda z, a=args: _NeighborPHR.apply(z, *a), (x,))
+
+
+def test_fused_neighbor_phr_rejects_nan():
+    alm = ALM_PRESETS.build("crac", num_classes=3, with_ce=False)
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        alm(x, torch.zeros(1, 4, 4, dtype=torch.long))

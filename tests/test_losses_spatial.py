@@ -224,3 +224,35 @@ def test_spatial_losses_need_a_spatial_dim():
         neighbor_penalty(torch.zeros(1, 2, 4), torch.zeros(1, 4, dtype=torch.long), kernel_size=2)
     with pytest.raises(ValueError, match="padding"):
         nacl_targets(torch.zeros(1, 4, dtype=torch.long), 2, padding="reflect")
+
+
+def test_fused_nacl_l1_gradcheck_and_mask():
+    from calibrant._tensor import window_counts
+    from calibrant.losses.spatial import _ScaledL1Sum
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 3, (2, 5, 6), generator=g)
+    counts = window_counts(y, 3)
+    x = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    m = (torch.rand(2, 1, 5, 6, generator=g) > 0.3).double()
+    for mask in (None, m):
+        assert torch.autograd.gradcheck(
+            lambda z, mask=mask: _ScaledL1Sum.apply(z, counts.double(), 1 / 9, mask), (x,)
+        )
+    ref = ((x - counts.double() / 9).abs() * m).sum()
+    torch.testing.assert_close(_ScaledL1Sum.apply(x, counts, 1 / 9, m), ref)
+
+
+@pytest.mark.parametrize("padding", ["label0", "zeros"])
+def test_fused_nacl_equals_unfused(padding):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 6, 5, 4, generator=g, requires_grad=True)
+    y = torch.randint(0, 4, (2, 6, 5, 4), generator=g)
+    for target in (y, y.masked_fill(torch.rand(y.shape, generator=g) < 0.2, -100)):
+        got = neighbor_penalty(x, target, padding=padding)
+        (gg,) = torch.autograd.grad(got, x)
+        per = neighbor_penalty(x, target, padding=padding, reduction="none")  # unfused path
+        ref = per.sum() / (target != -100).sum()
+        (rg,) = torch.autograd.grad(ref, x)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(gg, rg)

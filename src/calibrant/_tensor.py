@@ -25,17 +25,21 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from calibrant._checks import check_choice
+from calibrant._checks import check_choice, check_finite, check_labels_in_range
 
 __all__ = [
     "REDUCTIONS",
     "float32",
     "valid_mask",
+    "finite_or_raise",
+    "labels_and_mask",
     "reduce",
     "one_hot",
     "flatten_classes",
     "neighbor_proportions",
     "boundary_mask",
+    "window_counts",
+    "row_chunks",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -68,6 +72,36 @@ def valid_mask(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Te
         return target, torch.ones_like(target, dtype=torch.bool)
     mask = target != ignore_index
     return target.masked_fill(~mask, 0), mask
+
+
+def finite_or_raise(name: str, x: torch.Tensor) -> None:
+    """:func:`calibrant._checks.check_finite` with a one-read fast path.
+
+    A float sum is finite only if every term is (inf and NaN absorb, ``inf - inf`` is NaN), so
+    one reduction proves finiteness; only a non-finite sum (a bad value, or an overflow of
+    finite ones) runs the full check, which raises or passes exactly as before.
+    """
+    if x.numel() and not bool(torch.isfinite(x.sum())):
+        check_finite(name, x)
+
+
+def labels_and_mask(
+    target: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check the label range and return ``(safe int64 target, mask or None)``.
+
+    ``mask`` is ``None`` when no element is ignored: one ``aminmax`` pass decides it, and the
+    full :func:`calibrant._checks.check_labels_in_range` + :func:`valid_mask` run only when
+    ignored or out-of-range labels may be present.
+    """
+    target = target.long()
+    if target.numel():
+        lo, hi = (int(v) for v in torch.aminmax(target))
+        no_ignore = ignore_index is None or not lo <= ignore_index <= hi
+        if no_ignore and lo >= 0 and hi < num_classes:
+            return target, None
+    check_labels_in_range(target, num_classes, ignore_index)
+    return valid_mask(target, ignore_index)
 
 
 def reduce(values: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
@@ -215,3 +249,77 @@ def boundary_mask(
     ymax = pool(hi, kernel_size, stride=1)
     ymin = -pool(-lo, kernel_size, stride=1)
     return ((ymax != ymin) & mask.unsqueeze(1)).squeeze(1)
+
+
+def _box_sum_(x: torch.Tensor, kernel_size: int, nd: int) -> torch.Tensor:
+    """Zero-padded ``k^nd`` box sum over the last ``nd`` dims, by shifted in-place adds."""
+    r = kernel_size // 2
+    for dim in range(x.dim() - nd, x.dim()):
+        n = x.shape[dim]
+        out = x.clone()
+        for s in range(1, min(r, n - 1) + 1):
+            out.narrow(dim, s, n - s).add_(x.narrow(dim, 0, n - s))
+            out.narrow(dim, 0, n - s).add_(x.narrow(dim, s, n - s))
+        x = out
+    return x
+
+
+def window_counts(
+    target: torch.Tensor, num_classes: int, *, kernel_size: int = 3, padding: str = "label0"
+) -> torch.Tensor:
+    """Per-class label counts in each ``k^d`` window, in the smallest exact integer dtype.
+
+    ``neighbor_proportions`` without ignored labels is ``window_counts / k^d`` for the
+    ``"label0"`` and ``"zeros"`` paddings (both count out-of-image neighbours in the window
+    size; ``label0`` adds them to class 0). Counts are ``uint8`` up to ``k^d = 255``, else
+    ``int16``/``int32``: 1 byte per entry instead of a float32 one-hot and window sums.
+
+    Args:
+        target: integer labels ``(B, *spatial)`` in ``[0, num_classes)`` (nothing ignored).
+        num_classes: ``C``.
+        kernel_size: odd window size.
+        padding: ``"label0"`` or ``"zeros"``.
+
+    Returns:
+        ``(B, C, *spatial)`` integer counts.
+    """
+    check_choice("padding", padding, ("label0", "zeros"))
+    nd = target.dim() - 1
+    _pool_fn(nd, "avg")  # validates the number of spatial dims
+    size = kernel_size**nd
+    dtype = torch.uint8 if size <= 255 else torch.int16 if size < 2**15 else torch.int32
+    classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * nd))
+    oh = target.unsqueeze(1) == classes
+    oh = oh.view(torch.uint8) if dtype == torch.uint8 else oh.to(dtype)
+    counts = _box_sum_(oh, kernel_size, nd)
+    if padding == "label0":
+        ones = torch.ones((1, *target.shape[1:]), dtype=dtype, device=target.device)
+        counts[:, 0] += size - _box_sum_(ones, kernel_size, nd)
+    return counts
+
+
+def row_chunks(
+    shape: tuple[int, int, int], elements: int = 1 << 18
+) -> Iterator[tuple[slice, slice, slice]]:
+    """``(batch, class, position)`` slices of a ``(B, C, N)`` tensor, about ``elements`` each.
+
+    Whole samples are grouped while they are small; a large sample is split over classes, then
+    over positions. Fused element-wise losses loop over these so that their temporaries stay
+    small (cache-resident and reused by the allocator instead of page-faulted in afresh).
+    """
+    b, c, n = shape
+    per_sample = max(1, c * n)
+    if per_sample <= elements:
+        step = elements // per_sample
+        for b0 in range(0, b, step):
+            yield slice(b0, min(b, b0 + step)), slice(0, c), slice(0, n)
+        return
+    rows = elements // max(1, n)
+    for i in range(b):
+        if rows >= 1:
+            for c0 in range(0, c, rows):
+                yield slice(i, i + 1), slice(c0, min(c, c0 + rows)), slice(0, n)
+            continue
+        for k in range(c):
+            for s0 in range(0, n, elements):
+                yield slice(i, i + 1), slice(k, k + 1), slice(s0, min(n, s0 + elements))

@@ -46,7 +46,13 @@ from typing import NamedTuple
 import torch
 
 from calibrant._checks import check_choice, check_logits_target, check_positive
-from calibrant._tensor import PADDINGS, boundary_mask, neighbor_proportions, valid_mask
+from calibrant._tensor import (
+    PADDINGS,
+    boundary_mask,
+    neighbor_proportions,
+    valid_mask,
+    window_counts,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -216,6 +222,48 @@ def neighbor_violation(
     boundary = (counts.amax(1, keepdim=True) < n_valid) & mask.unsqueeze(1)
     scale = torch.where(boundary, 1.0, float(inner_target_scale)) / n_valid.clamp_min(1.0)
     return (torch.addcmul(-x, counts, scale)).abs_(), boundary.squeeze(1)
+
+
+@torch.no_grad()
+def neighbor_parts(
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_classes: int,
+    *,
+    kernel_size: int = 3,
+    inner_target_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The label-0 neighbourhood constraint in factored form: ``h = |counts · f − l|``.
+
+    Args:
+        target: int64 labels ``(B, *spatial)``, ignored entries already replaced by 0.
+        mask: bool ``(B, *spatial)`` of valid pixels, or ``None`` when nothing is ignored.
+        num_classes: ``K``.
+        kernel_size: odd window size.
+        inner_target_scale: ``s``.
+
+    Returns:
+        ``counts`` ``(B, K, *spatial)`` (``uint8`` when nothing is ignored, else float32),
+        ``f`` float32 ``(B, 1, *spatial)`` = ``s_i / n_valid(i)`` and ``boundary`` bool
+        ``(B, *spatial)``, so that :func:`neighbor_violation` is ``|counts · f − l|``.
+    """
+    nd = target.dim() - 1
+    if mask is None:
+        counts = window_counts(target, num_classes, kernel_size=kernel_size, padding="label0")
+        n_valid = float(kernel_size**nd)
+        boundary = counts.amax(1, keepdim=True) < n_valid
+        inner = float(inner_target_scale) / n_valid
+        f = boundary.float().mul_(1.0 / n_valid - inner).add_(inner)
+        return counts, f, boundary.squeeze(1)
+    classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * nd))
+    onehot = (target.unsqueeze(1) == classes) & mask.unsqueeze(1)
+    counts = _window_sum(onehot.float(), kernel_size)
+    outside = _outside_count(target.shape[1:], kernel_size, counts)
+    counts[:, :1] += outside
+    n_valid = _window_sum(mask.unsqueeze(1).float(), kernel_size) + outside
+    boundary = (counts.amax(1, keepdim=True) < n_valid) & mask.unsqueeze(1)
+    f = torch.where(boundary, 1.0, float(inner_target_scale)) / n_valid.clamp_min(1.0)
+    return counts, f, boundary.squeeze(1)
 
 
 def _window_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:

@@ -34,12 +34,10 @@ from torch import nn
 
 from calibrant._checks import (
     check_choice,
-    check_finite,
-    check_labels_in_range,
     check_logits_target,
     check_positive,
 )
-from calibrant._tensor import float32, reduce, valid_mask
+from calibrant._tensor import finite_or_raise, float32, labels_and_mask, reduce
 from calibrant.losses.combine import WeightedSum
 from calibrant.registry import LOSSES
 
@@ -73,15 +71,16 @@ def prepare(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate a multi-class pair and return ``(float logits, safe target, valid mask)``.
 
-    Call inside the :func:`calibrant._tensor.float32` context. Shared by every multi-class loss.
+    ``mask`` is ``None`` when no element is ignored (so that :func:`calibrant._tensor.reduce`
+    skips the masking passes). Call inside the :func:`calibrant._tensor.float32` context.
+    Shared by every multi-class loss.
 
     Raises:
         ValueError: on non-finite logits, a shape/dtype mismatch or labels out of range.
     """
     check_logits_target(logits, target, min_dims=2 + min_spatial)
-    check_finite("logits", logits)
-    check_labels_in_range(target, logits.shape[1], ignore_index)
-    safe, mask = valid_mask(target, ignore_index)
+    finite_or_raise("logits", logits)
+    safe, mask = labels_and_mask(target, logits.shape[1], ignore_index)
     return _as_float(logits), safe, mask
 
 
@@ -120,7 +119,17 @@ def cross_entropy_loss(
     """
     with float32(logits):
         x, safe, mask = prepare(logits, target, ignore_index)
-        return reduce(F.cross_entropy(x, safe, reduction="none"), mask, reduction)
+        if reduction == "none":
+            return reduce(F.cross_entropy(x, safe, reduction="none"), mask, reduction)
+        # One fused kernel; ``safe`` holds 0 at ignored elements, so mask them by ``ignore_index``.
+        y = safe if mask is None else target.long()
+        total = F.cross_entropy(
+            x, y, ignore_index=-100 if mask is None else ignore_index, reduction="sum"
+        )
+        if reduction == "sum":
+            return total
+        count = y.numel() if mask is None else mask.sum()
+        return total / torch.clamp(torch.as_tensor(count, device=x.device), min=1)
 
 
 def label_smoothing_loss(

@@ -27,7 +27,16 @@ from scipy import ndimage
 from torch import nn
 
 from calibrant._checks import check_choice, check_positive
-from calibrant._tensor import PADDINGS, float32, neighbor_proportions, one_hot, reduce, valid_mask
+from calibrant._tensor import (
+    PADDINGS,
+    float32,
+    neighbor_proportions,
+    one_hot,
+    reduce,
+    row_chunks,
+    valid_mask,
+    window_counts,
+)
 from calibrant.losses.classification import (
     CLASS_REDUCTIONS,
     CrossEntropyLoss,
@@ -313,6 +322,65 @@ class _L1ToTarget(torch.autograd.Function):
         return sign.to(grad.dtype).mul_(grad.unsqueeze(1)), None
 
 
+class _ScaledL1Sum(torch.autograd.Function):
+    r"""``Σ |x − s·τ| · m`` over everything, with ``d/dx = sign(x − s·τ) · m``, fused and chunked.
+
+    ``tau`` is the integer window counts (``s = 1/k^d``) or a float target (``s = 1``); ``mask``
+    is ``None`` or a float ``(B, 1, *spatial)`` {0, 1} map. Nothing full-size is saved or
+    allocated besides the gradient: the backward recomputes ``x − s·τ`` chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, x, tau, scale: float, mask):  # noqa: D102
+        x3, t3 = x.view(*x.shape[:2], -1), tau.reshape(*x.shape[:2], -1)
+        m3 = None if mask is None else mask.reshape(x.shape[0], 1, -1)
+        total = x.new_zeros(())
+        for b, c, n in row_chunks(x3.shape):
+            d = torch.sub(x3[b, c, n], t3[b, c, n], alpha=scale)
+            if m3 is not None:
+                d.mul_(m3[b, :, n])
+            total += d.abs_().sum()
+        ctx.save_for_backward(x, tau, mask)
+        ctx.scale = scale
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        x, tau, mask = ctx.saved_tensors
+        x3, t3 = x.view(*x.shape[:2], -1), tau.reshape(*x.shape[:2], -1)
+        m3 = None if mask is None else mask.reshape(x.shape[0], 1, -1)
+        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        g3 = gx.view(x3.shape)
+        for b, c, n in row_chunks(x3.shape):
+            d = torch.sub(x3[b, c, n], t3[b, c, n], alpha=ctx.scale)
+            if m3 is not None:
+                d.mul_(m3[b, :, n])
+            torch.mul(d.sign_(), grad, out=g3[b, c, n])
+        return gx, None, None, None
+
+
+def _nacl_fast(x, target, mask, *, kernel_size, padding, ignore_index, class_reduction, reduction):
+    """Mean-kernel L1 NACL on logits through :class:`_ScaledL1Sum` (``mean``/``sum`` only)."""
+    k = x.shape[1]
+    if mask is None and padding in ("label0", "zeros"):
+        tau = window_counts(target.long(), k, kernel_size=kernel_size, padding=padding)
+        scale, m = 1.0 / kernel_size ** (x.dim() - 2), None
+    else:
+        tau = neighbor_proportions(
+            target, k, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
+        ).to(x.dtype)
+        scale = 1.0
+        m = None if mask is None else mask.unsqueeze(1).to(x.dtype)
+    total = _ScaledL1Sum.apply(x.contiguous(), tau, scale, m)
+    if class_reduction == "mean":
+        total = total / k
+    if reduction == "sum":
+        return total
+    count = target.numel() if mask is None else mask.sum()
+    return total / torch.clamp(torch.as_tensor(count, device=x.device), min=1)
+
+
 def neighbor_penalty(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -366,8 +434,23 @@ def neighbor_penalty(
     check_choice("distance", distance, DISTANCES)
     check_choice("on", on, ON)
     check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("padding", padding, PADDINGS)
+    _check_kernel(kernel_size, sigma)
     with float32(logits):
         x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
+        fast = kernel == "mean" and distance == "l1" and on == "logits" and reduction != "none"
+        if fast:
+            return _nacl_fast(
+                x,
+                target,
+                mask,
+                kernel_size=kernel_size,
+                padding=padding,
+                ignore_index=ignore_index,
+                class_reduction=class_reduction,
+                reduction=reduction,
+            )
         tau = nacl_targets(
             target,
             x.shape[1],
