@@ -486,6 +486,7 @@ def test_bad_hyper_parameters():
 @pytest.mark.parametrize("alpha", [None, 0.25])
 def test_binary_focal_equals_monai(generator, alpha):
     import monai.losses as monai_losses  # a test dependency: missing means failure
+
     logits, target = _data(generator, (3, 4, 5))
     peer = monai_losses.FocalLoss(gamma=2.0, alpha=alpha, use_softmax=False, reduction="mean")
     ours = ml.binary_focal_loss(logits, target, gamma=2.0, alpha=alpha)

@@ -204,6 +204,7 @@ def test_combo_loop_reference(generator, activation):
 
 def test_monai_parity_sigmoid_and_softmax(generator):
     import monai.losses as monai_losses  # a test dependency: missing means failure
+
     logits, target = _sigmoid_data(generator, shape=(3, 2, 6, 5))
     tf = target.double()
     for batch in (True, False):
