@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +39,7 @@ from torch import nn
 
 from calibrant import distributed as dist_utils
 from calibrant.alm.term import alm_terms
+from calibrant.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 __all__ = [
     "EpochSampler",
@@ -409,11 +412,6 @@ def fit(
     Returns:
         The per-epoch log dicts (including those before a resume).
     """
-    import os
-    from pathlib import Path
-
-    from calibrant.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-
     if select_mode not in ("max", "min"):
         raise ValueError(f"select_mode must be 'max' or 'min', got {select_mode!r}")
     sampler = getattr(train_loader, "sampler", None)
@@ -457,8 +455,9 @@ def fit(
             scaler.load_state_dict(ckpt["scaler"])
         state.update({k: ckpt[k] for k in state if k in ckpt})
         set_rng_state(ckpt["rng"])
-        log_resume = f"resumed at epoch {state['epoch']} step {state['step']}"
-        logging.getLogger(__name__).info(log_resume)
+        logging.getLogger(__name__).info(
+            "resumed at epoch %d step %d", state["epoch"], state["step"]
+        )
 
     def on_step(step: int, totals: dict) -> None:
         state.update(step=step, totals=totals, global_step=state["global_step"] + 1)
