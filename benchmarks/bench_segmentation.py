@@ -14,16 +14,18 @@ but mostly not on the ground truth's, as for a decent segmentation model.
 
 Every measurement runs in a fresh subprocess: inputs are loaded, the peak RSS counter is reset
 (``/proc/self/clear_refs``), one warm-up call runs (not for medpy), then ``repeats`` timed
-calls; the median wall time, the median CPU time (``time.process_time``, single-threaded, so it is
-robust to other processes competing for the cores) and the peak RSS above the loaded inputs are
-reported. Speed ratios are given on both. MONAI gets one-hot ``(1, 4, D, H, W)``
-float tensors and medpy boolean masks per class (conversions not timed); calibrant gets the int64
-label maps (``pred_labels``), plus a row from float32 logits. Each library computes its own
-convention: calibrant's ``directed_max`` rows are compared with MONAI, ``pooled`` rows with medpy.
+calls; the median wall time, the median CPU time (``time.process_time``, all threads; with one
+thread it is robust to other processes competing for the cores) and the peak RSS above the loaded
+inputs are reported (pooled over the interleaved rounds). Speed ratios are given on both. MONAI
+gets one-hot ``(1, 4, D, H, W)`` float tensors and medpy boolean masks per class (conversions not
+timed); calibrant gets the int64 label maps (``pred_labels``), plus a row from float32 logits.
+Each library computes its own convention: calibrant's ``directed_max`` rows are compared with
+MONAI, ``pooled`` rows with medpy.
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/bench_segmentation.py [--repeats 7] [--medpy-repeats 3]
+    PYTHONPATH=src python benchmarks/bench_segmentation.py [--rounds 3] [--repeats 3]
+        [--threads 1 2] [--medpy-repeats 3] [--skip-medpy]
 """
 
 from __future__ import annotations
@@ -129,9 +131,9 @@ def _callable(lib: str, metric: str, pred: np.ndarray, gt: np.ndarray):
     raise ValueError(lib)
 
 
-def worker(lib: str, metric: str, data: str, repeats: int) -> None:
+def worker(lib: str, metric: str, data: str, repeats: int, threads: int) -> None:
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)  # same budget for every library (all single-threaded here)
+    torch.set_num_threads(threads)  # same budget for every library
     z = np.load(data)
     fn = _callable(lib, metric, z["pred"], z["gt"])
     base = _rss("VmRSS:")
@@ -151,11 +153,20 @@ def worker(lib: str, metric: str, data: str, repeats: int) -> None:
 # ------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------
-def run_one(lib, metric, data, repeats) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, __file__, "--worker", lib, metric, data, str(repeats)]
+def run_one(lib, metric, data, repeats, threads) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--worker", lib, metric, data, str(repeats), str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    res = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _merge(parts: list[dict]) -> dict:
+    """Pool the timed calls of several subprocesses (rounds) of one measurement."""
+    res = {
+        "times": [t for p in parts for t in p["times"]],
+        "cpu": [t for p in parts for t in p["cpu"]],
+        "peak_bytes": max(p["peak_bytes"] for p in parts),
+    }
     res["median"] = statistics.median(res["times"])
     res["cpu_median"] = statistics.median(res["cpu"])
     return res
@@ -203,26 +214,28 @@ def check_values(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per subprocess")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved subprocess rounds")
     ap.add_argument("--medpy-repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--skip-medpy", action="store_true")
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "segmentation.md"))
     args = ap.parse_args()
 
+    # calibrant and MONAI alternate, so load changes on the shared machine hit both alike
     runs = [
         ("calibrant", "hd95:directed_max"),
+        ("monai", "hd95"),
         ("calibrant", "hd95:pooled"),
         ("calibrant", "hd"),
+        ("monai", "hd"),
         ("calibrant", "assd"),
+        ("monai", "assd"),
         ("calibrant", "all"),
         ("calibrant_logits", "all"),
-        ("monai", "hd95"),
-        ("monai", "hd"),
-        ("monai", "assd"),
-        ("medpy", "hd95"),
-        ("medpy", "hd"),
-        ("medpy", "assd"),
     ]
+    medpy_runs = [] if args.skip_medpy else [("medpy", m) for m in ("hd95", "hd", "assd")]
     lines = []
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,15 +250,23 @@ def main() -> None:
 
             surf = label_surface(gt)
             nsurf = [int((surf & (gt == c)).sum()) for c in range(1, NUM_CLASSES)]
-            res = {}
-            for lib, metric in runs:
-                reps = args.medpy_repeats if lib == "medpy" else args.repeats
-                res[(lib, metric)] = run_one(lib, metric, data, reps)
-                r = res[(lib, metric)]
-                print(scen, lib, metric, f"{r['median']:.3f}s {r['cpu_median']:.3f}s", flush=True)
+            medp = {}
+            for lib, metric in medpy_runs:  # plain NumPy/SciPy, single-threaded: once
+                medp[(lib, metric)] = _merge([run_one(lib, metric, data, args.medpy_repeats, 1)])
             diffs = check_values(pred, gt)
-            lines += _table(scen, frac, nsurf, res, diffs, args)
-    header = _header(args, load)
+            for threads in args.threads:
+                parts = {key: [] for key in runs}
+                for _ in range(args.rounds):
+                    for lib, metric in runs:
+                        parts[(lib, metric)].append(
+                            run_one(lib, metric, data, args.repeats, threads)
+                        )
+                res = {key: _merge(p) for key, p in parts.items()}
+                for (lib, metric), r in res.items():
+                    print(scen, threads, lib, metric, f"{r['median']:.3f}s {r['cpu_median']:.3f}s")
+                res.update(medp)
+                lines += _table(scen, threads, frac, nsurf, res, diffs, args)
+    header = _header(args, load, os.getloadavg())
     Path(args.out).write_text("\n".join(header + lines) + "\n")
     print("\n".join(header + lines))
 
@@ -254,12 +275,12 @@ def _ratio(a, b):
     return f"{b / a:.1f}x"
 
 
-def _table(scen, frac, nsurf, res, diffs, args):
+def _table(scen, threads, frac, nsurf, res, diffs, args):
     mono = {m: res[("monai", m)] for m in ("hd95", "hd", "assd")}
-    medp = {m: res[("medpy", m)] for m in ("hd95", "hd", "assd")}
+    medp = {m: res[("medpy", m)] for m in ("hd95", "hd", "assd") if ("medpy", m) in res}
     vox = int(np.prod(SHAPE))
     out = [
-        f"## Scenario `{scen}`",
+        f"## Scenario `{scen}`, {threads} thread(s) (`torch.set_num_threads`, OMP)",
         "",
         "Class fractions of the volume (gt): "
         + ", ".join(f"{c}: {f:.1%}" for c, f in enumerate(frac))
@@ -274,7 +295,7 @@ def _table(scen, frac, nsurf, res, diffs, args):
         vm = vp = ""
         if lib.startswith("cal"):
             peers_m = list(mono.values()) if base == "all" else [mono[base]]
-            peers_p = list(medp.values()) if base == "all" else [medp[base]]
+            peers_p = list(medp.values()) if base == "all" else [medp.get(base)]
             note = " (vs sum of hd95+hd+assd)" if base == "all" else ""
             vm = (
                 _ratio(r["median"], sum(p["median"] for p in peers_m))
@@ -282,12 +303,13 @@ def _table(scen, frac, nsurf, res, diffs, args):
                 + _ratio(r["cpu_median"], sum(p["cpu_median"] for p in peers_m))
                 + note
             )
-            vp = (
-                _ratio(r["median"], sum(p["median"] for p in peers_p))
-                + " / "
-                + _ratio(r["cpu_median"], sum(p["cpu_median"] for p in peers_p))
-                + note
-            )
+            if len(medp) == 3:
+                vp = (
+                    _ratio(r["median"], sum(p["median"] for p in peers_p))
+                    + " / "
+                    + _ratio(r["cpu_median"], sum(p["cpu_median"] for p in peers_p))
+                    + note
+                )
         out.append(
             f"| {lib} | {metric} | {r['median']:.3f} | {r['cpu_median']:.3f} | "
             f"{len(r['times'])} | {r['peak_bytes'] / 2**20:.0f} | {vm} | {vp} |"
@@ -300,7 +322,8 @@ def _table(scen, frac, nsurf, res, diffs, args):
         f"{vox * (4 * NUM_CLASSES + 8) / BANDWIDTH * 1e3:.1f} ms. calibrant hd95 is "
         f"{res[('calibrant', 'hd95:directed_max')]['cpu_median'] / (2 * vox * 8 / BANDWIDTH):.0f}x "
         "the int64 floor: the time goes to the nearest-neighbour search over surface points "
-        "(k-d tree), which is compute-bound, not to reading the volume.",
+        "(gathers of the row-distance disk search, a few k-d tree queries), which is bound by "
+        "random access and per-call overhead, not by reading the volume.",
         "",
         "Max |calibrant - peer| over classes 1-3, each under the peer's convention:",
         "",
@@ -310,7 +333,7 @@ def _table(scen, frac, nsurf, res, diffs, args):
     return out
 
 
-def _header(args, load):
+def _header(args, load, load_end):
     cmd = "PYTHONPATH=src python benchmarks/bench_segmentation.py " + " ".join(sys.argv[1:])
     return [
         "# Segmentation distance metrics: calibrant vs MONAI vs medpy",
@@ -318,13 +341,18 @@ def _header(args, load):
         f"Command: `{cmd.strip()}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"load average at start {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (the machine is shared "
-        "by other agents, so absolute times are noisy; the ratios come from the same run). "
+        f"load average (1/5/15 min) at start {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, at end "
+        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} (the machine is shared by other "
+        "agents, so absolute times are noisy; the ratios come from the same run). "
         f"Volume {SHAPE}, {NUM_CLASSES} classes (metrics over classes 1-3), unit spacing. "
-        f"Median of {args.repeats} timed calls after one warm-up for calibrant and MONAI; medpy "
-        f"(about 10 s per call on a quiet machine) uses {args.medpy_repeats} timed calls, "
-        "no warm-up. "
-        "Every measurement runs in a fresh single-threaded subprocess; peak extra RSS is VmHWM "
+        f"calibrant and MONAI: {args.rounds} interleaved rounds (calibrant and MONAI "
+        f"subprocesses alternate), each a fresh subprocess with one warm-up and {args.repeats} "
+        f"timed calls; the median is over all {args.rounds * args.repeats} timed calls. medpy "
+        f"(about 10 s per call on a quiet machine): one single-threaded subprocess, "
+        f"{args.medpy_repeats} timed calls, no warm-up. Thread counts per table heading "
+        "(calibrant runs its per-class directed searches on `torch.get_num_threads()` threads; "
+        "MONAI's torch ops use the same count). CPU time is `time.process_time` (all threads); "
+        "with 1 thread it is robust to competing processes. Peak extra RSS is VmHWM "
         "after reset minus the RSS with the inputs loaded. Volumes are described in the script "
         "docstring. Inputs: calibrant gets int64 label maps (`calibrant` rows) or float32 logits "
         "(`calibrant_logits`, argmax included in the time); MONAI gets ready-made one-hot float "
@@ -337,6 +365,6 @@ def _header(args, load):
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
     else:
         main()

@@ -179,6 +179,72 @@ def test_ball_search_and_kdtree_fallback_agree_with_bruteforce():
             assert max(d_pg.max(), d_gp.max()) == pytest.approx(ref[c]["hd"])
 
 
+def _pairwise_directed(pred, gt, c, spacing):
+    sp = np.argwhere(ref_surface(pred == c)) * np.asarray(spacing, float)
+    sg = np.argwhere(ref_surface(gt == c)) * np.asarray(spacing, float)
+    pair_d = np.sqrt(((sp[:, None] - sg[None]) ** 2).sum(-1))
+    return pair_d.min(1), pair_d.min(0)
+
+
+@pytest.mark.parametrize(
+    "shape,spacing",
+    [
+        ((40,), (0.7,)),
+        ((17, 23), (1.0, 1.0)),
+        ((17, 23), (2.5, 0.7)),  # row axis 1 (the finest)
+        ((9, 14, 12), (1.0, 1.0, 1.0)),
+        ((9, 14, 12), (1.3, 2.5, 0.8)),  # row axis 2
+    ],
+)
+def test_every_search_path_matches_bruteforce(shape, spacing):
+    # radius 0: only the point's own row (everything else by the bounded k-d tree); small radii
+    # mix the disk search and the tree; None: default; 1e3: disk only. Threads change nothing.
+    pred, gt = (t.numpy() for t in pair(shape, 4, 7 * len(shape)))
+    pred = pred.copy()
+    pred[(slice(0, 2),) * len(shape)] = 3  # a small far-off false positive of class 3
+    classes = [0, 1, 2, 3]
+    ref = {c: _pairwise_directed(pred, gt, c, spacing) for c in classes}
+    for radius, workers in itertools.product((0.0, 1.0, 2.5, None, 1e3), (1, 2)):
+        got = class_surface_distances(pred, gt, classes, spacing, radius=radius, workers=workers)
+        for c in classes:
+            for g, r in zip(got[c], ref[c], strict=True):
+                np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=f"{radius} {c}")
+
+
+def test_kdtree_fallback_without_a_finite_bound():
+    # Every row near the predicted object is empty of ground-truth surface (the objects lie on
+    # different rows and far apart), so the tree must use the whole other surface.
+    gt = np.zeros((30, 30), dtype=np.int64)
+    pred = gt.copy()
+    gt[2:5, 2:5] = 1
+    pred[20:24, 22:27] = 1
+    ref = _pairwise_directed(pred, gt, 1, (1.0, 1.0))
+    for radius in (0.0, 3.0, 50.0):
+        got = class_surface_distances(pred, gt, [1], (1.0, 1.0), radius=radius)[1]
+        for g, r in zip(got, ref, strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [50, 33000])  # int16 row distances, and int32 for long rows
+def test_row_distance_matches_bruteforce(n, generator):
+    from calibrant.metrics._surface import _row_distance
+
+    mask = np.zeros((n, 3), dtype=bool)
+    hits = torch.randint(0, n, (6,), generator=generator).numpy()
+    mask[hits, 0] = True
+    mask[hits[:2], 2] = True
+    d = _row_distance(mask)
+    assert d.dtype == (np.int16 if n < 32000 else np.int32)
+    pos = np.arange(n)
+    for col in range(3):
+        where = np.flatnonzero(mask[:, col])
+        if where.size:
+            ref = np.abs(pos[:, None] - where[None]).min(1)
+            np.testing.assert_array_equal(d[:, col], ref)
+        else:
+            assert (d[:, col] >= n).all()  # "no point in this row"
+
+
 # ------------------------------------------------------------------------------------------
 # Peers
 # ------------------------------------------------------------------------------------------

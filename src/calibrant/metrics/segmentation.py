@@ -323,10 +323,16 @@ def segmentation_metrics(
     overlap = [m for m in ("dice", "iou") if m in metrics]
     surfaces = []
     if wanted:  # surfaces and directed distances of the classes present on both sides
+        workers = torch.get_num_threads()  # the directed searches run on a thread pool
         for b in range(B):
             surfaces.append(
                 class_surface_distances(
-                    pred[b], tgt[b], range(first, C), table[b], return_presence=True
+                    pred[b],
+                    tgt[b],
+                    range(first, C),
+                    table[b],
+                    return_presence=True,
+                    workers=workers,
                 )
             )
     if overlap:
