@@ -6,6 +6,10 @@ import itertools
 import math
 import warnings
 
+# Peers are test dependencies: a missing one fails the run instead of skipping it.
+import medpy.metric.binary as medpy_binary
+import monai.metrics as monai_metrics
+import monai.metrics.utils as monai_utils
 import numpy as np
 import pytest
 import torch
@@ -26,10 +30,6 @@ from calibrant.metrics.segmentation import (
 )
 from calibrant.registry import METRICS
 from tests._ddp import run_ddp
-
-medpy_binary = pytest.importorskip("medpy.metric.binary")
-monai_metrics = pytest.importorskip("monai.metrics")
-monai_utils = pytest.importorskip("monai.metrics.utils")
 
 
 # ------------------------------------------------------------------------------------------
