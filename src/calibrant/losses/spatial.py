@@ -41,6 +41,7 @@ from calibrant.losses.classification import (
     CLASS_REDUCTIONS,
     CrossEntropyLoss,
     _as_float,
+    _class_max,
     prepare,
     reduce_classes,
 )
@@ -214,6 +215,60 @@ def svls_targets(
     )
 
 
+class _SoftTargetCE(torch.autograd.Function):
+    r"""Fused :math:`\mathrm{lse}(l) - \sum_k t_k l_k` for fixed soft targets ``t``.
+
+    Chunked over positions with a loop over classes (no class-sized temporary, one pass for the
+    forward); saves only the per-position log-sum-exp. Backward: ``g · (softmax(l) − t)``, the
+    gradient of the expression (valid rows of ``t`` sum to 1; ignored centres get ``g = 0``
+    from the reduction).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        xv, tv = x.detach().reshape(b, c, -1), t.reshape(b, c, -1)
+        n = xv.shape[2]
+        lse = xv.new_empty((b, n))
+        out = xv.new_empty((b, n))
+        for bs, _, ps in row_chunks((b, 1, n), _CHUNK):
+            xs, ts, m_c, o = xv[bs, :, ps], tv[bs, :, ps], lse[bs, ps], out[bs, ps]
+            _class_max(xs, m_c)
+            se = torch.zeros_like(m_c)
+            o.zero_()
+            for k in range(c):
+                se.add_(torch.sub(xs[:, k], m_c).exp_())
+                o.addcmul_(ts[:, k], xs[:, k])
+            m_c.add_(se.log_())
+            torch.sub(m_c, o, out=o)
+        ctx.save_for_backward(x, t, lse)
+        return out.view(b, *x.shape[2:])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, t, lse = ctx.saved_tensors
+        b, c = x.shape[:2]
+        xv, tv = x.reshape(b, c, -1), t.reshape(b, c, -1)
+        gv = grad.reshape(b, -1)
+        gx = torch.empty_like(xv)
+        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _CHUNK):
+            xs, ts, m_c, g, out = (
+                xv[bs, :, ps],
+                tv[bs, :, ps],
+                lse[bs, ps],
+                gv[bs, ps],
+                gx[bs, :, ps],
+            )
+            for k in range(c):
+                o = out[:, k]
+                torch.sub(xs[:, k], m_c, out=o).exp_().sub_(ts[:, k]).mul_(g)
+        return gx.view(x.shape), None
+
+
+_CHUNK = 1 << 16
+
+
 def svls_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -255,7 +310,7 @@ def svls_loss(
         t = svls_targets(
             target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore_index
         ).to(x.dtype)
-        values = torch.logsumexp(x, dim=1) - (t * x).sum(1)
+        values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
 
 
