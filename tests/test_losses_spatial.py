@@ -287,3 +287,10 @@ def test_fused_svls_gradcheck(generator):
     x = torch.randn(2, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_()
     t = svls_targets(torch.randint(0, 3, (2, 4, 5), generator=generator), 3).double()
     assert torch.autograd.gradcheck(lambda v: _SoftTargetCE.apply(v, t), (x,))
+
+
+def test_svls_targets_without_ignored_pixels_skip_renormalisation_exactly(generator):
+    target = torch.randint(0, 4, (2, 9, 8), generator=generator)
+    assert torch.equal(svls_targets(target, 4), svls_targets(target, 4, ignore_index=None))
+    target3 = torch.randint(0, 3, (1, 5, 6, 7), generator=generator)
+    assert torch.equal(svls_targets(target3, 3), svls_targets(target3, 3, ignore_index=None))

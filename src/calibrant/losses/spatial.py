@@ -307,8 +307,10 @@ def svls_loss(
     _check_kernel(kernel_size, sigma)
     with float32(logits):
         x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
+        # nothing ignored (mask None): the renormalisation by the non-ignored share is exactly 1
+        ignore = ignore_index if mask is not None else None
         t = svls_targets(
-            target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore_index
+            target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore
         ).to(x.dtype)
         values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
