@@ -331,7 +331,8 @@ class ALMPenalty(nn.Module):
         Works on the uint8 window counts in position chunks, one class at a time, and keeps only
         float64 per-(region, class) sums: ``Σh``, ``Σh²`` and ``Σ clamp(P′)``, from which (with
         ``λ >= 0``, ``h >= 0``, so ``λ + ρh >= 0``) ``Σ P = λ Σh + ρ Σh² / 2`` and
-        ``Σ P′ = Σ clamp(λ + ρh, λ_min, λ_max)``. Returns False where it does not apply.
+        ``Σ P′ = Σ clamp(λ + ρh, λ_min, λ_max)``. Chunk sums are float32 (cascade summation),
+        their totals float64. Returns False where it does not apply.
         """
         con = self.constraint
         if not (
@@ -362,27 +363,25 @@ class ALMPenalty(nn.Module):
         lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
         lo, hi = self.cfg.lambda_min, self.cfg.lambda_max
         lam_l, rho_l = lam.tolist(), rho.tolist()
-        # sums[q, r, k]: q = Σh, Σh², Σ clamp(P′); r = all, boundary
-        sums = torch.zeros((3, 2, k), dtype=torch.float64, device=x.device)
         n = x.shape[2]
+        # Per (chunk, class), float32 chunk sums (cascade-summed), accumulated in float64:
+        # Σh, Σh·b, Σh², Σh²·b, Σg₀, Σg₀·b, Σg₁·b with b = boundary, g_r = clamp(λ_r + ρ_r h).
+        parts = []
         for bs, _, ps in row_chunks((b, 1, n), 1 << 16):
-            fc, bc = f[bs, ps], bnd[bs, ps]
-            bf = bc.float()
+            fc, bf = f[bs, ps], bnd[bs, ps].float()
             for c in range(k):
                 h = torch.mul(counts[bs, c, ps], fc).sub_(x[bs, c, ps]).abs_()
-                if lam_l[0][c] == lam_l[1][c] and rho_l[0][c] == rho_l[1][c]:
-                    g = torch.mul(h, rho_l[0][c]).add_(lam_l[0][c])
-                else:
-                    lp = torch.where(bc, lam[1, c], lam[0, c])
-                    rp = torch.where(bc, rho[1, c], rho[0, c])
-                    g = torch.addcmul(lp, rp, h)
-                g.clamp_(lo, hi)
-                h2 = h * h
-                for q, v in enumerate((h, h2, g)):
-                    sums[q, 0, c] += v.sum(dtype=torch.float64)
-                    sums[q, 1, c] += torch.mul(v, bf).sum(dtype=torch.float64)
-        pair = torch.stack([sums[:, 0] - sums[:, 1], sums[:, 1]], 1)  # (3, [inner, bnd], K)
-        s1, s2, sg = pair
+                hb = h * bf
+                g0 = torch.mul(h, rho_l[0][c]).add_(lam_l[0][c]).clamp_(lo, hi)
+                same = lam_l[0][c] == lam_l[1][c] and rho_l[0][c] == rho_l[1][c]
+                g1 = g0 if same else torch.mul(h, rho_l[1][c]).add_(lam_l[1][c]).clamp_(lo, hi)
+                vals = [h.sum(), hb.sum(), (h * h).sum(), (hb * h).sum(), g0.sum()]
+                vals += [(g0 * bf).sum(), (g1 * bf).sum()]
+                parts.append(torch.stack(vals))
+        tot = torch.stack(parts).double().view(-1, k, 7).sum(0).T  # (7, K)
+        s1 = torch.stack([tot[0] - tot[1], tot[1]])  # [inner, boundary] × K
+        s2 = torch.stack([tot[2] - tot[3], tot[3]])
+        sg = torch.stack([tot[4] - tot[5], tot[6]])
         n_b = int(boundary.sum())
         n_in = b * n - n_b
         lam64, rho64 = lam.double(), rho.double()
