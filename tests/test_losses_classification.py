@@ -144,7 +144,7 @@ def _plain_margin(x, m, norm):
 @pytest.mark.parametrize("norm", ["l1", "l2", "legacy_l2"])
 @pytest.mark.parametrize(
     "shape",
-    [(3, 4, 5, 6), (2, 14, 7, 6, 5), (5, 3), (1, 2, 70_000), (3, 4, 130, 200)],
+    [(3, 4, 5, 6), (2, 14, 7, 6, 5), (5, 3), (1, 2, 140_000), (7, 4, 130, 200)],
     ids=["2d", "3d_many_classes", "no_spatial", "chunked_positions", "chunked_batch"],
 )
 def test_fused_margin_equals_autograd_of_plain_expression(norm, shape, generator):

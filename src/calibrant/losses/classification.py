@@ -274,7 +274,7 @@ def confidence_penalty(
 class _MarginPenalty(torch.autograd.Function):
     """Fused ``Σ_k φ(max_j l_j − l_k − m)`` with φ = ReLU, ReLU², or square (legacy).
 
-    Works on ``(B, C, N)`` chunks of about 2¹⁶ positions (:func:`calibrant._tensor.row_chunks`
+    Works on ``(B, C, N)`` chunks of about 2¹⁷ positions (:func:`calibrant._tensor.row_chunks`
     over positions), looping over classes on contiguous slices: no ``max`` with indices, no
     class-sized temporary, and only the per-position max is saved. Gradient (exactly autograd's
     of ``relu(amax(l) − m − l).sum(1)``, ReLU′(0) = 0): with ``s = Σ_k φ′(d_k − m)``,
@@ -342,7 +342,7 @@ class _MarginPenalty(torch.autograd.Function):
         return gx.view(x.shape), None, None
 
 
-_MARGIN_CHUNK = 1 << 16
+_MARGIN_CHUNK = 1 << 17
 
 
 def _class_max(xs: torch.Tensor, out: torch.Tensor) -> None:

@@ -266,7 +266,7 @@ class _SoftTargetCE(torch.autograd.Function):
         return gx.view(x.shape), None
 
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 17
 
 
 def svls_loss(
