@@ -294,3 +294,19 @@ def test_svls_targets_without_ignored_pixels_skip_renormalisation_exactly(genera
     assert torch.equal(svls_targets(target, 4), svls_targets(target, 4, ignore_index=None))
     target3 = torch.randint(0, 3, (1, 5, 6, 7), generator=generator)
     assert torch.equal(svls_targets(target3, 3), svls_targets(target3, 3, ignore_index=None))
+
+
+@pytest.mark.parametrize("padding", ["replicate", "zeros", "label0"])
+@pytest.mark.parametrize("shape", [(2, 9, 8), (2, 5, 6, 7), (3, 11)])
+@pytest.mark.parametrize(("kernel_size", "sigma"), [(3, 1.0), (5, 2.0)])
+def test_class_by_class_filter_is_bitwise_the_one_hot_filter(
+    padding, shape, kernel_size, sigma, generator
+):
+    from calibrant._tensor import one_hot
+    from calibrant.losses.spatial import _filtered_one_hot, _gaussian_filter
+
+    labels = torch.randint(-1, 4, shape, generator=generator)  # -1: a zero row (ignored)
+    oh = one_hot(labels.clamp_min(0), 4, labels >= 0)
+    want = _gaussian_filter(oh, kernel_size, sigma, padding, len(shape) - 1)
+    got = _filtered_one_hot(labels, 4, kernel_size, sigma, padding, len(shape) - 1)
+    assert torch.equal(got, want)

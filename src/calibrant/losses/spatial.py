@@ -31,7 +31,6 @@ from calibrant._tensor import (
     PADDINGS,
     float32,
     neighbor_proportions,
-    one_hot,
     reduce,
     row_chunks,
     valid_mask,
@@ -151,6 +150,41 @@ def _gaussian_filter(
     return smooth.add_(oh, alpha=1 - 2 * gc).div_(2 * (1 - gc))
 
 
+def _filtered_one_hot(
+    labels: torch.Tensor, num_classes: int, kernel_size: int, sigma: float, padding: str, nd: int
+) -> torch.Tensor:
+    """``_gaussian_filter(one_hot(labels))``, class by class from the padded *labels*.
+
+    Padding the one-hot equals one-hot of the padded labels (replicate: edge labels; zeros: no
+    class, -1; label0: class 0), so no ``(B, K, *padded)`` float tensor is built; the per-class
+    arithmetic is the same element-wise sequence, hence bitwise the same result. ``labels`` is
+    int64 with -1 for rows that must be zero.
+    """
+    r = kernel_size // 2
+    g1 = _gaussian_1d(kernel_size, sigma)
+    gc = g1[r] ** nd
+    padded = labels
+    if padding == "replicate":
+        for axis in range(1, nd + 1):
+            n = padded.shape[axis]
+            idx = torch.arange(-r, n + r, device=labels.device).clamp_(0, n - 1)
+            padded = padded.index_select(axis, idx)
+    else:
+        fill = 0 if padding == "label0" else -1
+        padded = F.pad(padded, (r,) * (2 * nd), value=fill)
+    out = torch.empty(
+        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=torch.float32, device=labels.device
+    )
+    for k in range(num_classes):
+        ohp = (padded == k).unsqueeze(1).float()
+        centre = ohp
+        for axis in range(2, nd + 2):
+            centre = centre.narrow(axis, r, centre.shape[axis] - 2 * r)
+        smooth = _separable_smooth(ohp, g1, nd)
+        out[:, k : k + 1] = smooth.add_(centre, alpha=1 - 2 * gc).div_(2 * (1 - gc))
+    return out
+
+
 def _smoothed_targets(
     target: torch.Tensor,
     num_classes: int,
@@ -165,8 +199,8 @@ def _smoothed_targets(
     nd = target.dim() - 1
     if nd < 1:
         raise ValueError("spatial smoothing needs at least one spatial dim")
-    oh = one_hot(safe, num_classes, mask if ignore_index is not None else None)
-    t = _gaussian_filter(oh, kernel_size, sigma, padding, nd)
+    labels = safe.masked_fill(~mask, -1) if ignore_index is not None else safe
+    t = _filtered_one_hot(labels, num_classes, kernel_size, sigma, padding, nd)
     if ignore_index is None:
         return t
     m = mask.unsqueeze(1).float()
