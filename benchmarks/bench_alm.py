@@ -244,19 +244,23 @@ def main():
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[name] = json.loads(out.strip().splitlines()[-1])
         print(rows[name], flush=True)
-    ratio = {
-        "observe+step overhead on the validation pass": rows["val+observe"]["ratio"] - 1,
-        "same, ratio of minima": rows["val+observe"]["ratio_of_min"] - 1,
-        "observe+step overhead, timed directly (median observe+step / median plain pass)": rows[
-            "val+observe"
-        ]["observe_share"],
-        "CRaC penalty / CE (fwd+bwd)": rows["crac"]["ratio"],
-        "CRaC penalty / CE, ratio of minima": rows["crac"]["ratio_of_min"],
-        "CRaC penalty, validate=False / CE": rows["crac_novalidate"]["ratio"],
-        "research-code CRaC penalty / CE": rows["crac_research_code"]["ratio"],
-        "calibrant nacl (CE + term) / CE": rows["nacl_calibrant"]["ratio"],
-        "MONAI NACLLoss (CE + term) / CE": rows["nacl_monai"]["ratio"],
-    }
+    spec = [
+        ("observe+step overhead on the validation pass", "val+observe", "ratio", -1),
+        ("observe+step overhead, ratio of minima", "val+observe", "ratio_of_min", -1),
+        (
+            "observe+step overhead, timed directly (median observe+step / median plain pass)",
+            "val+observe",
+            "observe_share",
+            0,
+        ),
+        ("CRaC penalty / CE (fwd+bwd)", "crac", "ratio", 0),
+        ("CRaC penalty / CE, ratio of minima", "crac", "ratio_of_min", 0),
+        ("CRaC penalty, validate=False / CE", "crac_novalidate", "ratio", 0),
+        ("research-code CRaC penalty / CE", "crac_research_code", "ratio", 0),
+        ("calibrant nacl (CE + term) / CE", "nacl_calibrant", "ratio", 0),
+        ("MONAI NACLLoss (CE + term) / CE", "nacl_monai", "ratio", 0),
+    ]
+    ratio = {label: rows[n][key] + add for label, n, key, add in spec if n in rows}
     print(json.dumps(ratio, indent=1))
     write(rows, ratio, args)
 
@@ -271,7 +275,9 @@ def write(rows, ratio, args):
         f"### Run: {dev_desc}, torch {torch.__version__}, median of {args.repeats} after warm-up",
         "",
         "Command: `PYTHONPATH=src python benchmarks/bench_alm.py "
-        f"--repeats {args.repeats} --threads {args.threads} --device {args.device}`",
+        f"--repeats {args.repeats} --threads {args.threads} --device {args.device}"
+        + ("" if args.names == ",".join(NAMES) else f" --names {args.names}")
+        + "`",
         "",
         "Each row is timed alternately with its baseline in the same process (the validation",
         "pass without observe, or CE forward+backward on the same logits).",
