@@ -506,3 +506,52 @@ def test_fused_neighbor_phr_rejects_nan():
     x[0, 1, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         alm(x, torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("layout", ["global", "class", "region", "region_class"])
+@pytest.mark.parametrize("shape", [(3, 4, 20, 24), (2, 3, 6, 7, 5), (1, 2, 300, 300)])
+def test_fast_observe_equals_the_unfused_statistics(layout, shape, generator, monkeypatch):
+    from calibrant.alm import ALMPenalty, NeighborConstraint
+
+    k = shape[1]
+    logits = 4 * torch.randn(shape, generator=generator)
+    target = torch.randint(0, k, (shape[0], *shape[2:]), generator=generator)
+    target[:, : shape[2] // 2] = 0  # large inner regions as well as boundaries
+
+    def build():
+        alm = ALMPenalty(
+            k,
+            NeighborConstraint(inner_target_scale=5.0),
+            layout=layout,
+            lambda_min=0.2,
+            lambda_init=0.2,
+            lambda_max=0.9,  # both clamps active
+        )
+        g = torch.Generator().manual_seed(1)
+        alm.lam.copy_(torch.rand(alm.lam.shape, generator=g, dtype=alm.lam.dtype))
+        alm.rho.copy_(torch.rand(alm.rho.shape, generator=g, dtype=alm.rho.dtype) + 0.5)
+        return alm
+
+    fast, slow = build(), build()
+    for _ in range(2):
+        fast.observe(logits, target)
+    monkeypatch.setattr(type(slow), "_fast_observe", lambda self, *a: False)
+    for _ in range(2):
+        slow.observe(logits, target)
+    for name in ("acc_grad", "acc_viol", "acc_value"):
+        torch.testing.assert_close(
+            getattr(fast, name), getattr(slow, name), rtol=1e-5, atol=1e-3, msg=name
+        )
+    assert torch.equal(fast.acc_count, slow.acc_count)
+    assert torch.equal(fast.acc_pixels, slow.acc_pixels)
+    assert fast.acc_grad.abs().sum() > 0
+
+
+def test_fast_observe_not_taken_with_ignored_pixels(generator):
+    from calibrant.alm import ALMPenalty, NeighborConstraint
+
+    alm = ALMPenalty(3, NeighborConstraint(), layout="region_class")
+    target = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    target[0, 0, 0] = -100
+    assert not alm._fast_observe(torch.randn(2, 3, 8, 8, generator=generator), target)
+    assert alm._fast_observe(torch.randn(2, 3, 8, 8, generator=generator), target.clamp_min(0))

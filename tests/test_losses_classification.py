@@ -136,6 +136,54 @@ def test_margin_penalty_matches_loops(data, norm):
     torch.testing.assert_close(x.grad, y.grad)
 
 
+def _plain_margin(x, m, norm):
+    d = x.amax(1, keepdim=True) - m - x
+    return {"l1": torch.relu(d), "l2": torch.relu(d) ** 2, "legacy_l2": d**2}[norm].sum(1)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "legacy_l2"])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 4, 5, 6), (2, 14, 7, 6, 5), (5, 3), (1, 2, 140_000), (7, 4, 130, 200)],
+    ids=["2d", "3d_many_classes", "no_spatial", "chunked_positions", "chunked_batch"],
+)
+def test_fused_margin_equals_autograd_of_plain_expression(norm, shape, generator):
+    from calibrant.losses.classification import _MarginPenalty
+
+    x = (5 * torch.randn(shape, generator=generator, dtype=torch.float64)).requires_grad_()
+    g = torch.randn((shape[0], *shape[2:]), generator=generator, dtype=torch.float64)
+    got = _MarginPenalty.apply(x, 3.0, norm)
+    (got_grad,) = torch.autograd.grad(got, x, g)
+    want = _plain_margin(x, 3.0, norm)
+    (want_grad,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "legacy_l2"])
+def test_fused_margin_ties_split_like_amax(norm):
+    from calibrant.losses.classification import _MarginPenalty
+
+    x = torch.tensor(
+        [[5.0, 5.0, 0.0, 1.0], [2.0, 2.0, 2.0, -9.0], [0.0, 0.0, 0.0, 0.0]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    (got,) = torch.autograd.grad(_MarginPenalty.apply(x, 3.0, norm).sum(), x)
+    (want,) = torch.autograd.grad(_plain_margin(x, 3.0, norm).sum(), x)
+    torch.testing.assert_close(got, want)
+    if norm == "l1":  # the two hinges active in row 0 push both tied maxima up by 1/2 each
+        assert got[0].tolist() == [1.0, 1.0, -1.0, -1.0]
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "legacy_l2"])
+def test_fused_margin_gradcheck(norm, generator):
+    from calibrant.losses.classification import _MarginPenalty
+
+    x = (3 * torch.randn(2, 4, 3, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: _MarginPenalty.apply(t, 0.5, norm), (x,))
+
+
 def test_mbls_is_ce_plus_penalty_and_lambda0_is_ce(data):
     logits, target = data
     mbls = LOSSES.build("mbls")

@@ -256,3 +256,57 @@ def test_fused_nacl_equals_unfused(padding):
         (rg,) = torch.autograd.grad(ref, x)
         torch.testing.assert_close(got, ref)
         torch.testing.assert_close(gg, rg)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 9, 7), (2, 14, 5, 6, 7), (1, 3, 400, 400)], ids=["2d", "3d", "chunked"]
+)
+def test_fused_svls_equals_unfused_expression(shape, generator):
+    from calibrant.losses.spatial import _SoftTargetCE
+
+    x = (3 * torch.randn(shape, generator=generator, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    target[0, 0] = -100  # ignored pixels: their target row is all-zero
+    t = svls_targets(target, shape[1]).double()
+    g = torch.randn((shape[0], *shape[2:]), generator=generator, dtype=torch.float64)
+    got = _SoftTargetCE.apply(x, t)
+    (got_grad,) = torch.autograd.grad(got, x, g)
+    want = torch.logsumexp(x, dim=1) - (t * x).sum(1)
+    (want_grad,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+    # the loss ignores those pixels entirely
+    y = x.detach().clone().requires_grad_()
+    svls_loss(y, target).backward()
+    assert y.grad[0, :, 0].abs().max().item() == 0.0
+
+
+def test_fused_svls_gradcheck(generator):
+    from calibrant.losses.spatial import _SoftTargetCE
+
+    x = torch.randn(2, 3, 4, 5, generator=generator, dtype=torch.float64).requires_grad_()
+    t = svls_targets(torch.randint(0, 3, (2, 4, 5), generator=generator), 3).double()
+    assert torch.autograd.gradcheck(lambda v: _SoftTargetCE.apply(v, t), (x,))
+
+
+def test_svls_targets_without_ignored_pixels_skip_renormalisation_exactly(generator):
+    target = torch.randint(0, 4, (2, 9, 8), generator=generator)
+    assert torch.equal(svls_targets(target, 4), svls_targets(target, 4, ignore_index=None))
+    target3 = torch.randint(0, 3, (1, 5, 6, 7), generator=generator)
+    assert torch.equal(svls_targets(target3, 3), svls_targets(target3, 3, ignore_index=None))
+
+
+@pytest.mark.parametrize("padding", ["replicate", "zeros", "label0"])
+@pytest.mark.parametrize("shape", [(2, 9, 8), (2, 5, 6, 7), (3, 11)])
+@pytest.mark.parametrize(("kernel_size", "sigma"), [(3, 1.0), (5, 2.0)])
+def test_class_by_class_filter_is_bitwise_the_one_hot_filter(
+    padding, shape, kernel_size, sigma, generator
+):
+    from calibrant._tensor import one_hot
+    from calibrant.losses.spatial import _filtered_one_hot, _gaussian_filter
+
+    labels = torch.randint(-1, 4, shape, generator=generator)  # -1: a zero row (ignored)
+    oh = one_hot(labels.clamp_min(0), 4, labels >= 0)
+    want = _gaussian_filter(oh, kernel_size, sigma, padding, len(shape) - 1)
+    got = _filtered_one_hot(labels, 4, kernel_size, sigma, padding, len(shape) - 1)
+    assert torch.equal(got, want)

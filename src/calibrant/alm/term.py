@@ -325,10 +325,98 @@ class ALMPenalty(nn.Module):
             mask = None if n == v.mask.numel() else v.mask.unsqueeze(1)
             return _PenaltyMean.apply(v.h, lam, rho, mask, float(denom), self._penalty)
 
+    def _fast_observe(self, logits: torch.Tensor, target: torch.Tensor) -> bool:
+        """``observe`` for PHR on the label-0 neighbourhood constraint with nothing ignored.
+
+        Works on the uint8 window counts in position chunks, one class at a time, and keeps only
+        float64 per-(region, class) sums: ``Σh``, ``Σh²`` and ``Σ clamp(P′)``, from which (with
+        ``λ >= 0``, ``h >= 0``, so ``λ + ρh >= 0``) ``Σ P = λ Σh + ρ Σh² / 2`` and
+        ``Σ P′ = Σ clamp(λ + ρh, λ_min, λ_max)``. Chunk sums are float32 (cascade summation),
+        their totals float64. Returns False where it does not apply.
+        """
+        con = self.constraint
+        if not (
+            self.cfg.penalty == "phr"
+            and type(con) is NeighborConstraint
+            and con.padding == "label0"
+            and logits.dim() >= 3
+            and logits.shape[1:2] == (self.num_classes,)
+            and bool((self.lam >= 0).all())
+        ):
+            return False
+        check_logits_target(logits, target)
+        safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
+        if mask is not None:
+            return False
+        if self.validate:
+            finite_or_raise("logits", logits)
+        b, k = logits.shape[:2]
+        x = logits.float().reshape(b, k, -1)
+        counts, f, boundary = neighbor_parts(
+            safe,
+            None,
+            k,
+            kernel_size=con.kernel_size,
+            inner_target_scale=con.inner_target_scale,
+        )
+        counts, f, bnd = counts.reshape(b, k, -1), f.reshape(b, -1), boundary.reshape(b, -1)
+        lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
+        lo, hi = self.cfg.lambda_min, self.cfg.lambda_max
+        lam_l, rho_l = lam.tolist(), rho.tolist()
+        n = x.shape[2]
+        # Per (chunk, class), float32 chunk sums (cascade-summed), accumulated in float64:
+        # Σh, Σh·b, Σh², Σh²·b, Σg₀, Σg₀·b, Σg₁·b with b = boundary, g_r = clamp(λ_r + ρ_r h).
+        parts = []
+        for bs, _, ps in row_chunks((b, 1, n), 1 << 16):
+            fc, bf = f[bs, ps], bnd[bs, ps].float()
+            for c in range(k):
+                h = torch.mul(counts[bs, c, ps], fc).sub_(x[bs, c, ps]).abs_()
+                hb = h * bf
+                g0 = torch.mul(h, rho_l[0][c]).add_(lam_l[0][c]).clamp_(lo, hi)
+                same = lam_l[0][c] == lam_l[1][c] and rho_l[0][c] == rho_l[1][c]
+                g1 = g0 if same else torch.mul(h, rho_l[1][c]).add_(lam_l[1][c]).clamp_(lo, hi)
+                vals = [h.sum(), hb.sum(), (h * h).sum(), (hb * h).sum(), g0.sum()]
+                vals += [(g0 * bf).sum(), (g1 * bf).sum()]
+                parts.append(torch.stack(vals))
+        tot = torch.stack(parts).double().view(-1, k, 7).sum(0).T  # (7, K)
+        s1 = torch.stack([tot[0] - tot[1], tot[1]])  # [inner, boundary] × K
+        s2 = torch.stack([tot[2] - tot[3], tot[3]])
+        sg = torch.stack([tot[4] - tot[5], tot[6]])
+        n_b = int(boundary.sum())
+        n_in = b * n - n_b
+        lam64, rho64 = lam.double(), rho.double()
+        table = {"viol": s1, "value": lam64 * s1 + 0.5 * rho64 * s2, "grad": sg}
+        name = self.layout.name
+        for key, t in table.items():
+            if name == "global":
+                t = t.sum().reshape(1)
+            elif name == "class":
+                t = t.sum(0)
+            elif name == "region":
+                t = t.sum(1)
+            table[key] = t
+        self.acc_grad += table["grad"]
+        self.acc_viol += table["viol"]
+        self.acc_value += table["value"]
+        pix = torch.tensor([n_in, n_b], dtype=torch.int64, device=x.device)
+        if name == "global":
+            cnt = (pix.sum() * k).reshape(1)
+        elif name == "class":
+            cnt = pix.sum().expand(k).clone()
+        elif name == "region":
+            cnt = pix * k
+        else:
+            cnt = pix.unsqueeze(1).expand(2, k).clone()
+        self.acc_count += cnt
+        self.acc_pixels += b * n
+        return True
+
     @torch.no_grad()
     def observe(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Accumulate the validation statistics of one batch (no gradient, no state change)."""
         with float32(logits):
+            if self._fast_observe(logits.detach(), target):
+                return
             v = self._violations(logits.detach(), target)
             lam, rho = self._params(v)
             value, grad = self._penalty(v.h, lam, rho)

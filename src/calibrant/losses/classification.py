@@ -37,7 +37,7 @@ from calibrant._checks import (
     check_logits_target,
     check_positive,
 )
-from calibrant._tensor import finite_or_raise, float32, labels_and_mask, reduce
+from calibrant._tensor import finite_or_raise, float32, labels_and_mask, reduce, row_chunks
 from calibrant.losses.combine import WeightedSum
 from calibrant.registry import LOSSES
 
@@ -274,40 +274,82 @@ def confidence_penalty(
 class _MarginPenalty(torch.autograd.Function):
     """Fused ``Σ_k φ(max_j l_j − l_k − m)`` with φ = ReLU, ReLU², or square (legacy).
 
-    Saves only the per-element max and its index; the backward recomputes the hinge, so no
-    class-sized temporary outlives the forward.
+    Works on ``(B, C, N)`` chunks of about 2¹⁷ positions (:func:`calibrant._tensor.row_chunks`
+    over positions), looping over classes on contiguous slices: no ``max`` with indices, no
+    class-sized temporary, and only the per-position max is saved. Gradient (exactly autograd's
+    of ``relu(amax(l) − m − l).sum(1)``, ReLU′(0) = 0): with ``s = Σ_k φ′(d_k − m)``,
+    ``∂/∂l_j = −φ′(d_j − m) + s · 1[l_j = max] / #maxima`` — tied maxima share the ``s`` term
+    evenly, as the gradient of ``amax`` does.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, margin: float, norm: str) -> torch.Tensor:
-        mx, idx = x.max(dim=1, keepdim=True)
-        h = (mx - margin) - x  # d - m
-        if norm == "legacy_l2":
-            out = h.square_().sum(1)
-        else:
-            h.clamp_min_(0.0)
-            out = (h.square_() if norm == "l2" else h).sum(1)
-        ctx.save_for_backward(x, mx, idx)
+        b, c = x.shape[:2]
+        xv = x.detach().reshape(b, c, -1)
+        n = xv.shape[2]
+        mx = xv.new_empty((b, n))
+        out = xv.new_empty((b, n))
+        for bs, _, ps in row_chunks((b, 1, n), _MARGIN_CHUNK):
+            xs, m_c, o = xv[bs, :, ps], mx[bs, ps], out[bs, ps]
+            torch.amax(xs, 1, out=m_c) if c > 8 else _class_max(xs, m_c)
+            tm = m_c - margin
+            o.zero_()
+            for k in range(c):
+                h = torch.sub(tm, xs[:, k])
+                if norm == "legacy_l2":
+                    h.square_()
+                else:
+                    h.clamp_min_(0.0)
+                    if norm == "l2":
+                        h.square_()
+                o.add_(h)
+        ctx.save_for_backward(x, mx)
         ctx.margin, ctx.norm = margin, norm
-        return out
+        return out.view(b, *x.shape[2:])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, mx, idx = ctx.saved_tensors
-        g = grad.unsqueeze(1)
-        h = (mx - ctx.margin) - x
-        if ctx.norm == "l1":
-            dh = (h > 0).to(x.dtype)
-        elif ctx.norm == "l2":
-            dh = h.clamp_min_(0.0).mul_(2.0)
-        else:
-            dh = h.mul_(2.0)
-        # d(h_k)/d(l_k) = -1 and d(h_k)/d(l_argmax) = +1 for every k.
-        dh.mul_(g)
-        gx = dh.neg()
-        gx.scatter_add_(1, idx, dh.sum(1, keepdim=True))
-        return gx, None, None
+        x, mx = ctx.saved_tensors
+        b, c = x.shape[:2]
+        xv = x.reshape(b, c, -1)
+        gv = grad.reshape(b, -1)
+        gx = torch.empty_like(xv)
+        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _MARGIN_CHUNK):
+            xs, m_c, g, out = xv[bs, :, ps], mx[bs, ps], gv[bs, ps], gx[bs, :, ps]
+            tm = m_c - ctx.margin
+            ng = g.neg()
+            s = torch.zeros_like(m_c)
+            ties = torch.zeros_like(m_c)
+            at_max = []
+            for k in range(c):
+                xk = xs[:, k]
+                if ctx.norm == "l1":
+                    dh = torch.lt(xk, tm)  # h > 0, exactly
+                else:
+                    dh = torch.sub(tm, xk)
+                    if ctx.norm == "l2":
+                        dh.clamp_min_(0.0)
+                    dh.mul_(2.0)
+                s.add_(dh)
+                torch.mul(dh, ng, out=out[:, k])
+                e = torch.eq(xk, m_c)
+                ties.add_(e)
+                at_max.append(e)
+            coef = s.mul_(g).div_(ties)
+            for k, e in enumerate(at_max):
+                out[:, k].addcmul_(e, coef)
+        return gx.view(x.shape), None, None
+
+
+_MARGIN_CHUNK = 1 << 17
+
+
+def _class_max(xs: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = xs.amax(1)`` for few classes, as a loop of element-wise maxima on slices."""
+    out.copy_(xs[:, 0])
+    for k in range(1, xs.shape[1]):
+        torch.maximum(out, xs[:, k], out=out)
 
 
 def logit_margin_penalty(

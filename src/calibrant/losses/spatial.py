@@ -31,7 +31,6 @@ from calibrant._tensor import (
     PADDINGS,
     float32,
     neighbor_proportions,
-    one_hot,
     reduce,
     row_chunks,
     valid_mask,
@@ -41,6 +40,7 @@ from calibrant.losses.classification import (
     CLASS_REDUCTIONS,
     CrossEntropyLoss,
     _as_float,
+    _class_max,
     prepare,
     reduce_classes,
 )
@@ -150,6 +150,41 @@ def _gaussian_filter(
     return smooth.add_(oh, alpha=1 - 2 * gc).div_(2 * (1 - gc))
 
 
+def _filtered_one_hot(
+    labels: torch.Tensor, num_classes: int, kernel_size: int, sigma: float, padding: str, nd: int
+) -> torch.Tensor:
+    """``_gaussian_filter(one_hot(labels))``, class by class from the padded *labels*.
+
+    Padding the one-hot equals one-hot of the padded labels (replicate: edge labels; zeros: no
+    class, -1; label0: class 0), so no ``(B, K, *padded)`` float tensor is built; the per-class
+    arithmetic is the same element-wise sequence, hence bitwise the same result. ``labels`` is
+    int64 with -1 for rows that must be zero.
+    """
+    r = kernel_size // 2
+    g1 = _gaussian_1d(kernel_size, sigma)
+    gc = g1[r] ** nd
+    padded = labels
+    if padding == "replicate":
+        for axis in range(1, nd + 1):
+            n = padded.shape[axis]
+            idx = torch.arange(-r, n + r, device=labels.device).clamp_(0, n - 1)
+            padded = padded.index_select(axis, idx)
+    else:
+        fill = 0 if padding == "label0" else -1
+        padded = F.pad(padded, (r,) * (2 * nd), value=fill)
+    out = torch.empty(
+        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=torch.float32, device=labels.device
+    )
+    for k in range(num_classes):
+        ohp = (padded == k).unsqueeze(1).float()
+        centre = ohp
+        for axis in range(2, nd + 2):
+            centre = centre.narrow(axis, r, centre.shape[axis] - 2 * r)
+        smooth = _separable_smooth(ohp, g1, nd)
+        out[:, k : k + 1] = smooth.add_(centre, alpha=1 - 2 * gc).div_(2 * (1 - gc))
+    return out
+
+
 def _smoothed_targets(
     target: torch.Tensor,
     num_classes: int,
@@ -164,8 +199,8 @@ def _smoothed_targets(
     nd = target.dim() - 1
     if nd < 1:
         raise ValueError("spatial smoothing needs at least one spatial dim")
-    oh = one_hot(safe, num_classes, mask if ignore_index is not None else None)
-    t = _gaussian_filter(oh, kernel_size, sigma, padding, nd)
+    labels = safe.masked_fill(~mask, -1) if ignore_index is not None else safe
+    t = _filtered_one_hot(labels, num_classes, kernel_size, sigma, padding, nd)
     if ignore_index is None:
         return t
     m = mask.unsqueeze(1).float()
@@ -214,6 +249,60 @@ def svls_targets(
     )
 
 
+class _SoftTargetCE(torch.autograd.Function):
+    r"""Fused :math:`\mathrm{lse}(l) - \sum_k t_k l_k` for fixed soft targets ``t``.
+
+    Chunked over positions with a loop over classes (no class-sized temporary, one pass for the
+    forward); saves only the per-position log-sum-exp. Backward: ``g · (softmax(l) − t)``, the
+    gradient of the expression (valid rows of ``t`` sum to 1; ignored centres get ``g = 0``
+    from the reduction).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        xv, tv = x.detach().reshape(b, c, -1), t.reshape(b, c, -1)
+        n = xv.shape[2]
+        lse = xv.new_empty((b, n))
+        out = xv.new_empty((b, n))
+        for bs, _, ps in row_chunks((b, 1, n), _CHUNK):
+            xs, ts, m_c, o = xv[bs, :, ps], tv[bs, :, ps], lse[bs, ps], out[bs, ps]
+            _class_max(xs, m_c)
+            se = torch.zeros_like(m_c)
+            o.zero_()
+            for k in range(c):
+                se.add_(torch.sub(xs[:, k], m_c).exp_())
+                o.addcmul_(ts[:, k], xs[:, k])
+            m_c.add_(se.log_())
+            torch.sub(m_c, o, out=o)
+        ctx.save_for_backward(x, t, lse)
+        return out.view(b, *x.shape[2:])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, t, lse = ctx.saved_tensors
+        b, c = x.shape[:2]
+        xv, tv = x.reshape(b, c, -1), t.reshape(b, c, -1)
+        gv = grad.reshape(b, -1)
+        gx = torch.empty_like(xv)
+        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _CHUNK):
+            xs, ts, m_c, g, out = (
+                xv[bs, :, ps],
+                tv[bs, :, ps],
+                lse[bs, ps],
+                gv[bs, ps],
+                gx[bs, :, ps],
+            )
+            for k in range(c):
+                o = out[:, k]
+                torch.sub(xs[:, k], m_c, out=o).exp_().sub_(ts[:, k]).mul_(g)
+        return gx.view(x.shape), None
+
+
+_CHUNK = 1 << 17
+
+
 def svls_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -252,10 +341,12 @@ def svls_loss(
     _check_kernel(kernel_size, sigma)
     with float32(logits):
         x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
+        # nothing ignored (mask None): the renormalisation by the non-ignored share is exactly 1
+        ignore = ignore_index if mask is not None else None
         t = svls_targets(
-            target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore_index
+            target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore
         ).to(x.dtype)
-        values = torch.logsumexp(x, dim=1) - (t * x).sum(1)
+        values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
 
 
