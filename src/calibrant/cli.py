@@ -148,15 +148,25 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    """Evaluate a trained run (optionally with a calibrator) and rewrite its report."""
-    from calibrant import experiment, report
+def _load_run(args):
+    """Rebuild the experiment of a finished run folder: ``(run, device, experiment)``."""
+    from calibrant import experiment
 
     run = Path(args.run)
-    cfg = json.loads((run / "config.json").read_text())
-    _setup_logging(args.quiet, 0)
+    config = run / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{str(config)!r} not found: is {str(run)!r} a calibrant run?")
+    _setup_logging(getattr(args, "quiet", False), 0)
     device = _select_device(args.device, 0)
-    exp = experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+    cfg = json.loads(config.read_text())
+    return run, device, experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a trained run (optionally with a calibrator) and rewrite its report."""
+    from calibrant import report
+
+    run, device, exp = _load_run(args)
     results = report.evaluate_run(
         exp, run, device=device, checkpoint=args.checkpoint, calibrator=args.calibrator
     )
@@ -167,13 +177,9 @@ def cmd_eval(args) -> int:
 
 def cmd_calibrate(args) -> int:
     """Fit a post-hoc calibrator on the validation logits of a run and report before/after."""
-    from calibrant import experiment, report
+    from calibrant import report
 
-    run = Path(args.run)
-    cfg = json.loads((run / "config.json").read_text())
-    _setup_logging(args.quiet, 0)
-    device = _select_device(args.device, 0)
-    exp = experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+    run, device, exp = _load_run(args)
     path = report.fit_calibrator(exp, run, method=args.method, device=device)
     before = report.evaluate_run(exp, run, device=device, checkpoint="best")
     after = report.evaluate_run(exp, run, device=device, checkpoint="best", calibrator=path)
@@ -187,12 +193,9 @@ def cmd_calibrate(args) -> int:
 
 def cmd_predict(args) -> int:
     """Save the logits of a split (one tensor per item) to a file."""
-    from calibrant import experiment, report
+    from calibrant import report
 
-    run = Path(args.run)
-    cfg = json.loads((run / "config.json").read_text())
-    device = _select_device(args.device, 0)
-    exp = experiment.build_experiment(cfg, data_root=args.data_root, device=device)
+    run, device, exp = _load_run(args)
     path = report.save_predictions(exp, run, Path(args.out), split=args.split, device=device)
     print(f"predictions: {path}")
     return 0

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from calibrant.data.base import DatasetInfo, cached, dataset_dir, require_files
+from calibrant.data.base import DatasetInfo, cached, dataset_dir, read_nifti, require_files
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -182,14 +182,8 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_nifti(image_path: Path, label_path: Path):
-    import nibabel as nib
-
-    def load(path: Path):
-        try:
-            nii = nib.load(str(path))
-            return nii, np.asarray(nii.dataobj)
-        except Exception as err:
-            raise OSError(f"cannot read ACDC NIfTI {str(path)!r}: {err}") from err
+    def load(path):
+        return read_nifti(path, "ACDC NIfTI")
 
     img, image = load(image_path)
     _, label = load(label_path)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -43,6 +44,7 @@ __all__ = [
     "CACHE_ENV",
     "DatasetInfo",
     "ArrayDataset",
+    "read_nifti",
     "IndexedSubset",
     "resolve_cache_dir",
     "cache_key",
@@ -305,3 +307,14 @@ class IndexedSubset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[int(self.indices[index])]
+
+
+def read_nifti(path: Path, what: str = "NIfTI"):
+    """``(nibabel image, array)`` of a NIfTI file; any read failure names the file."""
+    import nibabel as nib
+
+    try:
+        nii = nib.load(str(path))
+        return nii, np.asarray(nii.dataobj)
+    except Exception as err:
+        raise OSError(f"cannot read {what} {str(path)!r}: {err}") from err

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from calibrant.data.acdc import seeded_case_split
-from calibrant.data.base import DatasetInfo, cached, dataset_dir
+from calibrant.data.base import DatasetInfo, cached, dataset_dir, read_nifti
 from calibrant.registry import DATASETS
 
 __all__ = ["pad_to_size", "MSDVolumes", "MSDPatches", "msd_hippocampus", "msd"]
@@ -94,14 +94,8 @@ def _list_cases(folder: Path) -> tuple[list[tuple[str, Path, Path]], dict]:
 
 
 def _load_case(image_path: Path, label_path: Path, normalize: str | None):
-    import nibabel as nib
-
     def load(path):
-        try:
-            nii = nib.load(str(path))
-            return nii, np.asarray(nii.dataobj)
-        except Exception as err:
-            raise OSError(f"cannot read NIfTI {str(path)!r}: {err}") from err
+        return read_nifti(path, "NIfTI")
 
     img, image = load(image_path)
     _, label = load(label_path)
