@@ -33,6 +33,8 @@ def _entry(rank, world_size, port, fn, args, out_dir):
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        # no rank tears the group down while another still talks to it (gloo aborts otherwise)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
