@@ -15,7 +15,7 @@ with L-BFGS (strong-Wolfe line search) in float64:
 - :class:`TemperatureScaling`: :math:`g(l) = l / T`, optimised over :math:`\log T` (keeps
   :math:`T > 0`) from :math:`T_0 = 1.5` (gpleiss reference). ``method="grid"`` instead evaluates a
   grid (default :data:`DEFAULT_GRID` = 0.05, 0.10, ..., 10.00) and keeps the T with the lowest
-  top-label ECE (15 equal-width bins, ``(lower, upper]``, a confidence of 0 in the first bin;
+  top-label ECE (15 equal-width bins of :mod:`calibrant.metrics`: ``[lower, upper)``, 1.0 last;
   ``grid_metric="nll"`` selects on NLL instead; ties keep the smallest T).
 - :class:`VectorScaling`: :math:`g(l)_k = w_k l_k + b_k` from :math:`w = 1, b = 0`.
 - :class:`ClasswiseTemperature`: :math:`g(l)_k = l_k / T_k` over :math:`\log T_k`, from 1.5.
@@ -51,6 +51,7 @@ from calibrant._checks import (
     check_logits_target,
 )
 from calibrant._tensor import flatten_classes, float32
+from calibrant.metrics._binning import Bins, bin_values, empty_bins, reduce_bins
 from calibrant.registry import CALIBRATORS
 
 __all__ = [
@@ -68,18 +69,15 @@ DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 201))
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _top_label_ece_sums(
-    x: torch.Tensor, y: torch.Tensor, temps: torch.Tensor, n_bins: int
-) -> torch.Tensor:
-    """Per-temperature ``sum_b |sum acc - sum conf|`` contributions: returns ``(G, n_bins, 2)``."""
-    correct = (x.argmax(1) == y).double()  # argmax does not depend on T > 0
-    out = x.new_zeros(len(temps), n_bins, 2)
+def _add_top_label_bins(
+    into: Bins, x: torch.Tensor, y: torch.Tensor, temps: torch.Tensor, n_bins: int
+) -> None:
+    """Add a batch to per-temperature top-label bins ``(G, n_bins)`` (the ECE metric's kernels)."""
+    correct = x.argmax(1) == y  # argmax does not depend on T > 0
+    valid = torch.ones_like(correct)
     for g, t in enumerate(temps):
-        conf = torch.softmax(x / t, dim=1).max(1).values
-        b = (torch.ceil(conf * n_bins) - 1).long().clamp_(0, n_bins - 1)
-        out[g, :, 0].index_add_(0, b, conf)
-        out[g, :, 1].index_add_(0, b, correct)
-    return out
+        conf = torch.softmax(x / t, dim=1).amax(1)
+        bin_values(Bins(*(b[g] for b in into)), conf, correct, valid, n_bins)
 
 
 class _Calibrator(nn.Module):
@@ -370,7 +368,7 @@ class TemperatureScaling(_Calibrator):
             kwargs.get("generator"),
         )
         temps = torch.tensor(self.grid, dtype=torch.float64)
-        sums = torch.zeros(len(temps), self.n_bins, 2, dtype=torch.float64)
+        bins = empty_bins((len(temps), self.n_bins), torch.device("cpu"))
         nll = torch.zeros(len(temps), dtype=torch.float64)
         count = 0
         with torch.no_grad():
@@ -379,14 +377,17 @@ class TemperatureScaling(_Calibrator):
                     continue
                 count += y.numel()
                 if self.grid_metric == "ece":
-                    sums += _top_label_ece_sums(x, y, temps.to(x.device), self.n_bins).cpu()
+                    batch = empty_bins((len(temps), self.n_bins), x.device)
+                    _add_top_label_bins(batch, x, y, temps.to(x.device), self.n_bins)
+                    for total, part in zip(bins, batch, strict=True):
+                        total += part.cpu()
                 else:
                     for g, t in enumerate(temps.tolist()):
                         nll[g] += float(F.cross_entropy(x / t, y, reduction="sum"))
-        score = (sums[..., 0] - sums[..., 1]).abs().sum(1) if self.grid_metric == "ece" else nll
+        score = reduce_bins(bins, "l1") if self.grid_metric == "ece" else nll / max(count, 1)
         best = int(torch.argmin(score))  # first minimum = smallest T on ties
         self.temperature.fill_(float(temps[best]))
-        self.fit_info_ = {"grid_score": float(score[best]) / count, "num_elements": count}
+        self.fit_info_ = {"grid_score": float(score[best]), "num_elements": count}
         return self
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
