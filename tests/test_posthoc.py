@@ -231,3 +231,15 @@ def test_phi_calibrator_equals_phi_on_probabilities():
     # bijective for m = 0: the ranking of scores is kept (away from the eps clamp)
     inner = torch.linspace(-4, 4, 41, dtype=torch.float64).reshape(1, -1)
     assert bool((PhiCorrection(gamma_neg=2.0, gamma_pos=2.0)(inner).diff() > 0).all())
+
+
+def test_phi_for_loss_reads_the_trained_loss_hyperparameters():
+    from calibrant.posthoc import PhiCorrection
+    from calibrant.registry import LOSSES
+
+    asl = PhiCorrection.for_loss(LOSSES.build("asl"))
+    assert (asl.gamma_neg, asl.gamma_pos, asl.margin) == (4.0, 0.0, 0.05)
+    focal = PhiCorrection.for_loss(LOSSES.build("focal_binary", gamma=3.0))
+    assert (focal.gamma_neg, focal.gamma_pos, focal.margin) == (3.0, 3.0, 0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        PhiCorrection.for_loss(LOSSES.build("bce"))

@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,34 @@ def _load_run_config(args) -> dict[str, Any]:
     return apply_overrides(cfg, args.overrides)
 
 
+class Progress:
+    """One line per epoch with the running train loss, the validation score and an ETA."""
+
+    def __init__(self, epochs: int, *, quiet: bool = False, stream=None) -> None:
+        self.epochs, self.quiet = epochs, quiet
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def epoch_done(self, record: Mapping[str, Any]) -> None:
+        """Callback for ``engine.fit(log=...)``."""
+        self.done += 1
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * max(self.epochs - record["epoch"], 0)
+        val = ", ".join(
+            f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
+        )
+        print(
+            f"epoch {record['epoch']}/{self.epochs}  "
+            f"loss={record['train'].get('loss', math.nan):.4f}"
+            f"  {val}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
+
+
 # ----------------------------------------------------------------------------------- commands
 
 
@@ -113,7 +144,7 @@ def cmd_train(args) -> int:
         )
     amp = train_cfg.get("amp", "bf16" if device.type == "cuda" else "none")
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    progress = report.Progress(int(train_cfg.get("epochs", 1)), quiet=args.quiet or rank != 0)
+    progress = Progress(int(train_cfg.get("epochs", 1)), quiet=args.quiet or rank != 0)
     history = fit(
         model,
         exp.train_loader,

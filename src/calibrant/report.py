@@ -21,11 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import math
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,6 @@ from calibrant.checkpoint import load_checkpoint
 from calibrant.metrics._curve import ReliabilityCurve
 
 __all__ = [
-    "Progress",
     "ReliabilityCurves",
     "compare_runs",
     "evaluate_run",
@@ -50,34 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class Progress:
-    """One line per epoch with the running train loss, the validation score and an ETA."""
-
-    def __init__(self, epochs: int, *, quiet: bool = False, stream=None) -> None:
-        self.epochs, self.quiet = epochs, quiet
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-        self.done = 0
-
-    def epoch_done(self, record: Mapping[str, Any]) -> None:
-        """Callback for ``engine.fit(log=...)``."""
-        self.done += 1
-        if self.quiet:
-            return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * max(self.epochs - record["epoch"], 0)
-        val = ", ".join(
-            f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
-        )
-        print(
-            f"epoch {record['epoch']}/{self.epochs}  "
-            f"loss={record['train'].get('loss', math.nan):.4f}"
-            f"  {val}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
-            file=self.stream,
-            flush=True,
-        )
 
 
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -213,15 +182,16 @@ def evaluate_run(
     }
 
 
-def _validation_logits(exp: Any, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _predictions(exp: Any, loader, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, target)`` on CPU per item of ``loader`` (volume-wise for 2D segmentation)."""
     exp.model.eval()
-    batches = []
+    items = []
     with torch.no_grad():
-        for inputs, target in exp.val_loader:
+        for inputs, target in loader:
             inputs = inputs.to(device)
             logits = exp.infer(exp.model, inputs) if exp.infer is not None else exp.model(inputs)
-            batches.append((logits.float().cpu(), target.cpu()))
-    return batches
+            items.append((logits.float().cpu(), target.cpu()))
+    return items
 
 
 def fit_calibrator(exp: Any, run: Path, *, method: str = "temperature", device="cpu") -> Path:
@@ -231,18 +201,16 @@ def fit_calibrator(exp: Any, run: Path, *, method: str = "temperature", device="
 
     ckpt = load_checkpoint(Path(run) / "checkpoints" / "best.pt", required=("model",))
     exp.model.load_state_dict(ckpt["model"])
+    factory = CALIBRATORS.get(method).factory
     kwargs = {}
-    if method == "classwise_temperature" or method == "vector":
+    if "num_classes" in inspect.signature(factory).parameters:
         kwargs["num_classes"] = exp.info.num_classes
-    if method == "phi":  # the focal/ASY hyper-parameters of the run's loss
-        loss = dict(exp.cfg["loss"])
-        kwargs = {k: loss[k] for k in ("gamma_neg", "gamma_pos", "margin") if k in loss}
-        if "gamma" in loss:  # symmetric binary focal
-            kwargs.update(gamma_neg=loss["gamma"], gamma_pos=loss["gamma"])
-        defaults = {"asl": {"gamma_neg": 4.0, "gamma_pos": 0.0, "margin": 0.05}}
-        kwargs = {**defaults.get(loss["name"], {"gamma_neg": 2.0, "gamma_pos": 2.0}), **kwargs}
-    calibrator = CALIBRATORS.build(method, **kwargs)
-    batches = _validation_logits(exp, device)
+    if CALIBRATORS.meta(method).get("from_loss"):  # a fixed map set by the run's loss (φ)
+        calibrator = factory.for_loss(exp.criterion)
+        kwargs = {k: getattr(calibrator, k) for k in ("gamma_neg", "gamma_pos", "margin")}
+    else:
+        calibrator = factory(**kwargs)
+    batches = _predictions(exp, exp.val_loader, device)
     calibrator.fit_stream(batches, ignore_index=exp.info.ignore_index)
     path = Path(run) / f"calibrator_{method}.pt"
     save_checkpoint(
@@ -258,13 +226,7 @@ def save_predictions(exp: Any, run: Path, out: Path, *, split: str = "test", dev
     ckpt = load_checkpoint(Path(run) / "checkpoints" / "best.pt", required=("model",))
     exp.model.load_state_dict(ckpt["model"])
     loader = {"val": exp.val_loader, "test": exp.test_loader, "train": exp.train_loader}[split]
-    exp.model.eval()
-    items = []
-    with torch.no_grad():
-        for inputs, target in loader:
-            inputs = inputs.to(device)
-            logits = exp.infer(exp.model, inputs) if exp.infer is not None else exp.model(inputs)
-            items.append({"logits": logits.float().cpu(), "target": target.cpu()})
+    items = [{"logits": x, "target": y} for x, y in _predictions(exp, loader, device)]
     return save_checkpoint(out, {"split": split, "items": items})
 
 

@@ -56,7 +56,7 @@ class SPALink(_FixedMap):
         return spa_logit(logits.float(), **self.params)
 
 
-@CALIBRATORS.register("phi", task="multilabel")
+@CALIBRATORS.register("phi", task="multilabel", from_loss=True)
 class PhiCorrection(_FixedMap):
     """φ correction of a focal/ASY model as log-odds.
 
@@ -72,6 +72,24 @@ class PhiCorrection(_FixedMap):
     ) -> None:
         super().__init__()
         self.gamma_neg, self.gamma_pos, self.margin, self.eps = gamma_neg, gamma_pos, margin, eps
+
+    @classmethod
+    def for_loss(cls, loss: nn.Module, **kwargs: float) -> PhiCorrection:
+        """φ for a trained focal/ASY loss module, from its stored ``hparams``.
+
+        Binary focal's single ``gamma`` is both γ− and γ+; ASY's ``margin`` is m.
+
+        Raises:
+            ValueError: if the module has no focusing parameters (φ is the identity for BCE).
+        """
+        hp = dict(getattr(loss, "hparams", {}))
+        if "gamma" in hp:
+            hp.setdefault("gamma_neg", hp["gamma"])
+            hp.setdefault("gamma_pos", hp["gamma"])
+        if "gamma_neg" not in hp:
+            raise ValueError(f"φ needs a focal/ASY loss with gamma parameters, got {loss!r}")
+        keys = ("gamma_neg", "gamma_pos", "margin")
+        return cls(**{**{k: hp[k] for k in keys if k in hp}, **kwargs})
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """``logit(φ(σ(v)))``, clamped to stay finite."""
