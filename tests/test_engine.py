@@ -190,3 +190,18 @@ def test_two_process_gloo_run_matches_single_process_with_alm_multipliers():
         for rec, ref in zip(history, single_history, strict=True):
             assert rec["val"]["acc"] == pytest.approx(ref["val"]["acc"])
             assert rec["val"]["nll"] == pytest.approx(ref["val"]["nll"], rel=1e-5)
+
+
+def test_optimizer_and_scheduler_config_errors_name_the_problem():
+    from calibrant.experiment import build_optimizer, build_scheduler
+
+    params = nn.Linear(2, 2).parameters()
+    opt = build_optimizer({"name": "sgd", "lr": 0.1}, params)
+    assert build_scheduler({"name": "cosine"}, opt, epochs=7).T_max == 7
+    assert build_scheduler({"name": "step", "step_size": 3}, opt, epochs=7).step_size == 3
+    with pytest.raises(ValueError, match="stepsize"):
+        build_scheduler({"name": "step", "stepsize": 3}, opt, epochs=7)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        build_scheduler({"name": "poly"}, opt, epochs=7)
+    with pytest.raises(ValueError, match="optimizer 'sgd'"):
+        build_optimizer({"name": "sgd", "learning_rate": 0.1}, nn.Linear(2, 2).parameters())

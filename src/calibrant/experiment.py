@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 from calibrant.engine import EpochSampler, predict_volume
 from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS
@@ -58,26 +59,35 @@ def build_optimizer(
     name, kw = _kwargs(cfg)
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, **kw)
+    return _call("optimizer", name, OPTIMIZERS[name], params, **kw)
+
+
+SCHEDULERS = {  # per-epoch schedulers of the papers; keyword arguments as in torch
+    "step": lambda opt, epochs, **kw: lr_scheduler.StepLR(
+        opt, **{"step_size": 50, "gamma": 0.1, **kw}
+    ),
+    "multistep": lambda opt, epochs, **kw: lr_scheduler.MultiStepLR(opt, **{"gamma": 0.1, **kw}),
+    "cosine": lambda opt, epochs, **kw: lr_scheduler.CosineAnnealingLR(
+        opt, **{"T_max": epochs, **kw}
+    ),
+}
+
+
+def _call(kind: str, name: str, factory, *args, **kw):
+    try:
+        return factory(*args, **kw)
+    except TypeError as e:  # a misspelt or missing keyword in the config
+        raise ValueError(f"{kind} {name!r} with arguments {kw}: {e}") from e
 
 
 def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer, epochs: int):
-    """Per-epoch schedulers: ``step`` (StepLR), ``multistep``, ``cosine`` or ``none``."""
+    """``step`` (StepLR), ``multistep``, ``cosine`` (T_max = epochs) or ``none``; per epoch."""
     if not cfg or cfg.get("name", "none") == "none":
         return None
     name, kw = _kwargs(cfg)
-    sched = torch.optim.lr_scheduler
-    if name == "step":
-        return sched.StepLR(
-            optimizer, step_size=kw.get("step_size", 50), gamma=kw.get("gamma", 0.1)
-        )
-    if name == "multistep":
-        return sched.MultiStepLR(optimizer, milestones=kw["milestones"], gamma=kw.get("gamma", 0.1))
-    if name == "cosine":
-        return sched.CosineAnnealingLR(
-            optimizer, T_max=kw.get("t_max", epochs), eta_min=kw.get("eta_min", 0.0)
-        )
-    raise ValueError(f"unknown scheduler {name!r}; known: step, multistep, cosine, none")
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}, none")
+    return _call("scheduler", name, SCHEDULERS[name], optimizer, epochs, **kw)
 
 
 def build_criterion(cfg: Mapping[str, Any], info: Any) -> nn.Module:
