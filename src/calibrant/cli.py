@@ -27,14 +27,12 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 log = logging.getLogger("calibrant")
@@ -45,12 +43,6 @@ __all__ = ["main"]
 def _setup_logging(quiet: bool, rank: int) -> None:
     level = logging.WARNING if quiet or rank != 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
-
-
-def _seed_everything(seed: int, rank: int) -> None:
-    random.seed(seed + rank)
-    np.random.seed(seed + rank)  # noqa: NPY002 (seeds the legacy global state used by peers)
-    torch.manual_seed(seed + rank)
 
 
 def _select_device(name: str, local_rank: int) -> torch.device:
@@ -118,7 +110,6 @@ class Progress:
 def cmd_train(args) -> int:
     """Train one run, evaluate its best checkpoint on the test split, write the report."""
     from calibrant import experiment, report
-    from calibrant.engine import fit
 
     cfg = _load_run_config(args)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -128,54 +119,22 @@ def cmd_train(args) -> int:
     train_cfg = cfg.setdefault("train", {})
     if args.seed is not None:
         train_cfg["seed"] = args.seed
-    seed = int(train_cfg.get("seed", 0))
-    _seed_everything(seed, rank)
     out = Path(args.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    exp = experiment.build_experiment(
-        cfg, data_root=args.data_root, device=device, rank=rank, world_size=world
-    )
-    model = exp.model
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None
-        )
-    amp = train_cfg.get("amp", "bf16" if device.type == "cuda" else "none")
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     progress = Progress(int(train_cfg.get("epochs", 1)), quiet=args.quiet or rank != 0)
-    history = fit(
-        model,
-        exp.train_loader,
-        exp.val_loader,
-        exp.criterion,
-        exp.optimizer,
-        epochs=int(train_cfg.get("epochs", 1)),
-        metrics=exp.metrics,
-        select=cfg.get("eval", {}).get("select", "dice"),
-        select_mode=cfg.get("eval", {}).get("select_mode", "max"),
-        scheduler=exp.scheduler,
-        scaler=scaler,
+    _, _, results = experiment.train_run(
+        cfg,
+        out,
+        data_root=args.data_root,
         device=device,
-        amp=amp,
-        clip_grad=train_cfg.get("clip_grad"),
-        infer=exp.infer,
-        observe_view=exp.observe_view,
-        output_transform=exp.output_transform,
-        checkpoint_dir=str(out / "checkpoints"),
-        checkpoint_every=int(train_cfg.get("checkpoint_every", 0)),
+        rank=rank,
+        world_size=world,
         resume=args.resume,
-        config=cfg,
         log=progress.epoch_done,
         halt_after_step=args.halt_after_step,
     )
-    results = report.evaluate_run(exp, out, device=device, amp=amp, checkpoint="best")
-    if rank == 0:
-        report.write_run(out, cfg, history, results, exp)
-        if not args.quiet:
-            print(report.markdown_table({out.name: results["test"]}))
-            print(f"report: {out / 'report.md'}  figures: {out / 'figures'}")
+    if rank == 0 and not args.quiet:
+        print(report.markdown_table({out.name: results["test"]}))
+        print(f"report: {out / 'report.md'}  figures: {out / 'figures'}")
     return 0
 
 

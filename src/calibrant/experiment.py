@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from calibrant.engine import EpochSampler, predict_volume
+from calibrant.engine import EpochSampler, fit, predict_volume
 from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS
 
 __all__ = [
@@ -40,6 +44,8 @@ __all__ = [
     "build_optimizer",
     "build_output_transform",
     "build_scheduler",
+    "seed_everything",
+    "train_run",
 ]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -305,3 +311,85 @@ def build_experiment(
         observe_view=observe_view,
         output_transform=output_transform,
     )
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy's legacy global state and torch with ``seed + rank``."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)  # noqa: NPY002 (seeds the legacy global state used by peers)
+    torch.manual_seed(seed + rank)
+
+
+def train_run(
+    cfg: Mapping[str, Any],
+    out: str | Path,
+    *,
+    data_root: Any = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    resume: bool = False,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    halt_after_step: int | None = None,
+) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
+    """Train one run into the folder ``out``, test its best checkpoint and write its report.
+
+    Seeds everything from ``cfg["train"]["seed"]``, builds the :class:`Experiment`, wraps the
+    model in DDP when ``world_size > 1`` (the process group must be initialised), runs
+    :func:`calibrant.engine.fit` with checkpoints in ``out/checkpoints`` (``resume=True``
+    continues from ``last.pt``), evaluates ``best.pt`` on the test split and, on rank 0, writes
+    ``config.json``, ``metrics.json``, ``report.md`` and the figures.
+
+    Returns:
+        ``(experiment, history, results)``; ``results["test"]`` holds the flat test metrics.
+    """
+    from calibrant import report
+
+    device = torch.device(device)
+    out = Path(out)
+    cfg = dict(cfg)
+    train_cfg = dict(cfg.get("train", {}))
+    seed_everything(int(train_cfg.get("seed", 0)), rank)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    exp = build_experiment(
+        cfg, data_root=data_root, device=device, rank=rank, world_size=world_size
+    )
+    model = exp.model
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    amp = train_cfg.get("amp", "bf16" if device.type == "cuda" else "none")
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    eval_cfg = cfg.get("eval", {})
+    history = fit(
+        model,
+        exp.train_loader,
+        exp.val_loader,
+        exp.criterion,
+        exp.optimizer,
+        epochs=int(train_cfg.get("epochs", 1)),
+        metrics=exp.metrics,
+        select=eval_cfg.get("select", "dice"),
+        select_mode=eval_cfg.get("select_mode", "max"),
+        scheduler=exp.scheduler,
+        scaler=scaler,
+        device=device,
+        amp=amp,
+        clip_grad=train_cfg.get("clip_grad"),
+        infer=exp.infer,
+        observe_view=exp.observe_view,
+        output_transform=exp.output_transform,
+        checkpoint_dir=str(out / "checkpoints"),
+        checkpoint_every=int(train_cfg.get("checkpoint_every", 0)),
+        resume=resume,
+        config=cfg,
+        log=log,
+        halt_after_step=halt_after_step,
+    )
+    results = report.evaluate_run(exp, out, device=device, amp=amp, checkpoint="best")
+    if rank == 0:
+        report.write_run(out, cfg, history, results, exp)
+    return exp, history, results
