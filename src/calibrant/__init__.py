@@ -5,7 +5,7 @@ post-hoc calibrators, dataset loaders, models and a training engine. Importing t
 registers every method, metric, model and dataset by name (see :mod:`calibrant.registry`).
 """
 
-from calibrant import alm, data, losses, metrics, models, posthoc  # noqa: F401  (registers names)
+from calibrant import alm, bench, data, losses, metrics, models, posthoc  # noqa: F401  (registers)
 from calibrant.registry import (
     ALM_PRESETS,
     CALIBRATORS,

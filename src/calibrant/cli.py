@@ -9,7 +9,9 @@ Commands::
     calibrant plot RUN                                    re-draw a run's figures
     calibrant compare RUN [RUN ...]                       side-by-side table of several runs
     calibrant data list | check                           datasets and the data root
-    calibrant list [losses|alm|models|datasets|metrics|calibrators|configs]
+    calibrant list [losses|alm|models|datasets|metrics|calibrators|configs|suites]
+    calibrant bench SUITE [--profile cpu] [--tasks ..] [--methods ..] [--seeds ..]
+                                                          run a paper's comparison, resumable
 
 ``torchrun --nproc-per-node N -m calibrant train ...`` trains with DDP (gloo on CPU, NCCL on GPU).
 
@@ -233,6 +235,47 @@ def cmd_data(args) -> int:
     return status
 
 
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_bench(args) -> int:
+    """Run the missing runs of a benchmark suite, then regenerate its results page."""
+    from calibrant.bench import plan, render_suite, run_suite
+    from calibrant.registry import SUITES
+
+    _setup_logging(args.quiet, 0)
+    suite = SUITES.build(args.suite)
+    results, work = Path(args.results), Path(args.work)
+    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else None
+    selection = {"tasks": _csv(args.tasks), "methods": _csv(args.methods), "seeds": seeds}
+    runs = plan(suite, results, args.profile, **selection)
+    if args.dry_run:
+        for r in runs:
+            print(f"{'done' if r.done else 'todo':5s} {r.task:12s} {r.method:16s} seed {r.seed}")
+        return 0
+    if not args.report_only:
+        device = _select_device(args.device, 0)
+        command = "calibrant " + " ".join(sys.argv[1:]) if args.command is None else args.command
+        progress = None if args.quiet else Progress(0, stream=sys.stderr).epoch_done
+        run_suite(
+            suite,
+            results=results,
+            work=work,
+            profile=args.profile,
+            data_root=args.data_root,
+            device=device,
+            command=command,
+            max_minutes=args.max_minutes,
+            log_epoch=progress,
+            **selection,
+        )
+    page = render_suite(suite, results, args.profile, figures=not args.no_figures)
+    left = sum(not r.done for r in plan(suite, results, args.profile, **selection))
+    print(f"results: {page} ({left} runs of this selection still to do)")
+    return 0
+
+
 def cmd_list(args) -> int:
     """Print registered names of one family (all families when none is given)."""
     import calibrant
@@ -245,6 +288,7 @@ def cmd_list(args) -> int:
         "datasets": calibrant.DATASETS,
         "metrics": calibrant.METRICS,
         "calibrators": calibrant.CALIBRATORS,
+        "suites": calibrant.SUITES,
     }
     wanted = [args.family] if args.family else [*families, "configs"]
     for family in wanted:
@@ -338,9 +382,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "family",
         nargs="?",
-        choices=("losses", "alm", "models", "datasets", "metrics", "calibrators", "configs"),
-    )
+        choices=(
+            "losses", "alm", "models", "datasets", "metrics", "calibrators", "configs", "suites"
+        ),
+    )  # fmt: skip
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "bench",
+        help="reproduce a paper's comparison (resumable; writes docs/results/<suite>.md)",
+    )
+    p.add_argument("suite", help="a registered suite (see `calibrant list suites`)")
+    p.add_argument("--profile", default="cpu", help="cpu (this machine) | paper (GPU)")
+    p.add_argument("--results", default="docs/results", help="JSON records and results pages")
+    p.add_argument("--work", default="runs/bench", help="scratch run folders (checkpoints)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
+    p.add_argument("--methods", default=None, help="comma-separated subset of its methods")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 1..n)")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no run after this")
+    p.add_argument("--report-only", action="store_true", help="only regenerate the page")
+    p.add_argument("--no-figures", action="store_true", help="page without figures")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state")
+    p.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    common(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

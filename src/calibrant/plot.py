@@ -44,6 +44,7 @@ __all__ = [
     "alm_trajectories",
     "classwise_reliability_diagram",
     "curve_ece",
+    "reliability_grid",
     "region_masks",
     "region_reliability_curves",
     "region_reliability_diagram",
@@ -188,6 +189,36 @@ def reliability_diagram(
         hax.set_xlim(float(edges[0]), float(edges[-1]))
     else:
         ax.set_xlabel("confidence")
+    return fig
+
+
+def reliability_grid(curves: dict[str, ReliabilityCurve], *, columns: int = 4) -> Figure | None:
+    """One reliability diagram per labelled curve (for example one per method), in a grid.
+
+    Each panel's title carries the label and the curve's ECE; ``None`` when ``curves`` is empty.
+
+    Example:
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> from calibrant.metrics import ReliabilityCurve
+        >>> c = ReliabilityCurve(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1, 3]),
+        ...                      torch.tensor([0.4, 0.8]), torch.tensor([0.0, 1.0]))
+        >>> fig = reliability_grid({"CE": c, "CRaC": c})
+        >>> [a.get_title() for a in fig.axes if a.get_title()]
+        ['CE (ECE 0.250)', 'CRaC (ECE 0.250)']
+    """
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        return None
+    cols = min(columns, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (label, curve) in zip(axes.flat, curves.items(), strict=False):
+        reliability_diagram(curve, ax, title=f"{label} (ECE {curve_ece(curve):.3f})")
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
     return fig
 
 

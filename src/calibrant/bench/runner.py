@@ -1,0 +1,282 @@
+"""Run a suite: one JSON record per ``(task, method, seed)``, resumable at two levels.
+
+Layout (``results`` is committed, ``work`` is scratch)::
+
+    <results>/<suite>/<profile>/<task>/<method>/seed<k>.json   one finished run (the record)
+    <work>/<suite>/<profile>/<task>/<method>/seed<k>/          its run folder (checkpoints,
+                                                               report, figures)
+
+A record exists only once its run finished (it is written atomically), so a repeated or
+interrupted ``bench`` skips finished runs; an interrupted training resumes exactly from its
+``last.pt``. A post-hoc method (``CE+TS``, ``Focal+φ``) fits its calibrator on the validation
+split of its base method's run folder (training it first if needed). A run folder that holds
+another config than the suite now asks for is an error, never silently reused or overwritten.
+
+Example:
+    >>> from pathlib import Path
+    >>> record_path(Path("docs/results"), "spa-mulan", "cpu", "scene", "spa", 3).as_posix()
+    'docs/results/spa-mulan/cpu/scene/spa/seed3.json'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from calibrant.bench.suite import Method, Suite
+
+__all__ = ["PlannedRun", "environment", "plan", "record_path", "run_dir", "run_suite"]
+
+log = logging.getLogger(__name__)
+
+
+def record_path(results: Path, suite: str, profile: str, task: str, method: str, seed: int) -> Path:
+    """Where the JSON record of one run lives."""
+    return Path(results) / suite / profile / task / method / f"seed{seed}.json"
+
+
+def run_dir(work: Path, suite: str, profile: str, task: str, method: str, seed: int) -> Path:
+    """The scratch run folder of one trained run."""
+    return Path(work) / suite / profile / task / method / f"seed{seed}"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One ``(task, method, seed)`` of a suite and whether its record exists."""
+
+    task: str
+    method: str
+    seed: int
+    done: bool
+
+
+def plan(
+    suite: Suite,
+    results: Path,
+    profile: str = "cpu",
+    *,
+    tasks: Iterable[str] | None = None,
+    methods: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+) -> list[PlannedRun]:
+    """The runs of a suite in execution order (seed, then task, then method)."""
+    task_names = [suite.task(t).name for t in tasks] if tasks else [t.name for t in suite.tasks]
+    wanted = [suite.method(m).name for m in methods] if methods else None
+    method_names = [m.name for m in suite.methods if wanted is None or m.name in wanted]
+    seed_list = list(seeds) if seeds else suite.seed_list(profile)
+    return [
+        PlannedRun(t, m, s, record_path(results, suite.name, profile, t, m, s).is_file())
+        for s in seed_list
+        for t in task_names
+        for m in method_names
+    ]
+
+
+def environment(device: torch.device | str) -> dict[str, Any]:
+    """Commit, library versions, device and thread count, recorded with every run."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    device = torch.device(device)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({os.cpu_count()} logical CPUs)"
+    )
+    return {
+        "commit": commit,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": name,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _normalised(cfg: Mapping[str, Any]) -> Any:
+    return json.loads(json.dumps(cfg, default=str))
+
+
+def _check_same_config(folder: Path, cfg: Mapping[str, Any], stored: Mapping[str, Any]) -> None:
+    if _normalised(stored) != _normalised(cfg):
+        raise ValueError(
+            f"run folder {str(folder)!r} holds a run of another config than this suite asks for "
+            "(the suite definition or its preset changed); delete the folder to retrain it"
+        )
+
+
+def _trained(
+    suite: Suite,
+    task: str,
+    method: Method,
+    profile: str,
+    seed: int,
+    *,
+    work: Path,
+    data_root: Any,
+    device: torch.device,
+    log_epoch: Callable | None,
+) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run folder; returns its ``metrics.json`` payload."""
+    from calibrant.experiment import train_run
+
+    cfg = suite.config(task, method.name, profile, seed)
+    folder = run_dir(work, suite.name, profile, task, method.name, seed)
+    finished = folder / "metrics.json"
+    if finished.is_file():
+        payload = json.loads(finished.read_text())
+        _check_same_config(folder, cfg, payload.get("config", {}))
+        return payload
+    if (folder / "config.json").is_file():
+        _check_same_config(folder, cfg, json.loads((folder / "config.json").read_text()))
+    resume = (folder / "checkpoints" / "last.pt").is_file()
+    _, history, results = train_run(
+        cfg, folder, data_root=data_root, device=device, resume=resume, log=log_epoch
+    )
+    return {**results, "history": history, "config": cfg}
+
+
+def _posthoc(
+    suite: Suite,
+    task: str,
+    method: Method,
+    profile: str,
+    seed: int,
+    *,
+    work: Path,
+    data_root: Any,
+    device: torch.device,
+    log_epoch: Callable | None,
+) -> dict[str, Any]:
+    """Fit ``method.calibrator`` on the base run's validation logits and test it."""
+    from calibrant import report
+    from calibrant.checkpoint import load_checkpoint
+    from calibrant.experiment import build_experiment, seed_everything
+
+    base = suite.method(method.base)
+    _trained(
+        suite, task, base, profile, seed,
+        work=work, data_root=data_root, device=device, log_epoch=log_epoch,
+    )  # fmt: skip
+    cfg = suite.config(task, base.name, profile, seed)
+    folder = run_dir(work, suite.name, profile, task, base.name, seed)
+    seed_everything(seed)
+    exp = build_experiment(cfg, data_root=data_root, device=device)
+    path = report.fit_calibrator(exp, folder, method=method.calibrator, device=device)
+    results = report.evaluate_run(exp, folder, device=device, calibrator=path)
+    state = load_checkpoint(path, required=("state_dict",))["state_dict"]
+    results["calibrator_state"] = {k: torch.as_tensor(v).tolist() for k, v in state.items()}
+    return {**results, "config": cfg}
+
+
+def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    results: Path,
+    work: Path,
+    profile: str = "cpu",
+    data_root: Any = None,
+    device: torch.device | str = "cpu",
+    tasks: Iterable[str] | None = None,
+    methods: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+    command: str = "",
+    max_minutes: float | None = None,
+    log_epoch: Callable | None = None,
+) -> list[Path]:
+    """Run every missing ``(task, method, seed)`` of a suite; returns the records written.
+
+    Args:
+        suite: the suite.
+        results: folder of the JSON records (committed).
+        work: folder of the run folders (scratch: checkpoints, per-run reports).
+        profile: ``cpu`` or ``paper`` (or any profile the suite defines seeds for).
+        data_root: the data folder (``None``: ``$CALIBRANT_DATA``).
+        device: where to train.
+        tasks: restrict to these tasks.
+        methods: restrict to these methods (a post-hoc method still trains its base if needed).
+        seeds: restrict to these seeds.
+        command: the command line, stored in every record.
+        max_minutes: start no new run after this many minutes (the suite can be continued later).
+        log_epoch: per-epoch callback passed to the training loop.
+    """
+    device = torch.device(device)
+    start = time.perf_counter()
+    runs = plan(suite, results, profile, tasks=tasks, methods=methods, seeds=seeds)
+    todo = [r for r in runs if not r.done]
+    log.info("%s/%s: %d runs, %d finished, %d to do", suite.name, profile, len(runs),
+             len(runs) - len(todo), len(todo))  # fmt: skip
+    written = []
+    for i, run in enumerate(todo, 1):
+        if max_minutes is not None and (time.perf_counter() - start) / 60 >= max_minutes:
+            log.warning(
+                "time budget of %.0f min spent; %d runs left", max_minutes, len(todo) - i + 1
+            )
+            break
+        method = suite.method(run.method)
+        log.info("[%d/%d] %s %s seed %d", i, len(todo), run.task, method.label, run.seed)
+        t0 = time.perf_counter()
+        do = _trained if method.trained else _posthoc
+        payload = do(
+            suite, run.task, method, profile, run.seed,
+            work=work, data_root=data_root, device=device, log_epoch=log_epoch,
+        )  # fmt: skip
+        record = {
+            "schema": 1,
+            "status": "done",
+            "suite": suite.name,
+            "profile": profile,
+            "task": run.task,
+            "method": method.name,
+            "label": method.label,
+            "seed": run.seed,
+            "calibrator": method.calibrator,
+            "base": method.base,
+            "test": payload["test"],
+            "curves": payload.get("curves", {}),
+            "best_epoch": payload.get("epoch"),
+            "history": payload.get("history", []) if method.trained else [],
+            "calibrator_state": payload.get("calibrator_state"),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "config": payload["config"],
+            "environment": environment(device),
+            "command": command,
+        }
+        path = record_path(results, suite.name, profile, run.task, method.name, run.seed)
+        _write_atomic(path, record)
+        written.append(path)
+        log.info("    done in %.0f s -> %s", record["seconds"], path)
+    return written

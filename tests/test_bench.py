@@ -1,0 +1,204 @@
+"""``calibrant bench``: suite resolution, claims, tables, and resumable runs on real data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from calibrant.bench import Claim, Column, Method, Suite, Table, Task, plan, run_suite
+from calibrant.bench import claims as C
+from calibrant.bench.runner import record_path, run_dir
+from calibrant.bench.tables import kendall_tau, load_records, render_suite
+from calibrant.cli import main
+from calibrant.registry import SUITES
+
+
+def _toy_suite(epochs: int = 2) -> Suite:
+    return Suite(
+        "toy",
+        "MULAN scene, two losses and a post-hoc correction.",
+        tasks=(
+            Task(
+                "scene",
+                "mulan_bce",
+                {"data": {"name": "mulan_scene"}, "train": {"epochs": epochs}},
+                profiles={"paper": {"train": {"epochs": 3}}},
+            ),
+        ),
+        methods=(
+            Method("bce", "BCE", {"name": "bce"}),
+            Method("focal", "Focal", {"name": "asymmetric_focal"}),
+            Method("focal_phi", "Focal+φ", calibrator="phi", base="focal"),
+        ),
+        columns=(Column("ace", "ACE", higher_is_better=False, scale=100, digits=2),),
+        seeds={"cpu": 1, "paper": 2},
+        claims=(Claim("φ repairs focal", C.repairs("focal_phi", "focal", "bce", "ace")),),
+    )
+
+
+# ------------------------------------------------------------------------ suite definitions
+
+
+def test_config_resolution_order():
+    suite = _toy_suite()
+    cfg = suite.config("scene", "focal", "paper", seed=2)
+    assert cfg["loss"] == {"name": "asymmetric_focal"}  # the method's loss replaces the preset's
+    assert cfg["data"]["name"] == "mulan_scene"  # task override
+    assert cfg["train"]["epochs"] == 3  # profile override wins over the task's
+    assert cfg["train"]["seed"] == 2
+    assert cfg["model"]["name"] == "mlp"  # from the preset
+    # a post-hoc method runs on its base's config
+    assert suite.config("scene", "focal_phi", "cpu", 1) == suite.config("scene", "focal", "cpu", 1)
+
+
+def test_suite_definition_errors():
+    with pytest.raises(ValueError, match="must come after its base"):
+        Suite(
+            "bad",
+            "",
+            tasks=(),
+            methods=(Method("ts", "TS", calibrator="temperature", base="ce"),),
+            columns=(),
+            seeds={"cpu": 1},
+        )
+    with pytest.raises(ValueError, match="exactly one of loss= or calibrator="):
+        Method("x", "X")
+    with pytest.raises(ValueError, match="needs base="):
+        Method("x", "X", calibrator="temperature")
+    with pytest.raises(KeyError, match="did you mean 'focal'"):
+        _toy_suite().method("focl")
+    with pytest.raises(ValueError, match="no profile 'gpu'"):
+        _toy_suite().seed_list("gpu")
+
+
+@pytest.mark.parametrize(
+    "name", ["crac-acdc", "crac-hippocampus", "spa-mulan", "cals-classification"]
+)
+def test_registered_suites_resolve_every_run(name):
+    """Every (task, method, profile) of a shipped suite builds a config with a known loss."""
+    from calibrant.registry import ALM_PRESETS, LOSSES
+
+    suite = SUITES.build(name)
+    for profile in suite.profiles:
+        for task in suite.tasks:
+            for method in suite.methods:
+                cfg = suite.config(task.name, method.name, profile, 1)
+                assert cfg["loss"]["name"] in LOSSES or cfg["loss"]["name"] in ALM_PRESETS
+    for task in suite.tasks:  # published numbers only name methods and columns of the suite
+        for method, values in (task.paper or {}).items():
+            if method != "bwcr":  # BWCR is in the poster; its training step is not wired yet
+                suite.method(method)
+            assert set(values) <= {c.key for c in suite.columns}
+
+
+# -------------------------------------------------------------------------- claims and tables
+
+
+def _table(**means):
+    return Table({("t", m): {"ece": [v], "dice": [1 - v]} for m, v in means.items()})
+
+
+def test_claims_hold_fail_and_wait_for_missing_results():
+    table = _table(ce=0.10, ls=0.08, crac=0.05)
+    assert C.lowest("crac", ["ece"])(table, "t").holds is True
+    assert C.lowest("ls", ["ece"])(table, "t").holds is False
+    assert C.lowest("nacl", ["ece"])(table, "t").holds is None
+    assert C.beats_baseline("ce", "ece")(table, "t").holds is True
+    assert C.beats_baseline("ls", "ece")(table, "t").holds is False
+    assert C.beats("ls", ["crac"], "ece")(table, "t").holds is False
+    assert C.within_best("ls", "dice", 0.03)(table, "t").holds is True  # 0.92 vs 0.95
+    assert C.within_best("ce", "dice", 0.03)(table, "t").holds is False  # 0.90 vs 0.95
+    assert C.not_worse("ls", "crac", "dice", tolerance=0.02)(table, "t").holds is False
+    # φ-style repair: ls (0.08) removes 2/5 of ce's gap (0.10 vs crac 0.05)
+    assert C.repairs("ls", "ce", "crac", "ece", fraction=0.4)(table, "t").holds is True
+    assert C.repairs("ls", "ce", "crac", "ece", fraction=0.5)(table, "t").holds is False
+    assert C.repairs("ls", "crac", "ce", "ece")(table, "t").holds is False  # no gap to repair
+
+
+def test_table_statistics():
+    table = Table({("t", "a"): {"x": [1.0, 2.0, 4.0, math.nan]}})
+    assert table.mean("t", "a", "x") == pytest.approx(7 / 3)
+    assert table.std("t", "a", "x") == pytest.approx(stats.tstd([1.0, 2.0, 4.0]))
+    assert table.mean("t", "b", "x") is None and table.std("t", "a", "y") is None
+
+
+def test_kendall_tau_matches_scipy(generator):
+    import torch
+
+    for _ in range(20):
+        a = torch.rand(7, generator=generator).tolist()
+        b = torch.rand(7, generator=generator).tolist()
+        assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
+    with pytest.raises(ValueError, match="equal length"):
+        kendall_tau([1.0, 2.0], [1.0])
+
+
+# ------------------------------------------------------------------------ runs on real data
+
+
+def test_run_suite_records_resumes_and_renders(data_root, tmp_path, monkeypatch):
+    suite = _toy_suite()
+    results, work = tmp_path / "results", tmp_path / "work"
+    written = run_suite(suite, results=results, work=work, data_root=data_root, command="test")
+    assert [p.parent.name for p in written] == ["bce", "focal", "focal_phi"]
+    records = {r["method"]: r for r in load_records(results, "toy", "cpu")}
+    assert records["bce"]["test"]["ace"] >= 0.0 and records["bce"]["history"]
+    assert records["focal_phi"]["calibrator"] == "phi" and records["focal_phi"]["history"] == []
+    # φ is monotone per label: the class-wise mAP is unchanged, the calibration is not
+    assert records["focal_phi"]["test"]["map_y"] == pytest.approx(records["focal"]["test"]["map_y"])
+    assert records["focal_phi"]["test"]["ace"] != records["focal"]["test"]["ace"]
+    assert all(r["environment"]["torch"] and r["command"] == "test" for r in records.values())
+
+    # A second call finds everything done and trains nothing.
+    import calibrant.experiment as experiment
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(experiment, "train_run", no_training)
+    assert run_suite(suite, results=results, work=work, data_root=data_root) == []
+    assert all(r.done for r in plan(suite, results))
+
+    # A lost record whose run folder finished is rebuilt from the folder, without training.
+    record_path(results, "toy", "cpu", "scene", "bce", 1).unlink()
+    (rebuilt,) = run_suite(suite, results=results, work=work, data_root=data_root)
+    assert json.loads(rebuilt.read_text())["test"] == records["bce"]["test"]
+
+    # The page is generated from the records: the table cell is the record's value.
+    page = render_suite(suite, results, figures=False).read_text()
+    assert f"| BCE | 1 | {100 * records['bce']['test']['ace']:.2f} |" in page
+    assert "φ repairs focal" in page and "Runs finished: 3 of 3" in page
+
+
+def test_changed_suite_is_an_error_not_a_silent_reuse(data_root, tmp_path):
+    results, work = tmp_path / "results", tmp_path / "work"
+    run_suite(_toy_suite(), results=results, work=work, data_root=data_root, methods=["bce"])
+    record_path(results, "toy", "cpu", "scene", "bce", 1).unlink()
+    assert (run_dir(work, "toy", "cpu", "scene", "bce", 1) / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="another config"):
+        run_suite(_toy_suite(epochs=3), results=results, work=work, data_root=data_root)
+
+
+def test_corrupt_record_is_named(tmp_path):
+    path = record_path(tmp_path, "toy", "cpu", "scene", "bce", 1)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt benchmark record .*seed1.json"):
+        load_records(tmp_path, "toy", "cpu")
+
+
+def test_cli_bench_runs_a_selection_and_reports(data_root, tmp_path, capsys):
+    args = ["bench", "spa-mulan", "--tasks", "scene", "--methods", "bce", "--seeds", "1"]
+    where = ["--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")]
+    assert main([*args, *where, "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["todo", "scene", "bce", "seed", "1"]
+    common = ["--data-root", str(data_root), "--device", "cpu", "--quiet", "--no-figures"]
+    assert main([*args, *where, *common]) == 0
+    assert "0 runs of this selection still to do" in capsys.readouterr().out
+    page = (tmp_path / "r" / "spa-mulan.md").read_text()
+    assert "Runs finished: 1 of 135" in page
+    assert main(["bench", "spa-mulna", *where]) == 2
+    assert "did you mean 'spa-mulan'" in capsys.readouterr().err
