@@ -235,6 +235,7 @@ def run_suite(
     """
     device = torch.device(device)
     start = time.perf_counter()
+    env = environment(device)  # the code that runs is the code imported now
     runs = plan(suite, results, profile, tasks=tasks, methods=methods, seeds=seeds)
     todo = [r for r in runs if not r.done]
     log.info("%s/%s: %d runs, %d finished, %d to do", suite.name, profile, len(runs),
@@ -272,7 +273,7 @@ def run_suite(
             "calibrator_state": payload.get("calibrator_state"),
             "seconds": round(time.perf_counter() - t0, 1),
             "config": payload["config"],
-            "environment": environment(device),
+            "environment": env,
             "command": command,
         }
         path = record_path(results, suite.name, profile, run.task, method.name, run.seed)
