@@ -202,3 +202,22 @@ def test_cli_bench_runs_a_selection_and_reports(data_root, tmp_path, capsys):
     assert "Runs finished: 1 of 135" in page
     assert main(["bench", "spa-mulna", *where]) == 2
     assert "did you mean 'spa-mulan'" in capsys.readouterr().err
+
+
+def test_a_failing_run_is_reported_after_the_others(data_root, tmp_path):
+    from calibrant.bench.runner import BenchFailures
+
+    good = _toy_suite()
+    suite = Suite(
+        "toy",
+        "",
+        tasks=good.tasks,
+        methods=(Method("broken", "Broken", {"name": "bce", "bogus": 1}), good.methods[0]),
+        columns=good.columns,
+        seeds={"cpu": 1},
+    )
+    results = tmp_path / "results"
+    with pytest.raises(BenchFailures, match="scene Broken seed 1: .*bogus") as info:
+        run_suite(suite, results=results, work=tmp_path / "work", data_root=data_root)
+    assert len(info.value.failures) == 1
+    assert [r.done for r in plan(suite, results)] == [False, True]  # BCE still ran

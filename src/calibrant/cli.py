@@ -242,6 +242,7 @@ def _csv(text: str | None) -> list[str] | None:
 def cmd_bench(args) -> int:
     """Run the missing runs of a benchmark suite, then regenerate its results page."""
     from calibrant.bench import plan, render_suite, run_suite
+    from calibrant.bench.runner import BenchFailures
     from calibrant.registry import SUITES
 
     _setup_logging(args.quiet, 0)
@@ -254,25 +255,32 @@ def cmd_bench(args) -> int:
         for r in runs:
             print(f"{'done' if r.done else 'todo':5s} {r.task:12s} {r.method:16s} seed {r.seed}")
         return 0
+    failed = None
     if not args.report_only:
         device = _select_device(args.device, 0)
         command = "calibrant " + " ".join(sys.argv[1:]) if args.command is None else args.command
         progress = None if args.quiet else Progress(0, stream=sys.stderr).epoch_done
-        run_suite(
-            suite,
-            results=results,
-            work=work,
-            profile=args.profile,
-            data_root=args.data_root,
-            device=device,
-            command=command,
-            max_minutes=args.max_minutes,
-            log_epoch=progress,
-            **selection,
-        )
+        try:
+            run_suite(
+                suite,
+                results=results,
+                work=work,
+                profile=args.profile,
+                data_root=args.data_root,
+                device=device,
+                command=command,
+                max_minutes=args.max_minutes,
+                log_epoch=progress,
+                **selection,
+            )
+        except BenchFailures as e:
+            failed = e
     page = render_suite(suite, results, args.profile, figures=not args.no_figures)
     left = sum(not r.done for r in plan(suite, results, args.profile, **selection))
     print(f"results: {page} ({left} runs of this selection still to do)")
+    if failed is not None:
+        print(f"calibrant: error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -327,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", default=None, help="data folder (default: $CALIBRANT_DATA)")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda")
         p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+        p.add_argument(
+            "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+        )
         if run_dir:
             p.add_argument("run", help="a run folder written by `calibrant train`")
 
@@ -415,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, CheckpointError) as e:

@@ -35,7 +35,15 @@ import torch
 
 from calibrant.bench.suite import Method, Suite
 
-__all__ = ["PlannedRun", "environment", "plan", "record_path", "run_dir", "run_suite"]
+__all__ = [
+    "BenchFailures",
+    "PlannedRun",
+    "environment",
+    "plan",
+    "record_path",
+    "run_dir",
+    "run_suite",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,15 @@ def record_path(results: Path, suite: str, profile: str, task: str, method: str,
 def run_dir(work: Path, suite: str, profile: str, task: str, method: str, seed: int) -> Path:
     """The scratch run folder of one trained run."""
     return Path(work) / suite / profile / task / method / f"seed{seed}"
+
+
+class BenchFailures(RuntimeError):
+    """Raised after a suite ran every other run, naming the runs that failed and why."""
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        self.failures = failures
+        lines = "\n".join(f"  {run}: {error}" for run, error in failures)
+        super().__init__(f"{len(failures)} benchmark run(s) failed:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -232,6 +249,10 @@ def run_suite(
         command: the command line, stored in every record.
         max_minutes: start no new run after this many minutes (the suite can be continued later).
         log_epoch: per-epoch callback passed to the training loop.
+
+    Raises:
+        BenchFailures: after all other runs, when some runs raised (their records are not
+            written; the error of each is logged with its traceback and named here).
     """
     device = torch.device(device)
     start = time.perf_counter()
@@ -240,7 +261,7 @@ def run_suite(
     todo = [r for r in runs if not r.done]
     log.info("%s/%s: %d runs, %d finished, %d to do", suite.name, profile, len(runs),
              len(runs) - len(todo), len(todo))  # fmt: skip
-    written = []
+    written, failures = [], []
     for i, run in enumerate(todo, 1):
         if max_minutes is not None and (time.perf_counter() - start) / 60 >= max_minutes:
             log.warning(
@@ -248,13 +269,19 @@ def run_suite(
             )
             break
         method = suite.method(run.method)
-        log.info("[%d/%d] %s %s seed %d", i, len(todo), run.task, method.label, run.seed)
+        name = f"{run.task} {method.label} seed {run.seed}"
+        log.info("[%d/%d] %s", i, len(todo), name)
         t0 = time.perf_counter()
         do = _trained if method.trained else _posthoc
-        payload = do(
-            suite, run.task, method, profile, run.seed,
-            work=work, data_root=data_root, device=device, log_epoch=log_epoch,
-        )  # fmt: skip
+        try:
+            payload = do(
+                suite, run.task, method, profile, run.seed,
+                work=work, data_root=data_root, device=device, log_epoch=log_epoch,
+            )  # fmt: skip
+        except Exception as e:  # one broken run must not cost the others; reported at the end
+            log.exception("run %s failed", name)
+            failures.append((name, f"{type(e).__name__}: {e}"))
+            continue
         record = {
             "schema": 1,
             "status": "done",
@@ -280,4 +307,6 @@ def run_suite(
         _write_atomic(path, record)
         written.append(path)
         log.info("    done in %.0f s -> %s", record["seconds"], path)
+    if failures:
+        raise BenchFailures(failures)
     return written
