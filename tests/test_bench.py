@@ -26,6 +26,8 @@ def _toy_suite(epochs: int = 2) -> Suite:
                 "mulan_bce",
                 {"data": {"name": "mulan_scene"}, "train": {"epochs": epochs}},
                 profiles={"paper": {"train": {"epochs": 3}}},
+                paper={"bce": {"ace": 2.0}, "focal": {"ace": 5.0}},
+                paper_source="made up",
             ),
         ),
         methods=(
@@ -171,6 +173,11 @@ def test_run_suite_records_resumes_and_renders(data_root, tmp_path, monkeypatch)
     page = render_suite(suite, results, figures=False).read_text()
     assert f"| BCE | 1 | {100 * records['bce']['test']['ace']:.2f} |" in page
     assert "φ repairs focal" in page and "Runs finished: 3 of 3" in page
+    # published numbers beside ours, and the agreement of the two orderings
+    ours = {m: 100 * records[m]["test"]["ace"] for m in ("bce", "focal")}
+    assert f"| BCE | {ours['bce']:.2f} | 2.00 |" in page
+    tau = 1.0 if ours["bce"] < ours["focal"] else -1.0
+    assert f"- ACE: τ = {tau:+.2f} over 2 methods" in page
 
 
 def test_changed_suite_is_an_error_not_a_silent_reuse(data_root, tmp_path):

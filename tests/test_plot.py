@@ -181,3 +181,22 @@ def test_region_reliability_curves_calls_calibration(monkeypatch, generator):
     assert len(fig.axes) == 2
     with pytest.raises(ValueError, match="shape"):
         plot.region_reliability_curves(logits, y[:, :5])
+
+
+def test_streamed_region_curves_equal_one_shot(generator):
+    """The report's streaming curves over two batches equal the one-shot curves of both."""
+    from calibrant.metrics import RegionReliabilityCurves
+
+    logits = torch.randn(4, 3, 12, 12, generator=generator)
+    y = torch.randint(0, 3, (4, 12, 12), generator=generator)
+    y[0, :3] = -100
+    streamed = RegionReliabilityCurves(n_bins=10)
+    streamed.update(logits[:2], y[:2])
+    streamed.update(logits[2:], y[2:])
+    got = streamed.compute()
+    want = plot.region_reliability_curves(logits, y, n_bins=10)
+    for region in ("inner", "boundary"):
+        assert torch.equal(got[region].count, want[region].count)
+        torch.testing.assert_close(got[region].confidence, want[region].confidence, equal_nan=True)
+        torch.testing.assert_close(got[region].accuracy, want[region].accuracy, equal_nan=True)
+    assert int(got["all"].count.sum()) == int((y != -100).sum())

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from calibrant._checks import check_logits_target
-from calibrant._tensor import boundary_mask, valid_mask
 from calibrant.metrics._curve import ReliabilityCurve
+from calibrant.metrics.reliability import region_masks
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -324,39 +324,6 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
     return path
-
-
-def region_masks(
-    target: torch.Tensor, *, kernel_size: int = 3, ignore_index: int | None = -100
-) -> dict[str, torch.Tensor]:
-    """Split the non-ignored pixels into ``"inner"`` and ``"boundary"`` (k x k label window).
-
-    A pixel is *boundary* when its ``k^d`` window (label-0 padded, ignored neighbours skipped)
-    holds two or more labels (:func:`calibrant._tensor.boundary_mask`), otherwise *inner*.
-    Ignored pixels are in neither region.
-
-    Args:
-        target: integer labels.
-        kernel_size: odd window size.
-        ignore_index: label to skip.
-
-    Shape:
-        target ``(B, *spatial)``; masks are bool ``(B, *spatial)``.
-
-    Returns:
-        ``{"inner": mask, "boundary": mask}``.
-
-    Example:
-        >>> y = torch.tensor([[[1, 1, 1, 1]] * 4])
-        >>> region_masks(y)["inner"].int()
-        tensor([[[0, 0, 0, 0],
-                 [0, 1, 1, 0],
-                 [0, 1, 1, 0],
-                 [0, 0, 0, 0]]], dtype=torch.int32)
-    """
-    _, valid = valid_mask(target, ignore_index)
-    boundary = boundary_mask(target, kernel_size=kernel_size, ignore_index=ignore_index)
-    return {"inner": valid & ~boundary, "boundary": boundary & valid}
 
 
 def region_reliability_curves(

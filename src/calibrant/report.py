@@ -31,10 +31,9 @@ from typing import Any
 import torch
 
 from calibrant.checkpoint import load_checkpoint
-from calibrant.metrics._curve import ReliabilityCurve
+from calibrant.metrics import RegionReliabilityCurves, ReliabilityCurve
 
 __all__ = [
-    "ReliabilityCurves",
     "compare_runs",
     "evaluate_run",
     "fit_calibrator",
@@ -75,60 +74,6 @@ def _curves(results: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str,
     return found
 
 
-class ReliabilityCurves:
-    """Streaming reliability curves for the report: top-label, and inner vs boundary pixels.
-
-    Holds one :class:`~calibrant.metrics.CalibrationError` per pixel set (state ``O(n_bins)``)
-    and returns ``{"all": curve, "inner": curve, "boundary": curve}`` (regions only for
-    segmentation targets, from the label window of ``kernel_size``).
-    """
-
-    def __init__(
-        self,
-        *,
-        n_bins: int = 15,
-        ignore_index: int | None = -100,
-        regions: bool = True,
-        kernel_size: int = 3,
-    ) -> None:
-        from calibrant.metrics import CalibrationError
-
-        names = ("all", "inner", "boundary") if regions else ("all",)
-        self.parts = {n: CalibrationError(n_bins, ignore_index=ignore_index) for n in names}
-        self.ignore_index, self.kernel_size = ignore_index, kernel_size
-
-    def to(self, device):
-        """Move the states."""
-        for m in self.parts.values():
-            m.to(device)
-        return self
-
-    def reset(self) -> None:
-        """Forget everything seen."""
-        for m in self.parts.values():
-            m.reset()
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch; regions need at least one spatial dim."""
-        from calibrant._tensor import boundary_mask
-
-        self.parts["all"].update(logits, target)
-        if "boundary" in self.parts and target.dim() >= 2:
-            boundary = boundary_mask(
-                target, kernel_size=self.kernel_size, ignore_index=self.ignore_index
-            )
-            self.parts["boundary"].update(logits, target, mask=boundary)
-            self.parts["inner"].update(logits, target, mask=~boundary)
-
-    def compute(self) -> dict[str, ReliabilityCurve]:
-        """Curves over everything seen on all ranks."""
-        curves = {}
-        for name, metric in self.parts.items():
-            with metric.sync_context():
-                curves[name] = metric.curve()
-        return curves
-
-
 def _load_calibrator(path: str | Path | None):
     if path is None:
         return None
@@ -161,7 +106,7 @@ def evaluate_run(
         cal = exp.output_transform
     metrics = dict(exp.test_metrics)
     if exp.info.task != "multilabel":  # top-label curves need class labels
-        metrics["reliability"] = ReliabilityCurves(
+        metrics["reliability"] = RegionReliabilityCurves(
             ignore_index=exp.info.ignore_index, regions=exp.info.task == "segmentation"
         ).to(device)
     results = evaluate(

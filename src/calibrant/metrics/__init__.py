@@ -13,10 +13,12 @@ from calibrant.metrics.multilabel import *  # noqa: F403
 from calibrant.metrics.multilabel import __all__ as _multilabel_all
 from calibrant.metrics.ranking import *  # noqa: F403
 from calibrant.metrics.ranking import __all__ as _ranking_all
+from calibrant.metrics.reliability import RegionReliabilityCurves
 from calibrant.metrics.segmentation import *  # noqa: F403
 from calibrant.metrics.segmentation import __all__ as _segmentation_all
 
 __all__ = [
+    "RegionReliabilityCurves",
     "ReliabilityCurve",
     *_binary_all,
     *_calibration_all,
