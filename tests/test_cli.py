@@ -164,3 +164,18 @@ def test_other_presets_train_and_report(data_root, tmp_path, preset, overrides, 
     test = json.loads((out / "metrics.json").read_text())["test"]
     for key in keys:
         assert 0.0 <= test[key] < float("inf"), (key, test[key])
+
+
+def test_bwcr_preset_trains_with_two_views(acdc_root, tmp_path):
+    out = tmp_path / "bwcr"
+    tiny = [t for t in TINY if not t.startswith("train.epochs")] + ["train.epochs=1"]
+    args = ["train", "acdc_bwcr", *tiny, "--out", str(out), "--data-root", acdc_root]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    train = metrics["history"][0]["train"]
+    assert {"sup0", "sup1", "cons"} <= set(train)
+    assert train["loss"] == pytest.approx(train["sup0"] + train["sup1"] + train["cons"])
+    assert train["cons"] > 0
+    assert 0.0 <= metrics["test"]["dice"] <= 1.0
+    ckpt = (out / "checkpoints" / "last.pt").is_file()
+    assert ckpt
