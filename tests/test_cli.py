@@ -1,5 +1,6 @@
 """End-to-end CLI runs on the real ACDC data at a tiny CPU budget."""
 
+import io
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from calibrant.cli import main
+from calibrant.cli import Progress, main
 from tests.conftest import require_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,3 +180,64 @@ def test_bwcr_preset_trains_with_two_views(acdc_root, tmp_path):
     assert 0.0 <= metrics["test"]["dice"] <= 1.0
     ckpt = (out / "checkpoints" / "last.pt").is_file()
     assert ckpt
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Loss:  # a lazy loss: counts how often the progress line reads it
+    def __init__(self, value: float) -> None:
+        self.value, self.reads = value, 0
+
+    def __float__(self) -> float:
+        self.reads += 1
+        return self.value
+
+
+def _epoch(progress, clock, total, dt, loss):
+    for step in range(1, total + 1):
+        clock.t += dt
+        progress.step_done(step, total, loss)
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_within_epoch_progress_is_throttled(tty):
+    stream, clock, loss = _Stream(tty), _Clock(), _Loss(0.25)
+    progress = Progress(2, stream=stream, interval=5.0, clock=clock)
+    _epoch(progress, clock, total=100, dt=0.5, loss=loss)  # 50 s: a line every 5 s (10 steps)
+    text = stream.getvalue()
+    lines = text.split("\r\033[K")[1:] if tty else text.splitlines()
+    assert len(lines) == 9  # steps 10, 20, ..., 90 (the last step leaves it to the epoch line)
+    assert loss.reads == 9  # the loss is read only when a line is printed
+    assert lines[0].strip() == "step 10/100  loss=0.2500  2.00 step/s  eta 45s"
+    assert ("\n" in text) is (not tty)
+    progress.epoch_done({"epoch": 1, "train": {"loss": 0.25}, "val": {"dice": 0.5}})
+    last = stream.getvalue().splitlines()[-1]
+    assert last.endswith("s") and "epoch 1/2  loss=0.2500  dice=0.5000" in last
+    if tty:  # the in-place line is cleared before the epoch line
+        assert stream.getvalue().endswith("\n") and "\r\033[Kepoch 1/2" in stream.getvalue()
+
+
+def test_progress_quiet_and_fast_epochs_print_nothing_within_the_epoch():
+    stream, clock = _Stream(False), _Clock()
+    quiet = Progress(1, quiet=True, stream=stream, interval=0.0, clock=clock)
+    _epoch(quiet, clock, total=10, dt=1.0, loss=_Loss(1.0))
+    quiet.epoch_done({"epoch": 1, "train": {"loss": 1.0}, "val": {}})
+    assert stream.getvalue() == ""
+    fast = Progress(1, stream=stream, interval=5.0, clock=clock)
+    _epoch(fast, clock, total=10, dt=0.1, loss=_Loss(1.0))  # 1 s in all: under the interval
+    assert stream.getvalue() == ""
