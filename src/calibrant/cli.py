@@ -16,7 +16,7 @@ Commands::
 Example:
     >>> from calibrant.cli import main
     >>> main(["list", "configs"]) == 0  # doctest: +ELLIPSIS
-    acdc_ce...
+    acdc_...acdc_ce...
     True
 """
 
