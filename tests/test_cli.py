@@ -1,13 +1,15 @@
 """End-to-end CLI runs on the real ACDC data at a tiny CPU budget."""
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from calibrant.cli import main
+from calibrant.cli import Progress, main
 from tests.conftest import require_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,3 +166,109 @@ def test_other_presets_train_and_report(data_root, tmp_path, preset, overrides, 
     test = json.loads((out / "metrics.json").read_text())["test"]
     for key in keys:
         assert 0.0 <= test[key] < float("inf"), (key, test[key])
+
+
+def test_bwcr_preset_trains_with_two_views(acdc_root, tmp_path):
+    out = tmp_path / "bwcr"
+    tiny = [t for t in TINY if not t.startswith("train.epochs")] + ["train.epochs=1"]
+    args = ["train", "acdc_bwcr", *tiny, "--out", str(out), "--data-root", acdc_root]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    train = metrics["history"][0]["train"]
+    assert {"sup0", "sup1", "cons"} <= set(train)
+    assert train["loss"] == pytest.approx(train["sup0"] + train["sup1"] + train["cons"])
+    assert train["cons"] > 0
+    assert 0.0 <= metrics["test"]["dice"] <= 1.0
+    ckpt = (out / "checkpoints" / "last.pt").is_file()
+    assert ckpt
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Loss:  # a lazy loss: counts how often the progress line reads it
+    def __init__(self, value: float) -> None:
+        self.value, self.reads = value, 0
+
+    def __float__(self) -> float:
+        self.reads += 1
+        return self.value
+
+
+def _epoch(progress, clock, total, dt, loss):
+    for step in range(1, total + 1):
+        clock.t += dt
+        progress.step_done(step, total, loss)
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_within_epoch_progress_is_throttled(tty):
+    stream, clock, loss = _Stream(tty), _Clock(), _Loss(0.25)
+    progress = Progress(2, stream=stream, interval=5.0, clock=clock)
+    _epoch(progress, clock, total=100, dt=0.5, loss=loss)  # 50 s: a line every 5 s (10 steps)
+    text = stream.getvalue()
+    lines = text.split("\r\033[K")[1:] if tty else text.splitlines()
+    assert len(lines) == 9  # steps 10, 20, ..., 90 (the last step leaves it to the epoch line)
+    assert loss.reads == 9  # the loss is read only when a line is printed
+    assert lines[0].strip() == "step 10/100  loss=0.2500  2.00 step/s  eta 45s"
+    assert ("\n" in text) is (not tty)
+    progress.epoch_done({"epoch": 1, "train": {"loss": 0.25}, "val": {"dice": 0.5}})
+    last = stream.getvalue().splitlines()[-1]
+    assert last.endswith("s") and "epoch 1/2  loss=0.2500  dice=0.5000" in last
+    if tty:  # the in-place line is cleared before the epoch line
+        assert stream.getvalue().endswith("\n") and "\r\033[Kepoch 1/2" in stream.getvalue()
+
+
+def test_progress_quiet_and_fast_epochs_print_nothing_within_the_epoch():
+    stream, clock = _Stream(False), _Clock()
+    quiet = Progress(1, quiet=True, stream=stream, interval=0.0, clock=clock)
+    _epoch(quiet, clock, total=10, dt=1.0, loss=_Loss(1.0))
+    quiet.epoch_done({"epoch": 1, "train": {"loss": 1.0}, "val": {}})
+    assert stream.getvalue() == ""
+    fast = Progress(1, stream=stream, interval=5.0, clock=clock)
+    _epoch(fast, clock, total=10, dt=0.1, loss=_Loss(1.0))  # 1 s in all: under the interval
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.ddp
+def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
+    """``torchrun -m calibrant train`` itself (gloo, 2 ranks) against a 1-process run.
+
+    Same global batch (2 x 32 vs 64) over the same permutation: EpochSampler gives rank r the
+    r-th of every 2 indices, so each global batch holds the same samples; the 1090 MULAN-scene
+    training items split evenly (545 per rank, last batches 1 + 1 vs 2), BCE is a mean, so the
+    all-reduced mean of the two rank means is the 1-process batch mean. Dropout is off (it draws
+    from the per-rank global RNG). What differs is only float summation order in the gradient
+    all-reduce, ~1e-7 relative per step; after 18 Adam steps the test metrics agree to 1e-4.
+    """
+    require_dataset(data_root, "mulan", "scene")
+    common = ["mulan_bce", "train.epochs=1", "model.dropout=0", "model.hidden=[32]"]
+    tail = ["--data-root", str(data_root), "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *common, "train.batch_size=64", "--out", str(one), *tail]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "calibrant", "train", *common, "train.batch_size=32", "--out", str(two), *tail]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    ref = json.loads((one / "metrics.json").read_text())
+    got = json.loads((two / "metrics.json").read_text())
+    assert got["history"][0]["train"]["steps"] == ref["history"][0]["train"]["steps"] == 18
+    assert set(got["test"]) == set(ref["test"])
+    for key, value in ref["test"].items():
+        assert got["test"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert got["history"][0]["val"] == pytest.approx(ref["history"][0]["val"], rel=1e-4)

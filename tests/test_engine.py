@@ -37,13 +37,22 @@ def _problem(seed: int = 0):
     return model, loader, val_loader, opt, sched, metrics
 
 
-def _run(ckpt_dir: str, resume: bool, halt: int | None, epochs: int = 4):
+def _criterion(kind: str) -> nn.Module:
+    if kind == "bwcr":  # the two-view objective: its view generator must resume exactly too
+        from calibrant.registry import LOSSES
+        from calibrant.views import two_view_objective
+
+        return two_view_objective(LOSSES.get("bwcr").factory, seed=3)
+    return nn.CrossEntropyLoss()
+
+
+def _run(ckpt_dir: str, resume: bool, halt: int | None, epochs: int = 4, kind: str = "ce"):
     model, loader, val_loader, opt, sched, metrics = _problem()
     history = fit(
         model,
         loader,
         val_loader,
-        nn.CrossEntropyLoss(),
+        _criterion(kind),
         opt,
         epochs=epochs,
         metrics=metrics,
@@ -57,24 +66,57 @@ def _run(ckpt_dir: str, resume: bool, halt: int | None, epochs: int = 4):
     return model.state_dict(), history
 
 
-def _subprocess(ckpt_dir, resume, halt):
+def _subprocess(ckpt_dir, resume, halt, kind="ce"):
     code = (
-        f"import sys; from tests.test_engine import _run; _run({str(ckpt_dir)!r}, {resume}, {halt})"
+        "from tests.test_engine import _run; "
+        f"_run({str(ckpt_dir)!r}, {resume}, {halt}, kind={kind!r})"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True)
 
 
-def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
-    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, halt=None)
+@pytest.mark.parametrize("kind", ["ce", "bwcr"])
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, kind):
+    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, halt=None, kind=kind)
     # 7 steps per epoch; die at global step 11 (mid epoch 2), last periodic save at step 9.
-    killed = _subprocess(tmp_path / "run", resume=False, halt=11)
+    killed = _subprocess(tmp_path / "run", resume=False, halt=11, kind=kind)
     assert killed.returncode == 3, killed.stderr.decode()[-2000:]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["global_step"] == 9
-    state, history = _run(str(tmp_path / "run"), resume=True, halt=None)
+    state, history = _run(str(tmp_path / "run"), resume=True, halt=None, kind=kind)
     for name, ref in ref_state.items():
         assert torch.equal(state[name], ref), name
     assert history == ref_history
+    if kind == "bwcr":
+        assert set(history[0]["train"]) == {"loss", "sup0", "sup1", "cons", "steps"}
+
+
+def test_bwcr_checkpoint_holds_the_advanced_view_generator(tmp_path):
+    from calibrant.views import TwoViewObjective
+
+    killed = _subprocess(tmp_path / "run", resume=False, halt=4, kind="bwcr")
+    assert killed.returncode == 3, killed.stderr.decode()[-2000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    fresh = TwoViewObjective(nn.Identity(), seed=3).get_extra_state()["generator"]
+    assert not torch.equal(ckpt["criterion"]["_extra_state"]["generator"], fresh)
+
+
+def test_step_log_reports_step_total_and_running_loss(tmp_path):
+    calls = []
+    model, loader, val_loader, opt, sched, metrics = _problem()
+    history = fit(
+        model,
+        loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        opt,
+        epochs=2,
+        metrics=metrics,
+        select="acc",
+        step_log=lambda step, total, loss: calls.append((step, total, float(loss))),
+    )
+    assert [(s, t) for s, t, _ in calls] == [(s, 7) for s in range(1, 8)] * 2
+    assert calls[6][2] == pytest.approx(history[0]["train"]["loss"])
+    assert calls[13][2] == pytest.approx(history[1]["train"]["loss"])
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):

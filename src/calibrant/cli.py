@@ -18,7 +18,7 @@ Commands::
 Example:
     >>> from calibrant.cli import main
     >>> main(["list", "configs"]) == 0  # doctest: +ELLIPSIS
-    acdc_ce...
+    acdc_...acdc_ce...
     True
 """
 
@@ -79,26 +79,79 @@ def _load_run_config(args) -> dict[str, Any]:
 
 
 class Progress:
-    """One line per epoch with the running train loss, the validation score and an ETA."""
+    """One line per epoch (train loss, validation scores, ETA) and a throttled within-epoch line.
 
-    def __init__(self, epochs: int, *, quiet: bool = False, stream=None) -> None:
+    ``step_done`` (the ``engine.fit(step_log=...)`` callback) prints ``step s/total, running
+    loss, steps/s, epoch ETA`` at most every ``interval`` seconds: rewritten in place (carriage
+    return) on a terminal, plain lines otherwise (logs, CI). ``quiet`` prints nothing.
+
+    Args:
+        epochs: total number of epochs.
+        quiet: print nothing.
+        stream: where to print (default ``sys.stderr``).
+        interval: minimum seconds between two within-epoch lines (default 1 s on a terminal,
+            30 s otherwise).
+        clock: time source (for tests).
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        *,
+        quiet: bool = False,
+        stream=None,
+        interval: float | None = None,
+        clock=time.perf_counter,
+    ) -> None:
         self.epochs, self.quiet = epochs, quiet
         self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(callable(isatty) and isatty())
+        self.interval = (1.0 if self.tty else 30.0) if interval is None else interval
+        self.clock = clock
+        self.start = clock()
         self.done = 0
+        self._epoch_start = self.start
+        self._first_step: int | None = None
+        self._last_print = self.start
+        self._pending = False  # a \r line waits to be cleared
+
+    def step_done(self, step: int, total: int, loss) -> None:
+        """Callback for ``engine.fit(step_log=...)``; reads ``loss`` only when it prints."""
+        if self.quiet:
+            return
+        now = self.clock()
+        if self._first_step is None:
+            self._first_step = step - 1  # steps before this session (resumed mid-epoch)
+        if now - self._last_print < self.interval or step >= total:
+            return
+        self._last_print = now
+        rate = (step - self._first_step) / max(now - self._epoch_start, 1e-9)
+        eta = (total - step) / max(rate, 1e-9)
+        line = f"  step {step}/{total}  loss={float(loss):.4f}  {rate:.2f} step/s  eta {eta:.0f}s"
+        if self.tty:
+            print(f"\r\033[K{line}", end="", file=self.stream, flush=True)
+            self._pending = True
+        else:
+            print(line, file=self.stream, flush=True)
 
     def epoch_done(self, record: Mapping[str, Any]) -> None:
         """Callback for ``engine.fit(log=...)``."""
         self.done += 1
+        now = self.clock()
+        self._epoch_start = self._last_print = now
+        self._first_step = None
         if self.quiet:
             return
-        elapsed = time.perf_counter() - self.start
+        elapsed = now - self.start
         eta = elapsed / self.done * max(self.epochs - record["epoch"], 0)
         val = ", ".join(
             f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
         )
+        clear = "\r\033[K" if self._pending else ""
+        self._pending = False
         print(
-            f"epoch {record['epoch']}/{self.epochs}  "
+            f"{clear}epoch {record['epoch']}/{self.epochs}  "
             f"loss={record['train'].get('loss', math.nan):.4f}"
             f"  {val}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
             file=self.stream,
@@ -132,6 +185,7 @@ def cmd_train(args) -> int:
         world_size=world,
         resume=args.resume,
         log=progress.epoch_done,
+        step_log=progress.step_done,
         halt_after_step=args.halt_after_step,
     )
     if rank == 0 and not args.quiet:

@@ -32,7 +32,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from calibrant.checkpoint import load_checkpoint, rng_state, save_checkpoint, se
 
 __all__ = [
     "EpochSampler",
+    "TrainStep",
     "autocast_context",
     "evaluate",
     "fit",
@@ -110,6 +111,27 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return len(self._order()) - self.start
 
 
+@runtime_checkable
+class TrainStep(Protocol):
+    """A criterion that runs its own forward pass(es) in training (e.g. two views for BWCR).
+
+    ``train_step(forward, inputs, target)`` gets ``forward(images) -> logits`` (the model under
+    the engine's autocast) and returns the named loss terms; their sum is the loss. Validation
+    and evaluation stay single-view: they call ``criterion(logits, target)`` or nothing at all.
+    Any random state the step uses belongs in the criterion's ``state_dict`` so that resuming is
+    exact.
+    """
+
+    def train_step(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms of one training step."""
+        ...
+
+
 def autocast_context(
     device: torch.device | str, amp: str | None
 ) -> contextlib.AbstractContextManager:
@@ -160,6 +182,9 @@ def train_one_epoch(
         model: the network; put in train mode here.
         loader: yields ``(inputs, target)``.
         criterion: loss module; if it has ``terms(logits, target) -> dict`` every term is logged.
+            If it has ``train_step(forward, inputs, target) -> dict`` (the :class:`TrainStep`
+            hook, e.g. the two-view BWCR objective) that runs the step's forward pass(es)
+            through ``forward`` (the autocast model call) and returns the named terms.
         optimizer: the optimiser.
         device: where batches go.
         amp: ``None``/``"none"``, ``"bf16"`` or ``"fp16"`` (use a ``scaler`` with fp16).
@@ -176,11 +201,18 @@ def train_one_epoch(
     device = torch.device(device)
     totals = dict(totals or {})
     step = start_step
+    train_step = getattr(criterion, "train_step", None)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast_context(device, amp):
+            return model(x)
+
     for step, (inputs, target) in enumerate(loader, start=start_step):
         inputs, target = _to(inputs, device), _to(target, device)
-        with autocast_context(device, amp):
-            logits = model(inputs)
-        terms = loss_terms(criterion, logits, target)
+        if callable(train_step):  # the criterion runs the forward pass(es) itself
+            terms = train_step(forward, inputs, target)
+        else:
+            terms = loss_terms(criterion, forward(inputs), target)
         loss = sum(terms.values())
         if device.type == "cpu" or on_step is not None:  # no extra host sync on accelerators
             _check_finite_loss(loss, terms, step)
@@ -369,6 +401,7 @@ def fit(
     resume: bool = False,
     config: Mapping[str, Any] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
+    step_log: Callable[[int, int, torch.Tensor], None] | None = None,
     halt_after_step: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs with validation, ALM steps, model selection and checkpoints.
@@ -406,6 +439,10 @@ def fit(
         resume: continue from ``checkpoint_dir/last.pt``.
         config: stored in the checkpoints.
         log: callback receiving one dict per epoch.
+        step_log: called as ``step_log(step, total, loss)`` after every optimiser step, with
+            the step within the epoch (1-based), the epoch's number of steps and the running
+            mean loss of the epoch as a 0-dim tensor (no host sync unless the callback reads
+            it; a progress line reads it only when it prints).
         halt_after_step: testing hook that simulates a crash (``os._exit``) after that global
             step, without any save beyond the periodic ones.
 
@@ -459,8 +496,12 @@ def fit(
             "resumed at epoch %d step %d", state["epoch"], state["step"]
         )
 
+    steps_in_epoch = 0
+
     def on_step(step: int, totals: dict) -> None:
         state.update(step=step, totals=totals, global_step=state["global_step"] + 1)
+        if step_log is not None:
+            step_log(step, steps_in_epoch, totals["loss"] / totals["steps"])
         if checkpoint_every and state["global_step"] % checkpoint_every == 0:
             save("last.pt")
         if halt_after_step is not None and state["global_step"] >= halt_after_step:
@@ -469,6 +510,7 @@ def fit(
     for epoch in range(state["epoch"], epochs):
         batch_size = train_loader.batch_size or 1
         sampler.set_epoch(epoch, start=state["step"] * batch_size)
+        steps_in_epoch = state["step"] + len(train_loader)
         set_epoch = getattr(train_loader.dataset, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)

@@ -96,9 +96,21 @@ def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
     return _call("scheduler", name, SCHEDULERS[name], optimizer, epochs, **kw)
 
 
-def build_criterion(cfg: Mapping[str, Any], info: Any) -> nn.Module:
-    """A registered loss (``LOSSES``) or ALM preset (``ALM_PRESETS``) for the dataset ``info``."""
+def build_criterion(cfg: Mapping[str, Any], info: Any, *, seed: int = 0) -> nn.Module:
+    """A registered loss (``LOSSES``) or ALM preset (``ALM_PRESETS``) for the dataset ``info``.
+
+    A loss registered with ``inputs="two_view"`` (BWCR's consistency) is wrapped in
+    :func:`calibrant.views.two_view_objective`, whose ``train_step`` draws the views (seeded by
+    ``seed``).
+    """
     name, kw = _kwargs(cfg)
+    if name in LOSSES and LOSSES.meta(name).get("inputs") == "two_view":
+        from calibrant.views import two_view_objective
+
+        kw.setdefault("seed", seed)
+        if info.task != "multilabel":
+            kw.setdefault("ignore_index", info.ignore_index)
+        return two_view_objective(LOSSES.get(name).factory, **kw)
     if name in LOSSES:
         factory = LOSSES.get(name).factory
     elif name in ALM_PRESETS:
@@ -241,7 +253,7 @@ def build_experiment(
 
     torch.manual_seed(seed)  # model initialisation is part of the seeded run
     model = build_model(cfg["model"], info).to(device)
-    criterion = build_criterion(cfg["loss"], info).to(device)
+    criterion = build_criterion(cfg["loss"], info, seed=seed + rank).to(device)
     optimizer = build_optimizer(cfg.get("optim", {"name": "adam", "lr": 1e-3}), model.parameters())
     scheduler = build_scheduler(cfg.get("sched"), optimizer, epochs)
 
