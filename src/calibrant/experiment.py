@@ -342,6 +342,7 @@ def train_run(
     world_size: int = 1,
     resume: bool = False,
     log: Callable[[dict[str, Any]], None] | None = None,
+    step_log: Callable[[int, int, torch.Tensor], None] | None = None,
     halt_after_step: int | None = None,
 ) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
     """Train one run into the folder ``out``, test its best checkpoint and write its report.
@@ -349,8 +350,9 @@ def train_run(
     Seeds everything from ``cfg["train"]["seed"]``, builds the :class:`Experiment`, wraps the
     model in DDP when ``world_size > 1`` (the process group must be initialised), runs
     :func:`calibrant.engine.fit` with checkpoints in ``out/checkpoints`` (``resume=True``
-    continues from ``last.pt``), evaluates ``best.pt`` on the test split and, on rank 0, writes
-    ``config.json``, ``metrics.json``, ``report.md`` and the figures.
+    continues from ``last.pt``; ``log``/``step_log`` are fit's per-epoch and per-step callbacks),
+    evaluates ``best.pt`` on the test split and, on rank 0, writes ``config.json``,
+    ``metrics.json``, ``report.md`` and the figures.
 
     Returns:
         ``(experiment, history, results)``; ``results["test"]`` holds the flat test metrics.
@@ -399,6 +401,7 @@ def train_run(
         resume=resume,
         config=cfg,
         log=log,
+        step_log=step_log,
         halt_after_step=halt_after_step,
     )
     results = report.evaluate_run(exp, out, device=device, amp=amp, checkpoint="best")
