@@ -346,6 +346,10 @@ def svls_loss(
         t = svls_targets(
             target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore
         ).to(x.dtype)
+        if mask is None and reduction != "none":
+            # every row of t sums to 1, so torch's fused soft-target CE (-Σ t·log s) is the
+            # same lse - Σ t·l; it reads the logits fewer times than the chunked Function
+            return F.cross_entropy(x, t, reduction=reduction)
         values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
 
