@@ -4,6 +4,10 @@ Each (loss, shape) runs in a fresh subprocess: peak memory is the growth of the 
 maximum RSS during one forward+backward (inputs already allocated, so it counts only what the
 loss itself allocates), then the time is the median of ``--repeats`` timed runs after warm-up.
 
+``--clock cpu`` times with the thread's CPU time (``time.thread_time``) instead of the wall
+clock: on a machine shared with other jobs it leaves out the time spent waiting for a core (it
+still includes cache and memory-bandwidth contention), so it is the steadier figure under load.
+
 Usage:
     PYTHONPATH=src python benchmarks/bench_losses.py --repeats 11 --threads 1
 """
@@ -59,7 +63,7 @@ def _build(name: str, shape: tuple[int, ...]):
     return REG.build(name)
 
 
-def child(name: str, shape_key: str, repeats: int, threads: int) -> dict:
+def child(name: str, shape_key: str, repeats: int, threads: int, clock: str = "wall") -> dict:
     """Peak RSS of the first forward+backward, then timing interleaved with plain CE."""
     import resource
     import statistics
@@ -88,11 +92,12 @@ def child(name: str, shape_key: str, repeats: int, threads: int) -> dict:
     step()
     base()
     times, base_times = [], []
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     for _ in range(repeats):  # alternate, so that load drift hits both alike
         for fn, out in ((base, base_times), (step, times)):
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            out.append(time.perf_counter() - t0)
+            out.append(now() - t0)
     return {
         "name": name,
         "shape": shape_key,
@@ -112,10 +117,12 @@ def main() -> None:
     ap.add_argument("--shapes", default="2d,3d")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--losses", default=",".join(LOSSES))
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.repeats, args.threads)))
+        result = child(args.child[0], args.child[1], args.repeats, args.threads, args.clock)
+        print(json.dumps(result))
         return
     rows = []
     for shape_key in args.shapes.split(","):
@@ -131,6 +138,8 @@ def main() -> None:
                     str(args.repeats),
                     "--threads",
                     str(args.threads),
+                    "--clock",
+                    args.clock,
                 ],
                 capture_output=True,
                 text=True,
@@ -159,6 +168,7 @@ def main() -> None:
     header = (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}, "
+        f"clock {args.clock}, "
         f"load average at the end {os.getloadavg()[0]:.1f}.\n"
     )
     print(header + "\n".join(lines))

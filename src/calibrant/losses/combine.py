@@ -7,6 +7,10 @@ MbLS, NACL, ECP, LPR and the ALM penalties are all "task loss + weighted term"; 
 here means no class per combination and no tuple returns. ``terms`` gives the weighted parts by
 name for logging; ``forward`` gives their sum.
 
+A sum of exactly ``{"ce": CrossEntropyLoss, name: penalty}`` whose penalty has a fused kernel
+(MbLS margin, NACL, CRaC; see :mod:`calibrant.losses._fused`) is evaluated in one pass over the
+logits that returns both parts, so ``terms`` still reports them separately.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -56,11 +60,27 @@ class WeightedSum(nn.Module):
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted value of each term, by name (terms with weight 0 are skipped)."""
+        fused = self._fused(logits, target)
+        if fused is not None:
+            return fused
         return {
             name: self.weights[name] * part(logits, target)
             for name, part in self.parts.items()
             if self.weights[name] != 0.0
         }
+
+    def _fused(self, logits, target) -> dict[str, torch.Tensor] | None:
+        """Both terms of a fusable "CE + penalty" pair from one pass, else ``None``."""
+        if len(self.parts) != 2 or "ce" not in self.parts or 0.0 in self.weights.values():
+            return None
+        from calibrant.losses._fused import fused_terms  # lazy: _fused imports the losses
+
+        name = next(n for n in self.parts if n != "ce")
+        out = fused_terms(self.parts["ce"], self.parts[name], logits, target)
+        if out is None:
+            return None
+        values = {"ce": out[0], name: out[1]}
+        return {n: self.weights[n] * values[n] for n in self.parts}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Sum of the weighted terms."""

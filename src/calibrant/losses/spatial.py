@@ -40,7 +40,6 @@ from calibrant.losses.classification import (
     CLASS_REDUCTIONS,
     CrossEntropyLoss,
     _as_float,
-    _class_max,
     prepare,
     reduce_classes,
 )
@@ -252,10 +251,12 @@ def svls_targets(
 class _SoftTargetCE(torch.autograd.Function):
     r"""Fused :math:`\mathrm{lse}(l) - \sum_k t_k l_k` for fixed soft targets ``t``.
 
-    Chunked over positions with a loop over classes (no class-sized temporary, one pass for the
-    forward); saves only the per-position log-sum-exp. Backward: ``g · (softmax(l) − t)``, the
-    gradient of the expression (valid rows of ``t`` sum to 1; ignored centres get ``g = 0``
-    from the reduction).
+    Chunked over positions (about 2¹⁸ elements, all classes of a chunk at once, so the
+    temporaries stay cache-sized): the forward takes ``log_softmax`` of the chunk (one fused
+    kernel; ``lse = l_0 − log s_0``) and ``Σ t·l``; nothing but ``x`` and ``t`` is saved.
+    Backward: ``g · (softmax(l) − t)``, the gradient of the expression (valid rows of ``t`` sum
+    to 1; ignored centres get ``g = 0`` from the reduction), with ``softmax`` recomputed per
+    chunk.
     """
 
     @staticmethod
@@ -263,44 +264,33 @@ class _SoftTargetCE(torch.autograd.Function):
         b, c = x.shape[:2]
         xv, tv = x.detach().reshape(b, c, -1), t.reshape(b, c, -1)
         n = xv.shape[2]
-        lse = xv.new_empty((b, n))
-        out = xv.new_empty((b, n))
-        for bs, _, ps in row_chunks((b, 1, n), _CHUNK):
-            xs, ts, m_c, o = xv[bs, :, ps], tv[bs, :, ps], lse[bs, ps], out[bs, ps]
-            _class_max(xs, m_c)
-            se = torch.zeros_like(m_c)
-            o.zero_()
-            for k in range(c):
-                se.add_(torch.sub(xs[:, k], m_c).exp_())
-                o.addcmul_(ts[:, k], xs[:, k])
-            m_c.add_(se.log_())
-            torch.sub(m_c, o, out=o)
-        ctx.save_for_backward(x, t, lse)
+        out = xv.new_empty((b, 1, n))
+        for bs, _, ps in row_chunks((b, 1, n), max(1024, _CHUNK // max(1, c))):
+            xs = xv[bs, :, ps].contiguous()  # softmax over dim 1 is slow on strided chunks
+            lse = torch.sub(xs[:, :1], torch.log_softmax(xs, 1)[:, :1])
+            torch.sub(lse, (tv[bs, :, ps] * xs).sum(1, keepdim=True), out=out[bs, :, ps])
+        ctx.save_for_backward(x, t)
         return out.view(b, *x.shape[2:])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, t, lse = ctx.saved_tensors
+        x, t = ctx.saved_tensors
         b, c = x.shape[:2]
         xv, tv = x.reshape(b, c, -1), t.reshape(b, c, -1)
-        gv = grad.reshape(b, -1)
-        gx = torch.empty_like(xv)
-        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _CHUNK):
-            xs, ts, m_c, g, out = (
-                xv[bs, :, ps],
-                tv[bs, :, ps],
-                lse[bs, ps],
-                gv[bs, ps],
-                gx[bs, :, ps],
-            )
-            for k in range(c):
-                o = out[:, k]
-                torch.sub(xs[:, k], m_c, out=o).exp_().sub_(ts[:, k]).mul_(g)
+        gv = grad.reshape(b, 1, -1)
+        gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
+        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), max(1024, _CHUNK // max(1, c))):
+            xs, out = xv[bs, :, ps].contiguous(), gx[bs, :, ps]
+            p = out if out.is_contiguous() else torch.empty_like(xs)
+            torch.ops.aten._softmax.out(xs, 1, False, out=p)
+            p.sub_(tv[bs, :, ps]).mul_(gv[bs, :, ps])
+            if p is not out:
+                out.copy_(p)
         return gx.view(x.shape), None
 
 
-_CHUNK = 1 << 17
+_CHUNK = 1 << 18
 
 
 def svls_loss(
