@@ -98,8 +98,8 @@ def all_binary() -> Suite:
         "all-binary",
         "Imbalanced binary segmentation built from the multi-class sets (`data.foreground`): "
         "ACDC left ventricle vs rest (1.9 % of the cropped pixels), ACDC right ventricle vs rest "
-        "(1.8 %), MSD Hippocampus whole hippocampus vs rest (≈5 %), one sigmoid channel. The overlap "
-        "losses of the ALL paper's Table 3, each batch-global with smoothing 1; recall, "
+        "(1.8 %), MSD Hippocampus whole hippocampus vs rest (≈5 %), one sigmoid channel. The "
+        "overlap losses of the ALL paper's Table 3, each batch-global with smoothing 1; recall, "
         "specificity, Jaccard and F-measure of the 0.5-thresholded masks pooled over every test "
         "pixel/voxel, and the pixel-level AUC-ROC, all in %.",
         tasks=(
