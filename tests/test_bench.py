@@ -77,7 +77,15 @@ def test_suite_definition_errors():
 
 
 @pytest.mark.parametrize(
-    "name", ["crac-acdc", "crac-hippocampus", "spa-mulan", "cals-classification"]
+    "name",
+    [
+        "crac-acdc",
+        "crac-hippocampus",
+        "spa-mulan",
+        "cals-classification",
+        "all-binary",
+        "all-sensitivity",
+    ],
 )
 def test_registered_suites_resolve_every_run(name):
     """Every (task, method, profile) of a shipped suite builds a config with a known loss."""

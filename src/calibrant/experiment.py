@@ -136,12 +136,41 @@ def build_model(cfg: Mapping[str, Any], info: Any) -> nn.Module:
     return MODELS.build(name, **kw)
 
 
+class _Pick:
+    """One entry of a dict-valued metric, so that it can select the model (``pick: jaccard``)."""
+
+    def __init__(self, metric: Any, name: str, key: str) -> None:
+        self.metric, self.name, self.key = metric, name, key
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.metric.update(*args, **kwargs)
+
+    def compute(self) -> Any:
+        values = self.metric.compute()
+        if not isinstance(values, Mapping) or self.key not in values:
+            entries = ", ".join(values) if isinstance(values, Mapping) else "none (not a dict)"
+            raise KeyError(f"metric {self.name!r} has no entry {self.key!r}; entries: {entries}")
+        return values[self.key]
+
+    def to(self, device: Any) -> _Pick:
+        self.metric.to(device)
+        return self
+
+
 def build_metrics(specs: Iterable[Mapping[str, Any]], info: Any) -> dict[str, Any]:
-    """Metrics from a list of ``{name, as?, **kwargs}`` with ``num_classes``/``ignore_index``."""
+    """Metrics from ``{name, as?, pick?, **kwargs}`` specs, with ``num_classes``/``ignore_index``.
+
+    ``pick: key`` keeps one entry of a metric that computes a dict (``{name: binary_scores,
+    as: jaccard, pick: jaccard}``), for example to select the model on it.
+    """
     metrics = {}
     for spec in specs:
         spec = dict(spec)
         label = spec.pop("as", None)
+        pick = spec.pop("pick", None)
         name, kw = _kwargs(spec)
         factory = METRICS.get(name).factory
         params = inspect.signature(factory).parameters
@@ -149,7 +178,8 @@ def build_metrics(specs: Iterable[Mapping[str, Any]], info: Any) -> dict[str, An
             kw.setdefault("num_classes", info.num_classes)
         if "ignore_index" in params and info.task != "multilabel":
             kw.setdefault("ignore_index", info.ignore_index)
-        metrics[label or name] = factory(**kw)
+        metric = factory(**kw)
+        metrics[label or name] = metric if pick is None else _Pick(metric, name, str(pick))
     return metrics
 
 
@@ -179,7 +209,11 @@ def build_data(cfg: Mapping[str, Any], root: Any, split: str) -> Any:
 
 
 def _volume_collate(item):
+    # (S, in_ch, H, W) slices; label (S, H, W) -> (1, S, H, W), or a binary (S, 1, H, W) ->
+    # (1, 1, S, H, W), matching the (1, C, S, H, W) volume logits
     image, label = item
+    if label.dim() == image.dim():
+        return image, label.movedim(0, 1).unsqueeze(0)
     return image, label.unsqueeze(0)
 
 
@@ -194,6 +228,8 @@ def _slices_to_volume(batch_size: int) -> Callable[[nn.Module, torch.Tensor], to
 
 
 def _volume_to_slices(logits: torch.Tensor, target: torch.Tensor):
+    if target.dim() == logits.dim():  # binary (1, 1, S, H, W) target
+        return logits[0].movedim(1, 0), target[0].movedim(1, 0)
     return logits[0].movedim(1, 0), target[0]
 
 
@@ -264,11 +300,7 @@ def build_experiment(
 
     def eval_loader(ds):
         sampler = EpochSampler(len(ds), shuffle=False, rank=rank, world_size=world_size, pad=False)
-        volumes = (
-            info.task == "segmentation"
-            and info.spatial_dims == 2
-            and getattr(ds, "images", None) is not None
-        )
+        volumes = info.spatial_dims == 2 and getattr(ds, "images", None) is not None
         if volumes:
             return _loader(
                 ds,
@@ -287,10 +319,10 @@ def build_experiment(
         )
 
     infer = observe_view = None
-    if info.task == "segmentation" and info.spatial_dims == 2:
+    if info.spatial_dims == 2:  # multi-class or binary ("foreground") segmentation
         infer = _slices_to_volume(int(cfg.get("eval", {}).get("batch_size", 16)))
         observe_view = _volume_to_slices
-    elif info.task == "segmentation" and info.spatial_dims == 3:
+    elif info.spatial_dims == 3:
         window = cfg.get("eval", {}).get("window")
         if window is not None:
             window = tuple(window)

@@ -12,7 +12,7 @@ Example:
     True
 """
 
-from calibrant.bench import suites  # noqa: F401  (registers the suites)
+from calibrant.bench import suites, suites_overlap  # noqa: F401  (registers the suites)
 from calibrant.bench.runner import plan, run_suite
 from calibrant.bench.suite import Claim, Column, Method, Suite, Task, Verdict
 from calibrant.bench.tables import Table, load_records, render_suite

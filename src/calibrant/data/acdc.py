@@ -43,7 +43,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from calibrant.data.base import DatasetInfo, cached, dataset_dir, read_nifti, require_files
+from calibrant.data.base import (
+    DatasetInfo,
+    binary_foreground,
+    cached,
+    dataset_dir,
+    foreground_info,
+    read_nifti,
+    require_files,
+)
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -257,6 +265,10 @@ class ACDCVolumes(Dataset):
         seed: seed of the fallback split.
         transform: optional joint transform applied to ``(image, label)``.
         cache_dir: decode cache folder; ``use_cache=False`` disables caching.
+        foreground: classes that become label 1 of a binary "foreground vs rest" view (``[3]``
+            left ventricle, ``[1]`` right ventricle); labels are then ``(S, 1, H, W)`` in {0, 1}
+            (after the transform) and ``info`` has one class (see
+            :func:`calibrant.data.base.foreground_info`). ``None`` (default) keeps the 4 classes.
 
     Attributes:
         case_ids: ``"patientNNN_frameFF"`` per item. spacings: ``(dz, dy, dx)`` per item (after
@@ -277,6 +289,7 @@ class ACDCVolumes(Dataset):
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
+        foreground: Sequence[int] | None = None,
     ) -> None:
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be train, val, test or all, got {split!r}")
@@ -349,6 +362,16 @@ class ACDCVolumes(Dataset):
             task="segmentation",
             in_channels=1,
         )
+        self.foreground = None if foreground is None else [int(c) for c in foreground]
+        if self.foreground is not None:
+            self.info = foreground_info(self.info, self.foreground)
+
+    def _target(self, label: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        if self.foreground is None:
+            return label
+        return binary_foreground(
+            label, self.foreground, ignore_index=self.info.ignore_index, channel_dim=channel_dim
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -358,11 +381,13 @@ class ACDCVolumes(Dataset):
         label = self.labels[index].long()
         if self.transform is not None:
             image, label = self.transform(image, label)
-        return image, label
+        return image, self._target(label, 1)
 
 
 class ACDCSlices(Dataset):
     """ACDC 2D slices of one split (training view): ``(image (1, H, W), label (H, W))``.
+
+    With ``foreground`` the label is ``(1, H, W)`` in {0, 1} (see :class:`ACDCVolumes`).
 
     Takes the same arguments as :class:`ACDCVolumes` (it is built from one). The transform, if
     any, is applied per slice. ``slice_index[i] = (volume, slice)``.
@@ -385,7 +410,7 @@ class ACDCSlices(Dataset):
         label = self.volumes.labels[v][s].long()
         if self.transform is not None:
             image, label = self.transform(image, label)
-        return image, label
+        return image, self.volumes._target(label, 0)
 
 
 @DATASETS.register("acdc", task="segmentation", spatial_dims=2)

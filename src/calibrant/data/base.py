@@ -30,7 +30,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ __all__ = [
     "CACHE_ENV",
     "DatasetInfo",
     "ArrayDataset",
+    "binary_foreground",
+    "foreground_info",
     "read_nifti",
     "IndexedSubset",
     "resolve_cache_dir",
@@ -97,6 +99,79 @@ class DatasetInfo:
             )
         if self.task not in ("multiclass", "multilabel", "segmentation"):
             raise ValueError(f"DatasetInfo {self.name!r}: unknown task {self.task!r}")
+
+
+# ----------------------------------------------------------------------- binary (foreground) view
+
+
+def foreground_info(info: DatasetInfo, foreground: Sequence[int]) -> DatasetInfo:
+    """The :class:`DatasetInfo` of the binary "``foreground`` vs rest" view of a segmentation set.
+
+    One label (``num_classes=1``, ``task="multilabel"``: a sigmoid channel), named by joining the
+    foreground classes' names with ``+``; everything else (ignore index, spatial dims, spacing,
+    input channels) is kept.
+
+    Raises:
+        ValueError: if ``foreground`` is empty, repeats a class, names a class outside
+            ``0..num_classes-1`` or names every class.
+
+    Example:
+        >>> info = DatasetInfo("seg", 3, ("bg", "a", "b"), spatial_dims=3, task="segmentation")
+        >>> b = foreground_info(info, [1, 2])
+        >>> b.num_classes, b.class_names, b.task
+        (1, ('a+b',), 'multilabel')
+    """
+    fg = [int(c) for c in foreground]
+    if not fg:
+        raise ValueError(f"{info.name}: foreground must name at least one class")
+    if len(set(fg)) != len(fg):
+        raise ValueError(f"{info.name}: foreground {fg} names a class twice")
+    bad = [c for c in fg if not 0 <= c < info.num_classes]
+    if bad:
+        raise ValueError(
+            f"{info.name}: foreground classes {bad} out of range 0..{info.num_classes - 1} "
+            f"({', '.join(info.class_names)})"
+        )
+    if len(fg) == info.num_classes:
+        raise ValueError(f"{info.name}: foreground {fg} names every class (nothing is 'rest')")
+    name = "+".join(info.class_names[c] for c in fg)
+    return replace(info, num_classes=1, class_names=(name,), task="multilabel")
+
+
+def binary_foreground(
+    label: torch.Tensor,
+    foreground: Sequence[int],
+    *,
+    ignore_index: int = -100,
+    channel_dim: int = 0,
+) -> torch.Tensor:
+    r"""Integer label map -> ``{0, 1}`` int64 target with a channel dim (``ignore_index`` kept).
+
+    .. math::
+        y'_i = \begin{cases} \text{ignore} & y_i = \text{ignore} \\
+               1 & y_i \in F \\ 0 & \text{otherwise} \end{cases}
+
+    The one channel is inserted at ``channel_dim`` so the target matches the ``(…, 1, *spatial)``
+    logits of a one-channel (sigmoid) model: ``0`` for a sample ``(*spatial)``, ``1`` for a
+    volume of 2D slices ``(S, *spatial)``.
+
+    Args:
+        label: integer class map.
+        foreground: the classes ``F`` that become 1.
+        ignore_index: value that stays as is.
+        channel_dim: where the new channel axis goes.
+
+    Shape:
+        ``label`` of any shape; the output has one more dim (size 1 at ``channel_dim``).
+
+    Example:
+        >>> binary_foreground(torch.tensor([0, 1, 2, 3, -100]), [1, 2]).tolist()
+        [[0, 1, 1, 0, -100]]
+    """
+    fg = torch.as_tensor([int(c) for c in foreground], dtype=label.dtype, device=label.device)
+    out = torch.isin(label, fg).long()
+    out = torch.where(label == ignore_index, torch.full_like(out, ignore_index), out)
+    return out.unsqueeze(channel_dim)
 
 
 # --------------------------------------------------------------------------------------- paths

@@ -30,7 +30,14 @@ import torch
 from torch.utils.data import Dataset
 
 from calibrant.data.acdc import seeded_case_split
-from calibrant.data.base import DatasetInfo, cached, dataset_dir, read_nifti
+from calibrant.data.base import (
+    DatasetInfo,
+    binary_foreground,
+    cached,
+    dataset_dir,
+    foreground_info,
+    read_nifti,
+)
 from calibrant.registry import DATASETS
 
 __all__ = ["pad_to_size", "MSDVolumes", "MSDPatches", "msd_hippocampus", "msd"]
@@ -133,6 +140,10 @@ class MSDVolumes(Dataset):
         class_names: default from ``dataset.json`` ``labels``, else ``"0".."K-1"``.
         transform: optional joint transform.
         cache_dir, use_cache: decode cache (see :func:`calibrant.data.base.cached`).
+        foreground: classes that become label 1 of a binary "foreground vs rest" view (``[1, 2]``
+            whole hippocampus); labels are then ``(1, X, Y, Z)`` in {0, 1} (after the
+            transform, also for :class:`MSDPatches`) and ``info`` has one class
+            (:func:`~calibrant.data.base.foreground_info`). ``None`` keeps every class.
 
     Attributes:
         case_ids, spacings: per item.
@@ -152,6 +163,7 @@ class MSDVolumes(Dataset):
         transform: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
+        foreground: Sequence[int] | None = None,
     ) -> None:
         folder = Path(folder)
         if split not in ("train", "val", "test", "all"):
@@ -206,7 +218,15 @@ class MSDVolumes(Dataset):
             task="segmentation",
             in_channels=int(self.images[0].shape[0]),
         )
+        self.foreground = None if foreground is None else [int(c) for c in foreground]
+        if self.foreground is not None:
+            self.info = foreground_info(self.info, self.foreground)
         self.transform = transform
+
+    def _target(self, label: torch.Tensor) -> torch.Tensor:
+        if self.foreground is None:
+            return label
+        return binary_foreground(label, self.foreground, ignore_index=self.info.ignore_index)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -215,7 +235,7 @@ class MSDVolumes(Dataset):
         image, label = self.images[index], self.labels[index].long()
         if self.transform is not None:
             image, label = self.transform(image, label)
-        return image, label
+        return image, self._target(label)
 
 
 class MSDPatches(Dataset):
@@ -260,7 +280,7 @@ class MSDPatches(Dataset):
         patch, lab = image[(slice(None), *sl)], label[sl].long()
         if self.transform is not None:
             patch, lab = self.transform(patch, lab)
-        return patch, lab
+        return patch, self.volumes._target(lab)
 
 
 @DATASETS.register("msd", task="segmentation", spatial_dims=3)
