@@ -239,3 +239,37 @@ def test_a_failing_run_is_reported_after_the_others(data_root, tmp_path):
         run_suite(suite, results=results, work=tmp_path / "work", data_root=data_root)
     assert len(info.value.failures) == 1
     assert [r.done for r in plan(suite, results)] == [False, True]  # BCE still ran
+
+
+def test_page_links_reliability_grid_and_multiplier_figures(tmp_path):
+    """Records with curves and ALM history give a reliability grid and λ/ρ trajectories."""
+    suite = _toy_suite()
+    curve = {
+        "edges": [0.0, 0.5, 1.0],
+        "count": [3, 5],
+        "confidence": [0.3, 0.8],
+        "accuracy": [0.2, 0.9],
+    }
+    history = [{"epoch": e, "alm": {"alm0": {"lambda": [e, 2 * e], "rho": [1, 1]}}} for e in (1, 2)]
+    for method in ("bce", "focal"):
+        path = record_path(tmp_path, "toy", "cpu", "scene", method, 1)
+        path.parent.mkdir(parents=True)
+        record = {
+            "status": "done",
+            "task": "scene",
+            "method": method,
+            "seed": 1,
+            "test": {"ace": 0.1},
+            "curves": {"reliability/all": curve},
+            "history": history if method == "focal" else [],
+            "environment": {"commit": "abc", "device": "cpu"},
+            "command": "calibrant bench toy",
+        }
+        path.write_text(json.dumps(record))
+    page = render_suite(suite, tmp_path).read_text()
+    figures = tmp_path / "toy" / "cpu" / "figures"
+    assert (figures / "scene_reliability.png").stat().st_size > 0
+    assert (figures / "scene_focal_multipliers.png").stat().st_size > 0
+    assert not (figures / "scene_bce_multipliers.png").exists()
+    assert "](toy/cpu/figures/scene_reliability.png)" in page
+    assert "Commits: `abc`" in page and "`calibrant bench toy`" in page
