@@ -266,7 +266,9 @@ def test_page_links_reliability_grid_and_multiplier_figures(tmp_path):
             "command": "calibrant bench toy",
         }
         path.write_text(json.dumps(record))
+    (tmp_path / "toy" / "cpu" / "notes.md").write_text("Checked the link by hand.\n")
     page = render_suite(suite, tmp_path).read_text()
+    assert "## Investigation notes" in page and "Checked the link by hand." in page
     figures = tmp_path / "toy" / "cpu" / "figures"
     assert (figures / "scene_reliability.png").stat().st_size > 0
     assert (figures / "scene_focal_multipliers.png").stat().st_size > 0

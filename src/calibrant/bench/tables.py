@@ -4,8 +4,9 @@
 :class:`Table` holds the per-seed values of every metric; :func:`render_suite` writes
 ``<results>/<suite>.md`` (``<suite>_<profile>.md`` for other profiles than ``cpu``) with, per
 task, mean ± std over seeds, the papers' numbers and orderings where the dataset matches, the
-claims' verdicts, reliability diagrams and multiplier trajectories, and the commands and commits
-that produced the runs.
+claims' verdicts, reliability diagrams and multiplier trajectories, the hand-written
+investigation notes of ``<results>/<suite>/<profile>/notes.md`` when present, and the commands
+and commits that produced the runs.
 
 Example:
     >>> table = Table({("acdc", "ce"): {"ece": [0.10, 0.12]}, ("acdc", "crac"): {"ece": [0.05]}})
@@ -285,6 +286,16 @@ def render_suite(
             rel = path.relative_to(page.parent)
             lines += [f"![{path.stem}]({rel.as_posix()})", ""]
     lines += _claims_section(suite, table)
+    notes = Path(results) / suite.name / profile / "notes.md"
+    if notes.is_file():  # hand-written findings (what was investigated where a claim fails)
+        lines += [
+            "## Investigation notes",
+            "",
+            f"(Hand-written, from `{notes.relative_to(page.parent).as_posix()}`.)",
+            "",
+            notes.read_text().strip(),
+            "",
+        ]
     if records:
         lines += _provenance(records)
     page.parent.mkdir(parents=True, exist_ok=True)
