@@ -75,9 +75,9 @@ def test_into_given_axes_and_no_histogram():
 
 def test_classwise_and_region_diagrams(tmp_path):
     curves = {f"class {k}": _curve() for k in range(5)}
-    fig = plot.classwise_reliability_diagram(curves, ncols=3, show_histogram=False)
+    fig = plot.reliability_grid(curves, ncols=3, show_histogram=False)
     assert [a.get_title() for a in fig.axes] == list(curves)  # unused 6th panel removed
-    fig = plot.classwise_reliability_diagram(curves, ncols=3)
+    fig = plot.reliability_grid(curves, ncols=3)
     assert len(fig.axes) == 5 and all(len(a.child_axes) == 1 for a in fig.axes)
     fig = plot.region_reliability_diagram({"boundary": _curve(), "inner": _curve()})
     titles = [a.get_title() for a in fig.axes]
@@ -95,7 +95,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="edges"):
         plot.reliability_diagram(ReliabilityCurve(c.edges[:-1], c.count, c.confidence, c.accuracy))
     with pytest.raises(ValueError, match="empty"):
-        plot.classwise_reliability_diagram({})
+        plot.reliability_grid({})
     empty = ReliabilityCurve(
         c.edges, torch.zeros(5, dtype=torch.long), c.confidence * NAN, c.accuracy * NAN
     )

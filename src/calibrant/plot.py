@@ -42,9 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "alm_trajectories",
-    "classwise_reliability_diagram",
-    "curve_ece",
     "reliability_grid",
+    "curve_ece",
     "region_masks",
     "region_reliability_curves",
     "region_reliability_diagram",
@@ -192,43 +191,13 @@ def reliability_diagram(
     return fig
 
 
-def reliability_grid(curves: dict[str, ReliabilityCurve], *, columns: int = 4) -> Figure | None:
-    """One reliability diagram per labelled curve (for example one per method), in a grid.
-
-    Each panel's title carries the label and the curve's ECE; ``None`` when ``curves`` is empty.
-
-    Example:
-        >>> import matplotlib
-        >>> matplotlib.use("Agg")
-        >>> from calibrant.metrics import ReliabilityCurve
-        >>> c = ReliabilityCurve(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1, 3]),
-        ...                      torch.tensor([0.4, 0.8]), torch.tensor([0.0, 1.0]))
-        >>> fig = reliability_grid({"CE": c, "CRaC": c})
-        >>> [a.get_title() for a in fig.axes if a.get_title()]
-        ['CE (ECE 0.250)', 'CRaC (ECE 0.250)']
-    """
-    import matplotlib.pyplot as plt
-
-    if not curves:
-        return None
-    cols = min(columns, len(curves))
-    rows = -(-len(curves) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, (label, curve) in zip(axes.flat, curves.items(), strict=False):
-        reliability_diagram(curve, ax, title=f"{label} (ECE {curve_ece(curve):.3f})")
-    for ax in list(axes.flat)[len(curves) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return fig
-
-
-def classwise_reliability_diagram(
+def reliability_grid(
     curves: dict[str, ReliabilityCurve],
     *,
     ncols: int = 4,
     show_histogram: bool = True,
 ) -> Figure:
-    """One reliability diagram per entry of ``curves`` (e.g. per class), in a grid.
+    """One reliability diagram per entry of ``curves`` (per class, per method...), in a grid.
 
     Args:
         curves: ordered mapping title -> curve.
@@ -244,7 +213,7 @@ def classwise_reliability_diagram(
         >>> from calibrant.metrics import ReliabilityCurve
         >>> c = ReliabilityCurve(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1, 3]),
         ...                      torch.tensor([0.4, 0.8]), torch.tensor([0.0, 1.0]))
-        >>> fig = classwise_reliability_diagram({"a": c, "b": c}, show_histogram=False)
+        >>> fig = reliability_grid({"a": c, "b": c}, show_histogram=False)
         >>> [a.get_title() for a in fig.axes]
         ['a', 'b']
     """
@@ -292,9 +261,7 @@ def region_reliability_diagram(
     missing = [r for r in REGIONS if r not in curves]
     if missing:
         raise ValueError(f"region curves need keys {REGIONS}, missing {missing}")
-    return classwise_reliability_diagram(
-        {r: curves[r] for r in REGIONS}, ncols=2, show_histogram=show_histogram
-    )
+    return reliability_grid({r: curves[r] for r in REGIONS}, ncols=2, show_histogram=show_histogram)
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:

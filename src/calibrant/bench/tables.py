@@ -209,9 +209,10 @@ def _figures(suite: Suite, records: Sequence[Mapping[str, Any]], folder: Path) -
                 runs[m.label] = min(mine, key=lambda r: r["seed"])
                 curve = runs[m.label].get("curves", {}).get("reliability/all")
                 if curve is not None:
-                    curves[m.label] = _curve(curve)
-        fig = plot.reliability_grid(curves)
-        if fig is not None:
+                    curve = _curve(curve)
+                    curves[f"{m.label} (ECE {plot.curve_ece(curve):.3f})"] = curve
+        if curves:
+            fig = plot.reliability_grid(curves)
             written[task.name].append(
                 plot.save_figure(fig, folder / f"{task.name}_reliability.png")
             )
