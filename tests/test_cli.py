@@ -49,6 +49,13 @@ def test_train_writes_report_checkpoints_and_figures(trained):
     assert (trained / "checkpoints" / "best.pt").is_file()
     assert (trained / "figures" / "training.png").is_file()
     assert (trained / "figures" / "multipliers.png").is_file()
+    for name in ("reliability", "reliability_classwise", "reliability_regions"):
+        assert (trained / "figures" / f"{name}.png").is_file(), name
+    curves = metrics["curves"]
+    assert {f"reliability/class_{k}" for k in range(4)} <= set(curves)
+    # every non-ignored pixel lands in one bin of every class's curve
+    pixels = sum(curves["reliability/all"]["count"])
+    assert all(sum(curves[f"reliability/class_{k}"]["count"]) == pixels for k in range(4))
     assert "| run |" in (trained / "report.md").read_text()
 
 

@@ -119,6 +119,50 @@ def test_step_log_reports_step_total_and_running_loss(tmp_path):
     assert calls[13][2] == pytest.approx(history[1]["train"]["loss"])
 
 
+class _Scripted:
+    """A validation 'metric' that returns a scripted score per epoch."""
+
+    def __init__(self, scores):
+        self.scores, self.epoch = list(scores), 0
+
+    def reset(self):
+        pass
+
+    def update(self, *args):
+        pass
+
+    def compute(self):
+        self.epoch += 1
+        return torch.tensor(self.scores[self.epoch - 1])
+
+
+@pytest.mark.parametrize(
+    ("scores", "patience", "epochs_run", "best_epoch"),
+    [
+        ([0.1, 0.5, 0.4, 0.5, 0.3, 0.9], 3, 5, 2),  # 3 epochs without improving on 0.5
+        ([0.1, 0.5, 0.4, 0.6, 0.3, 0.2], 2, 6, 4),  # improvement at epoch 4 resets the count
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 1, 6, 6),  # always improving: never stops
+        ([0.5, 0.4, 0.3, 0.2, 0.1, 0.0], None, 6, 1),  # no patience: trains every epoch
+    ],
+)
+def test_early_stopping(tmp_path, scores, patience, epochs_run, best_epoch):
+    model, loader, val_loader, opt, sched, _ = _problem()
+    history = fit(
+        model,
+        loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        opt,
+        epochs=6,
+        metrics={"score": _Scripted(scores)},
+        select="score",
+        checkpoint_dir=str(tmp_path),
+        patience=patience,
+    )
+    assert len(history) == epochs_run
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         _run(str(tmp_path), resume=True, halt=None)

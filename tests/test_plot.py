@@ -200,3 +200,28 @@ def test_streamed_region_curves_equal_one_shot(generator):
         torch.testing.assert_close(got[region].confidence, want[region].confidence, equal_nan=True)
         torch.testing.assert_close(got[region].accuracy, want[region].accuracy, equal_nan=True)
     assert int(got["all"].count.sum()) == int((y != -100).sum())
+
+
+def test_classwise_curves_match_a_loop_reference(generator):
+    """Class k's curve bins p_k over all valid pixels against the frequency of label k."""
+    from calibrant.metrics import ClasswiseCalibrationError
+
+    logits = torch.randn(3, 4, 6, 6, generator=generator)
+    y = torch.randint(0, 4, (3, 6, 6), generator=generator)
+    y[1, 2:] = -100
+    m = ClasswiseCalibrationError(num_classes=4, n_bins=5)
+    m.update(logits[:2], y[:2])
+    m.update(logits[2:], y[2:])
+    probs = logits.softmax(1).movedim(1, -1)[y != -100].double()
+    labels = y[y != -100]
+    for k, curve in enumerate(m.curves()):
+        p = probs[:, k]
+        idx = torch.clamp((p * 5).ceil().long() - 1, 0, 4)  # right-closed bins, 0 in the first
+        for b in range(5):
+            sel = idx == b
+            assert int(curve.count[b]) == int(sel.sum())
+            if sel.any():
+                assert float(curve.confidence[b]) == pytest.approx(float(p[sel].mean()))
+                assert float(curve.accuracy[b]) == pytest.approx(
+                    float((labels[sel] == k).double().mean())
+                )

@@ -402,6 +402,7 @@ def fit(
     config: Mapping[str, Any] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     step_log: Callable[[int, int, torch.Tensor], None] | None = None,
+    patience: int | None = None,
     halt_after_step: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs with validation, ALM steps, model selection and checkpoints.
@@ -443,6 +444,9 @@ def fit(
             the step within the epoch (1-based), the epoch's number of steps and the running
             mean loss of the epoch as a 0-dim tensor (no host sync unless the callback reads
             it; a progress line reads it only when it prints).
+        patience: early stopping: end training once ``metrics[select]`` has not improved for
+            this many epochs (``None``: train all ``epochs``). Resumes exactly (the best epoch
+            is in the checkpoint).
         halt_after_step: testing hook that simulates a crash (``os._exit``) after that global
             step, without any save beyond the periodic ones.
 
@@ -458,7 +462,15 @@ def fit(
     alms = alm_terms(criterion)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     is_main = dist_utils.rank() == 0
-    state = {"epoch": 0, "step": 0, "global_step": 0, "totals": {}, "best": None, "history": []}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "global_step": 0,
+        "totals": {},
+        "best": None,
+        "best_epoch": 0,
+        "history": [],
+    }
 
     def snapshot() -> dict[str, Any]:
         return {
@@ -559,11 +571,20 @@ def fit(
         state["history"] = [*state["history"], record]
         state.update(epoch=epoch + 1, step=0, totals={})
         if improved:
-            state["best"] = score
+            state.update(best=score, best_epoch=epoch + 1)
             save("best.pt")
         save("last.pt")
         if log is not None:
             log(record)
+        if patience is not None and epoch + 1 - state["best_epoch"] >= patience:
+            logging.getLogger(__name__).info(
+                "early stop after epoch %d: %s has not improved for %d epochs (best epoch %d)",
+                epoch + 1,
+                select,
+                patience,
+                state["best_epoch"],
+            )
+            break
     return state["history"]
 
 

@@ -434,6 +434,7 @@ def train_run(
         config=cfg,
         log=log,
         step_log=step_log,
+        patience=train_cfg.get("patience"),
         halt_after_step=halt_after_step,
     )
     results = report.evaluate_run(exp, out, device=device, amp=amp, checkpoint="best")

@@ -107,7 +107,9 @@ def evaluate_run(
     metrics = dict(exp.test_metrics)
     if exp.info.task != "multilabel":  # top-label curves need class labels
         metrics["reliability"] = RegionReliabilityCurves(
-            ignore_index=exp.info.ignore_index, regions=exp.info.task == "segmentation"
+            ignore_index=exp.info.ignore_index,
+            regions=exp.info.task == "segmentation",
+            num_classes=exp.info.num_classes,
         ).to(device)
     results = evaluate(
         exp.model,
@@ -251,6 +253,12 @@ def plot_run(run: Path) -> list[Path]:
     if "all" in curves:
         fig = plot.reliability_diagram(curves["all"], title="test, all pixels")
         written.append(plot.save_figure(fig, out / "reliability.png"))
+    classwise = {
+        f"class {name.split('_')[1]}": c for name, c in curves.items() if name.startswith("class_")
+    }
+    if classwise:
+        fig = plot.reliability_grid(classwise)
+        written.append(plot.save_figure(fig, out / "reliability_classwise.png"))
     if "inner" in curves and "boundary" in curves:
         fig = plot.region_reliability_diagram({r: curves[r] for r in ("inner", "boundary")})
         written.append(plot.save_figure(fig, out / "reliability_regions.png"))

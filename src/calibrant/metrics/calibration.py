@@ -1069,6 +1069,20 @@ class ClasswiseCalibrationError(_CalMetric):
             include_background=self.include_background,
         )
 
+    def curves(self) -> list[ReliabilityCurve]:
+        """Per-class reliability curves: class k's probability against the frequency of label k.
+
+        Example:
+            >>> m = ClasswiseCalibrationError(num_classes=2, n_bins=2)
+            >>> m.update(torch.tensor([[4.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+            >>> [c.count.tolist() for c in m.curves()]
+            [[1, 1], [1, 1]]
+        """
+        bins = self._bins()
+        return [
+            K.curve_from_bins(K.Bins(*(part[k] for part in bins))) for k in range(self.num_classes)
+        ]
+
 
 class TACE(_CalMetric):
     """Streaming TACE (see :func:`tace` for the three modes).

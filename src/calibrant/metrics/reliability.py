@@ -16,7 +16,7 @@ import torch
 
 from calibrant._tensor import boundary_mask, valid_mask
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.calibration import CalibrationError
+from calibrant.metrics.calibration import CalibrationError, ClasswiseCalibrationError
 
 __all__ = ["RegionReliabilityCurves", "region_masks"]
 
@@ -55,11 +55,14 @@ def region_masks(
 
 
 class RegionReliabilityCurves:
-    """Streaming reliability curves for the report: top-label, and inner vs boundary pixels.
+    """Streaming reliability curves for the report: top-label, inner vs boundary, per class.
 
     Holds one :class:`~calibrant.metrics.CalibrationError` per pixel set (state ``O(n_bins)``)
     and returns ``{"all": curve, "inner": curve, "boundary": curve}`` (regions only for
-    segmentation targets, from the label window of ``kernel_size``).
+    segmentation targets, from the label window of ``kernel_size``). With ``num_classes`` it
+    also keeps a :class:`~calibrant.metrics.ClasswiseCalibrationError` and adds
+    ``"class_<k>"``: class k's probability against the frequency of label k, over all
+    non-ignored elements.
     """
 
     def __init__(
@@ -69,9 +72,14 @@ class RegionReliabilityCurves:
         ignore_index: int | None = -100,
         regions: bool = True,
         kernel_size: int = 3,
+        num_classes: int | None = None,
     ) -> None:
         names = ("all", "inner", "boundary") if regions else ("all",)
         self.parts = {n: CalibrationError(n_bins, ignore_index=ignore_index) for n in names}
+        if num_classes is not None:
+            self.parts["classwise"] = ClasswiseCalibrationError(
+                num_classes, n_bins, ignore_index=ignore_index
+            )
         self.ignore_index, self.kernel_size = ignore_index, kernel_size
 
     def to(self, device):
@@ -88,6 +96,8 @@ class RegionReliabilityCurves:
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch; regions need at least one spatial dim."""
         self.parts["all"].update(logits, target)
+        if "classwise" in self.parts:
+            self.parts["classwise"].update(logits, target)
         if "boundary" in self.parts and target.dim() >= 2:
             masks = region_masks(
                 target, kernel_size=self.kernel_size, ignore_index=self.ignore_index
@@ -100,5 +110,8 @@ class RegionReliabilityCurves:
         curves = {}
         for name, metric in self.parts.items():
             with metric.sync_context():
-                curves[name] = metric.curve()
+                if name == "classwise":
+                    curves.update({f"class_{k}": c for k, c in enumerate(metric.curves())})
+                else:
+                    curves[name] = metric.curve()
         return curves
