@@ -10,7 +10,7 @@ from scipy import stats
 
 from calibrant.bench import Claim, Column, Method, Suite, Table, Task, plan, run_suite
 from calibrant.bench import claims as C
-from calibrant.bench.runner import record_path, run_dir
+from calibrant.bench.runner import config_key, record_path, run_dir
 from calibrant.bench.tables import kendall_tau, load_records, render_suite
 from calibrant.cli import main
 from calibrant.registry import SUITES
@@ -187,17 +187,30 @@ def test_run_suite_records_resumes_and_renders(data_root, tmp_path, monkeypatch)
     assert f"- ACE: τ = {tau:+.2f} over 2 methods" in page
 
 
-def test_changed_suite_is_an_error_not_a_silent_reuse(data_root, tmp_path):
+def test_a_changed_suite_makes_records_stale_and_reruns_them(data_root, tmp_path):
     results, work = tmp_path / "results", tmp_path / "work"
     run_suite(_toy_suite(), results=results, work=work, data_root=data_root, methods=["bce"])
+    old = json.loads(record_path(results, "toy", "cpu", "scene", "bce", 1).read_text())
+    changed = _toy_suite(epochs=3)  # the suite definition changed after the run
+    assert [r.state for r in plan(changed, results, methods=["bce"])] == ["stale"]
+    page = render_suite(changed, results, figures=False).read_text()
+    assert "Runs finished: 0 of 3" in page and "1 older records" in page
+    run_suite(changed, results=results, work=work, data_root=data_root, methods=["bce"])
+    new = json.loads(record_path(results, "toy", "cpu", "scene", "bce", 1).read_text())
+    assert len(old["history"]) == 2 and len(new["history"]) == 3
+    assert [r.state for r in plan(changed, results, methods=["bce"])] == ["done"]
+    assert len(list((work / "toy" / "cpu" / "scene" / "bce").iterdir())) == 2  # one per config
+    # a run folder holding another config than its name says is an error, never reused
+    cfg = changed.config("scene", "bce", "cpu", 1)
+    folder = run_dir(work, "toy", "cpu", "scene", "bce", 1, config_key(cfg))
     record_path(results, "toy", "cpu", "scene", "bce", 1).unlink()
-    assert (run_dir(work, "toy", "cpu", "scene", "bce", 1) / "metrics.json").is_file()
+    payload = json.loads((folder / "metrics.json").read_text())
+    payload["config"]["train"]["epochs"] = 7
+    (folder / "metrics.json").write_text(json.dumps(payload))
     from calibrant.bench.runner import BenchFailures
 
     with pytest.raises(BenchFailures, match="another config"):
-        run_suite(
-            _toy_suite(epochs=3), results=results, work=work, data_root=data_root, methods=["bce"]
-        )
+        run_suite(changed, results=results, work=work, data_root=data_root, methods=["bce"])
 
 
 def test_corrupt_record_is_named(tmp_path):
@@ -264,6 +277,7 @@ def test_page_links_reliability_grid_and_multiplier_figures(tmp_path):
             "history": history if method == "focal" else [],
             "environment": {"commit": "abc", "device": "cpu"},
             "command": "calibrant bench toy",
+            "config": suite.config("scene", method, "cpu", 1),
         }
         path.write_text(json.dumps(record))
     (tmp_path / "toy" / "cpu" / "notes.md").write_text("Checked the link by hand.\n")

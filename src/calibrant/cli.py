@@ -307,7 +307,7 @@ def cmd_bench(args) -> int:
     runs = plan(suite, results, args.profile, **selection)
     if args.dry_run:
         for r in runs:
-            print(f"{'done' if r.done else 'todo':5s} {r.task:12s} {r.method:16s} seed {r.seed}")
+            print(f"{r.state:5s} {r.task:12s} {r.method:16s} seed {r.seed}")
         return 0
     failed = None
     if not args.report_only:

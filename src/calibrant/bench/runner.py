@@ -3,14 +3,16 @@
 Layout (``results`` is committed, ``work`` is scratch)::
 
     <results>/<suite>/<profile>/<task>/<method>/seed<k>.json   one finished run (the record)
-    <work>/<suite>/<profile>/<task>/<method>/seed<k>/          its run folder (checkpoints,
+    <work>/<suite>/<profile>/<task>/<method>/seed<k>-<hash>/   its run folder (checkpoints,
                                                                report, figures)
 
 A record exists only once its run finished (it is written atomically), so a repeated or
 interrupted ``bench`` skips finished runs; an interrupted training resumes exactly from its
-``last.pt``. A post-hoc method (``CE+TS``, ``Focal+φ``) fits its calibrator on the validation
-split of its base method's run folder (training it first if needed). A run folder that holds
-another config than the suite now asks for is an error, never silently reused or overwritten.
+``last.pt``. A record made with another config than the suite now asks for (the suite or a
+preset changed) is *stale*: it is re-run, and the results page leaves it out. Run folders are
+named by a hash of their config, so runs of different configs never share a folder. A post-hoc
+method (``CE+TS``, ``Focal+φ``) fits its calibrator on the validation split of its base
+method's run folder (training it first if needed).
 
 Example:
     >>> from pathlib import Path
@@ -20,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +41,9 @@ from calibrant.bench.suite import Method, Suite
 __all__ = [
     "BenchFailures",
     "PlannedRun",
+    "config_key",
     "environment",
+    "is_current",
     "plan",
     "record_path",
     "run_dir",
@@ -53,9 +58,26 @@ def record_path(results: Path, suite: str, profile: str, task: str, method: str,
     return Path(results) / suite / profile / task / method / f"seed{seed}.json"
 
 
-def run_dir(work: Path, suite: str, profile: str, task: str, method: str, seed: int) -> Path:
-    """The scratch run folder of one trained run."""
-    return Path(work) / suite / profile / task / method / f"seed{seed}"
+def config_key(cfg: Mapping[str, Any]) -> str:
+    """A short hash of a resolved config: run folders of different configs never collide."""
+    text = json.dumps(_normalised(cfg), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_dir(
+    work: Path, suite: str, profile: str, task: str, method: str, seed: int, key: str
+) -> Path:
+    """The scratch run folder of one trained run (``key``: :func:`config_key` of its config)."""
+    return Path(work) / suite / profile / task / method / f"seed{seed}-{key}"
+
+
+def is_current(suite: Suite, profile: str, record: Mapping[str, Any]) -> bool:
+    """True when a record was made with the config the suite asks for now."""
+    try:
+        cfg = suite.config(record["task"], record["method"], profile, record["seed"])
+    except (KeyError, ValueError):  # task, method or profile no longer in the suite
+        return False
+    return _normalised(record.get("config", {})) == _normalised(cfg)
 
 
 class BenchFailures(RuntimeError):
@@ -69,12 +91,33 @@ class BenchFailures(RuntimeError):
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One ``(task, method, seed)`` of a suite and whether its record exists."""
+    """One ``(task, method, seed)`` of a suite and its state.
+
+    ``state`` is ``"done"`` (a record of the current config exists), ``"stale"`` (a record
+    exists but was made with another config: the suite definition or its preset changed; it is
+    re-run) or ``"todo"``.
+    """
 
     task: str
     method: str
     seed: int
-    done: bool
+    state: str
+
+    @property
+    def done(self) -> bool:
+        """True when a record of the current config exists."""
+        return self.state == "done"
+
+
+def _state(suite: Suite, results: Path, profile: str, task: str, method: str, seed: int) -> str:
+    path = record_path(results, suite.name, profile, task, method, seed)
+    if not path.is_file():
+        return "todo"
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt benchmark record {str(path)!r}: {e}") from e
+    return "done" if is_current(suite, profile, record) else "stale"
 
 
 def plan(
@@ -92,7 +135,7 @@ def plan(
     method_names = [m.name for m in suite.methods if wanted is None or m.name in wanted]
     seed_list = list(seeds) if seeds else suite.seed_list(profile)
     return [
-        PlannedRun(t, m, s, record_path(results, suite.name, profile, t, m, s).is_file())
+        PlannedRun(t, m, s, _state(suite, results, profile, t, m, s))
         for s in seed_list
         for t in task_names
         for m in method_names
@@ -164,7 +207,7 @@ def _trained(
     from calibrant.experiment import train_run
 
     cfg = suite.config(task, method.name, profile, seed)
-    folder = run_dir(work, suite.name, profile, task, method.name, seed)
+    folder = run_dir(work, suite.name, profile, task, method.name, seed, config_key(cfg))
     finished = folder / "metrics.json"
     if finished.is_file():
         payload = json.loads(finished.read_text())
@@ -202,7 +245,7 @@ def _posthoc(
         work=work, data_root=data_root, device=device, log_epoch=log_epoch,
     )  # fmt: skip
     cfg = suite.config(task, base.name, profile, seed)
-    folder = run_dir(work, suite.name, profile, task, base.name, seed)
+    folder = run_dir(work, suite.name, profile, task, base.name, seed, config_key(cfg))
     seed_everything(seed)
     exp = build_experiment(cfg, data_root=data_root, device=device)
     path = report.fit_calibrator(exp, folder, method=method.calibrator, device=device)

@@ -261,7 +261,11 @@ def render_suite(
     suite: Suite, results: Path, profile: str = "cpu", *, figures: bool = True
 ) -> Path:
     """Write the suite's results page from its JSON records; returns its path."""
-    records = load_records(results, suite.name, profile)
+    from calibrant.bench.runner import is_current
+
+    everything = load_records(results, suite.name, profile)
+    records = [r for r in everything if is_current(suite, profile, r)]
+    stale = len(everything) - len(records)
     table = Table.from_records(records)
     page = results_page(results, suite, profile)
     fig_dir = Path(results) / suite.name / profile / "figures"
@@ -277,6 +281,12 @@ def render_suite(
         f"{len(suite.seed_list(profile))} seeds). Mean ± sample std over seeds; best in bold.",
         "",
     ]
+    if stale:
+        lines += [
+            f"{stale} older records were made with another config than the suite now defines "
+            "and are left out (re-run the suite to replace them).",
+            "",
+        ]
     if suite.reductions and profile == "cpu":
         lines += ["## CPU profile: reductions from the papers' set-ups", "", suite.reductions, ""]
     for task in suite.tasks:
