@@ -225,3 +225,16 @@ def test_classwise_curves_match_a_loop_reference(generator):
                 assert float(curve.accuracy[b]) == pytest.approx(
                     float((labels[sel] == k).double().mean())
                 )
+
+
+def test_save_figure_releases_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    fig = plt.figure()
+    plot.save_figure(fig, tmp_path / "f.png")
+    assert len(plt.get_fignums()) == before
+    kept = plt.figure()
+    plot.save_figure(kept, tmp_path / "g.png", close=False)
+    assert kept.number in plt.get_fignums()
+    plt.close(kept)

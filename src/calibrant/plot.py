@@ -264,13 +264,14 @@ def region_reliability_diagram(
     return reliability_grid({r: curves[r] for r in REGIONS}, ncols=2, show_histogram=show_histogram)
 
 
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150, close: bool = True) -> Path:
     """Save ``fig`` as PNG or SVG (chosen by the suffix), creating parent folders.
 
     Args:
         fig: the figure.
         path: destination ending in ``.png`` or ``.svg``.
         dpi: resolution for PNG.
+        close: release the figure from pyplot after saving (long runs draw many figures).
 
     Returns:
         The written path.
@@ -290,6 +291,10 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
         raise ValueError(f"figure path must end in .png or .svg, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return path
 
 
