@@ -289,3 +289,51 @@ def test_page_links_reliability_grid_and_multiplier_figures(tmp_path):
     assert not (figures / "scene_bce_multipliers.png").exists()
     assert "](toy/cpu/figures/scene_reliability.png)" in page
     assert "Commits: `abc`" in page and "`calibrant bench toy`" in page
+
+
+def test_search_tunes_on_validation_and_seeds_use_the_choice(data_root, tmp_path):
+    from calibrant.bench import Search
+    from calibrant.bench.runner import search_path
+
+    base = _toy_suite()
+    search = Search({"loss.lam": (0.1, 2.0)}, "ace", higher_is_better=False)
+    suite = Suite(
+        "toy",
+        "",
+        tasks=base.tasks,
+        methods=(Method("bce_lpr", "BCE+LPR", {"name": "bce_lpr"}, search=search),),
+        columns=base.columns,
+        seeds={"cpu": 2},
+    )
+    results, work = tmp_path / "results", tmp_path / "work"
+    assert [r.state for r in plan(suite, results)] == ["todo", "todo"]
+    run_suite(suite, results=results, work=work, data_root=data_root)
+    found = json.loads(search_path(results, "toy", "cpu", "scene", "bce_lpr").read_text())
+    scores = {c["values"]["loss.lam"]: c["score"] for c in found["candidates"]}
+    assert set(scores) == {0.1, 2.0} and found["split"] == "val"
+    best = min(scores, key=scores.get)
+    assert found["chosen"] == {"loss.lam": best}
+    for seed in (1, 2):
+        record = json.loads(
+            record_path(results, "toy", "cpu", "scene", "bce_lpr", seed).read_text()
+        )
+        assert record["config"]["loss"] == {"name": "bce_lpr", "lam": best}
+        assert record["tuned"] == {"loss.lam": best}
+    # the seed-1 run reuses the chosen candidate's training: same model, so its validation
+    # score is the search's; its test score is a different split's
+    seed1 = json.loads(record_path(results, "toy", "cpu", "scene", "bce_lpr", 1).read_text())
+    assert seed1["test"]["ace"] != scores[best]
+    assert len(list((work / "toy" / "cpu" / "scene" / "bce_lpr").iterdir())) == 3  # 2 + seed 2
+    page = render_suite(suite, results, figures=False).read_text()
+    assert "tuned on the validation split" in page and f"chosen `{{'loss.lam': {best}}}`" in page
+    # another grid makes the choice and the records stale
+    wider = Search({"loss.lam": (0.1, 2.0, 5.0)}, "ace", higher_is_better=False)
+    changed = Suite(
+        "toy",
+        "",
+        tasks=base.tasks,
+        methods=(Method("bce_lpr", "BCE+LPR", {"name": "bce_lpr"}, search=wider),),
+        columns=base.columns,
+        seeds={"cpu": 2},
+    )
+    assert [r.state for r in plan(changed, results)] == ["stale", "stale"]

@@ -93,8 +93,15 @@ def evaluate_run(
     amp: str | None = None,
     checkpoint: str = "best",
     calibrator: str | Path | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Load ``run/checkpoints/<checkpoint>.pt`` into the model and compute the test metrics."""
+    """Load ``run/checkpoints/<checkpoint>.pt`` into the model and compute the test metrics.
+
+    ``split="val"`` computes the same metrics on the validation split (for tuning); the flat
+    values are under ``"test"`` either way, with ``"split"`` saying which split they are from.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     from calibrant.engine import evaluate
 
     ckpt = load_checkpoint(Path(run) / "checkpoints" / f"{checkpoint}.pt", required=("model",))
@@ -113,7 +120,7 @@ def evaluate_run(
         ).to(device)
     results = evaluate(
         exp.model,
-        exp.test_loader,
+        exp.test_loader if split == "test" else exp.val_loader,
         metrics,
         device=device,
         amp=amp,
@@ -124,6 +131,7 @@ def evaluate_run(
         "test": flatten_results(results),
         "curves": _curves(results),
         "checkpoint": checkpoint,
+        "split": split,
         "epoch": ckpt.get("epoch"),
         "calibrator": str(calibrator) if calibrator else None,
     }

@@ -14,13 +14,14 @@ Example:
 
 from calibrant.bench import suites, suites_overlap  # noqa: F401  (registers the suites)
 from calibrant.bench.runner import plan, run_suite
-from calibrant.bench.suite import Claim, Column, Method, Suite, Task, Verdict
+from calibrant.bench.suite import Claim, Column, Method, Search, Suite, Task, Verdict
 from calibrant.bench.tables import Table, load_records, render_suite
 
 __all__ = [
     "Claim",
     "Column",
     "Method",
+    "Search",
     "Suite",
     "Table",
     "Task",

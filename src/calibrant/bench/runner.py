@@ -71,13 +71,50 @@ def run_dir(
     return Path(work) / suite / profile / task / method / f"seed{seed}-{key}"
 
 
-def is_current(suite: Suite, profile: str, record: Mapping[str, Any]) -> bool:
+def search_path(results: Path, suite: str, profile: str, task: str, method: str) -> Path:
+    """Where the validation-split search of one (task, method) is recorded."""
+    return Path(results) / suite / profile / task / method / "search.json"
+
+
+def tuned_values(
+    suite: Suite, results: Path, profile: str, task: str, method: str
+) -> dict[str, Any] | None:
+    """The values a method's :class:`Search` chose on ``task`` (``{}`` without a search).
+
+    ``None`` when the search has not run yet, or ran over another grid or metric.
+    """
+    m = suite.method(method)
+    trained = m if m.trained else suite.method(m.base)
+    if trained.search is None:
+        return {}
+    path = search_path(results, suite.name, profile, task, trained.name)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    same = (
+        _normalised(record.get("grid")) == _normalised(dict(trained.search.grid))
+        and record.get("metric") == trained.search.metric
+    )
+    return dict(record["chosen"]) if same else None
+
+
+def resolve_config(
+    suite: Suite, results: Path, profile: str, task: str, method: str, seed: int
+) -> dict[str, Any] | None:
+    """The config of one run, tuned values included; ``None`` while its search is pending."""
+    tuned = tuned_values(suite, results, profile, task, method)
+    return None if tuned is None else suite.config(task, method, profile, seed, tuned)
+
+
+def is_current(suite: Suite, results: Path, profile: str, record: Mapping[str, Any]) -> bool:
     """True when a record was made with the config the suite asks for now."""
     try:
-        cfg = suite.config(record["task"], record["method"], profile, record["seed"])
+        cfg = resolve_config(
+            suite, results, profile, record["task"], record["method"], record["seed"]
+        )
     except (KeyError, ValueError):  # task, method or profile no longer in the suite
         return False
-    return _normalised(record.get("config", {})) == _normalised(cfg)
+    return cfg is not None and _normalised(record.get("config", {})) == _normalised(cfg)
 
 
 class BenchFailures(RuntimeError):
@@ -117,7 +154,7 @@ def _state(suite: Suite, results: Path, profile: str, task: str, method: str, se
         record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt benchmark record {str(path)!r}: {e}") from e
-    return "done" if is_current(suite, profile, record) else "stale"
+    return "done" if is_current(suite, results, profile, record) else "stale"
 
 
 def plan(
@@ -191,68 +228,108 @@ def _check_same_config(folder: Path, cfg: Mapping[str, Any], stored: Mapping[str
         )
 
 
-def _trained(
-    suite: Suite,
-    task: str,
-    method: Method,
-    profile: str,
-    seed: int,
-    *,
-    work: Path,
-    data_root: Any,
-    device: torch.device,
-    log_epoch: Callable | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Bench:
+    """Everything a run needs besides its (task, method, seed)."""
+
+    suite: Suite
+    profile: str
+    results: Path
+    work: Path
+    data_root: Any
+    device: torch.device
+    log_epoch: Callable | None
+    env: dict[str, Any]
+    command: str
+
+
+def _trained(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
     """Train (or resume, or reuse) one run folder; returns its ``metrics.json`` payload."""
-    from calibrant.experiment import train_run
-
-    cfg = suite.config(task, method.name, profile, seed)
-    folder = run_dir(work, suite.name, profile, task, method.name, seed, config_key(cfg))
-    finished = folder / "metrics.json"
-    if finished.is_file():
-        payload = json.loads(finished.read_text())
-        _check_same_config(folder, cfg, payload.get("config", {}))
-        return payload
-    if (folder / "config.json").is_file():
-        _check_same_config(folder, cfg, json.loads((folder / "config.json").read_text()))
-    resume = (folder / "checkpoints" / "last.pt").is_file()
-    _, history, results = train_run(
-        cfg, folder, data_root=data_root, device=device, resume=resume, log=log_epoch
-    )
-    return {**results, "history": history, "config": cfg}
+    folder = run_dir(b.work, b.suite.name, b.profile, task, method.name, seed, config_key(cfg))
+    return _train_folder(b, folder, cfg)
 
 
-def _posthoc(
-    suite: Suite,
-    task: str,
-    method: Method,
-    profile: str,
-    seed: int,
-    *,
-    work: Path,
-    data_root: Any,
-    device: torch.device,
-    log_epoch: Callable | None,
-) -> dict[str, Any]:
+def _posthoc(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
     """Fit ``method.calibrator`` on the base run's validation logits and test it."""
     from calibrant import report
     from calibrant.checkpoint import load_checkpoint
     from calibrant.experiment import build_experiment, seed_everything
 
-    base = suite.method(method.base)
-    _trained(
-        suite, task, base, profile, seed,
-        work=work, data_root=data_root, device=device, log_epoch=log_epoch,
-    )  # fmt: skip
-    cfg = suite.config(task, base.name, profile, seed)
-    folder = run_dir(work, suite.name, profile, task, base.name, seed, config_key(cfg))
+    base = b.suite.method(method.base)
+    _trained(b, task, base, seed, cfg)
+    folder = run_dir(b.work, b.suite.name, b.profile, task, base.name, seed, config_key(cfg))
     seed_everything(seed)
-    exp = build_experiment(cfg, data_root=data_root, device=device)
-    path = report.fit_calibrator(exp, folder, method=method.calibrator, device=device)
-    results = report.evaluate_run(exp, folder, device=device, calibrator=path)
+    exp = build_experiment(cfg, data_root=b.data_root, device=b.device)
+    path = report.fit_calibrator(exp, folder, method=method.calibrator, device=b.device)
+    results = report.evaluate_run(exp, folder, device=b.device, calibrator=path)
     state = load_checkpoint(path, required=("state_dict",))["state_dict"]
     results["calibrator_state"] = {k: torch.as_tensor(v).tolist() for k, v in state.items()}
     return {**results, "config": cfg}
+
+
+def _search(b: _Bench, task: str, method: Method) -> Path:
+    """Train every grid point of ``method.search`` and keep the best on the validation split."""
+    from calibrant import report
+    from calibrant.experiment import build_experiment, seed_everything
+
+    search = method.search
+    seed = b.suite.seed_list(b.profile)[0]
+    candidates = []
+    for values in search.points():
+        cfg = b.suite.config(task, method.name, b.profile, seed, values)
+        log.info("    search %s %s: %s", task, method.label, values)
+        _trained(b, task, method, seed, cfg)  # the chosen point's folder serves its seed run
+        folder = run_dir(b.work, b.suite.name, b.profile, task, method.name, seed, config_key(cfg))
+        seed_everything(seed)
+        exp = build_experiment(cfg, data_root=b.data_root, device=b.device)
+        val = report.evaluate_run(exp, folder, device=b.device, split="val")["test"]
+        if search.metric not in val:
+            raise KeyError(
+                f"search metric {search.metric!r} is not a test metric of the preset; "
+                f"known: {', '.join(sorted(val))}"
+            )
+        candidates.append({"values": values, "score": val[search.metric], "val": val})
+    pick = max if search.higher_is_better else min
+    chosen = pick(candidates, key=lambda c: c["score"])["values"]
+    path = search_path(b.results, b.suite.name, b.profile, task, method.name)
+    _write_atomic(
+        path,
+        {
+            "schema": 1,
+            "suite": b.suite.name,
+            "profile": b.profile,
+            "task": task,
+            "method": method.name,
+            "seed": seed,
+            "grid": dict(search.grid),
+            "metric": search.metric,
+            "higher_is_better": search.higher_is_better,
+            "split": "val",
+            "candidates": candidates,
+            "chosen": chosen,
+            "environment": b.env,
+            "command": b.command,
+        },
+    )
+    log.info("    search %s %s chose %s", task, method.label, chosen)
+    return path
+
+
+def _train_folder(b: _Bench, folder: Path, cfg: dict) -> dict[str, Any]:
+    """Train ``cfg`` into ``folder`` unless it finished there (resuming a partial run)."""
+    from calibrant.experiment import train_run
+
+    finished = folder / "metrics.json"
+    if not finished.is_file():
+        if (folder / "config.json").is_file():
+            _check_same_config(folder, cfg, json.loads((folder / "config.json").read_text()))
+        resume = (folder / "checkpoints" / "last.pt").is_file()
+        train_run(
+            cfg, folder, data_root=b.data_root, device=b.device, resume=resume, log=b.log_epoch
+        )
+    payload = json.loads(finished.read_text())
+    _check_same_config(folder, cfg, payload.get("config", {}))
+    return payload
 
 
 def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -260,6 +337,44 @@ def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def _run_one(b: _Bench, run: PlannedRun) -> Path:
+    method = b.suite.method(run.method)
+    trained = method if method.trained else b.suite.method(method.base)
+    cfg = resolve_config(b.suite, b.results, b.profile, run.task, method.name, run.seed)
+    if cfg is None:  # the method's search has not run (or its grid changed)
+        _search(b, run.task, trained)
+        cfg = resolve_config(b.suite, b.results, b.profile, run.task, method.name, run.seed)
+    t0 = time.perf_counter()
+    do = _trained if method.trained else _posthoc
+    payload = do(b, run.task, method, run.seed, cfg)
+    record = {
+        "schema": 1,
+        "status": "done",
+        "suite": b.suite.name,
+        "profile": b.profile,
+        "task": run.task,
+        "method": method.name,
+        "label": method.label,
+        "seed": run.seed,
+        "calibrator": method.calibrator,
+        "base": method.base,
+        "tuned": tuned_values(b.suite, b.results, b.profile, run.task, method.name),
+        "test": payload["test"],
+        "curves": payload.get("curves", {}),
+        "best_epoch": payload.get("epoch"),
+        "history": payload.get("history", []) if method.trained else [],
+        "calibrator_state": payload.get("calibrator_state"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": payload["config"],
+        "environment": b.env,
+        "command": b.command,
+    }
+    path = record_path(b.results, b.suite.name, b.profile, run.task, method.name, run.seed)
+    _write_atomic(path, record)
+    log.info("    done in %.0f s -> %s", record["seconds"], path)
+    return path
 
 
 def run_suite(
@@ -278,6 +393,10 @@ def run_suite(
     log_epoch: Callable | None = None,
 ) -> list[Path]:
     """Run every missing ``(task, method, seed)`` of a suite; returns the records written.
+
+    A method with a :class:`~calibrant.bench.suite.Search` first trains every grid point on
+    the first seed and keeps the best on the validation split (``search.json`` beside its
+    records); its seeds then run with the chosen values.
 
     Args:
         suite: the suite.
@@ -299,7 +418,10 @@ def run_suite(
     """
     device = torch.device(device)
     start = time.perf_counter()
-    env = environment(device)  # the code that runs is the code imported now
+    b = _Bench(
+        suite, profile, Path(results), Path(work), data_root, device, log_epoch,
+        environment(device), command,  # the environment: the code imported now is what runs
+    )  # fmt: skip
     runs = plan(suite, results, profile, tasks=tasks, methods=methods, seeds=seeds)
     todo = [r for r in runs if not r.done]
     log.info("%s/%s: %d runs, %d finished, %d to do", suite.name, profile, len(runs),
@@ -311,45 +433,13 @@ def run_suite(
                 "time budget of %.0f min spent; %d runs left", max_minutes, len(todo) - i + 1
             )
             break
-        method = suite.method(run.method)
-        name = f"{run.task} {method.label} seed {run.seed}"
+        name = f"{run.task} {suite.method(run.method).label} seed {run.seed}"
         log.info("[%d/%d] %s", i, len(todo), name)
-        t0 = time.perf_counter()
-        do = _trained if method.trained else _posthoc
         try:
-            payload = do(
-                suite, run.task, method, profile, run.seed,
-                work=work, data_root=data_root, device=device, log_epoch=log_epoch,
-            )  # fmt: skip
+            written.append(_run_one(b, run))
         except Exception as e:  # one broken run must not cost the others; reported at the end
             log.exception("run %s failed", name)
             failures.append((name, f"{type(e).__name__}: {e}"))
-            continue
-        record = {
-            "schema": 1,
-            "status": "done",
-            "suite": suite.name,
-            "profile": profile,
-            "task": run.task,
-            "method": method.name,
-            "label": method.label,
-            "seed": run.seed,
-            "calibrator": method.calibrator,
-            "base": method.base,
-            "test": payload["test"],
-            "curves": payload.get("curves", {}),
-            "best_epoch": payload.get("epoch"),
-            "history": payload.get("history", []) if method.trained else [],
-            "calibrator_state": payload.get("calibrator_state"),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "config": payload["config"],
-            "environment": env,
-            "command": command,
-        }
-        path = record_path(results, suite.name, profile, run.task, method.name, run.seed)
-        _write_atomic(path, record)
-        written.append(path)
-        log.info("    done in %.0f s -> %s", record["seconds"], path)
     if failures:
         raise BenchFailures(failures)
     return written

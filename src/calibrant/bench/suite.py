@@ -26,13 +26,40 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from calibrant.config import load_config, merge
 
-__all__ = ["Claim", "Column", "Method", "Suite", "Task", "Verdict"]
+__all__ = ["Claim", "Column", "Method", "Search", "Suite", "Task", "Verdict"]
+
+
+@dataclass(frozen=True)
+class Search:
+    """A grid of config values tuned on the validation split before a method's seeds run.
+
+    Every point of the grid trains once (first seed of the profile); the best checkpoint of each
+    is scored with ``metric`` (a test-metric key of the preset, computed on the *validation*
+    split) and the best point's values are applied to every seed. The test split is never seen.
+
+    Args:
+        grid: dotted config key -> candidate values (``{"loss.lam": [0.1, 1.0]}``).
+        metric: the score, e.g. ``"ace"``.
+        higher_is_better: direction of ``metric``.
+    """
+
+    grid: Mapping[str, tuple[Any, ...]]
+    metric: str
+    higher_is_better: bool
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, in order."""
+        import itertools
+
+        keys = list(self.grid)
+        return [dict(zip(keys, v, strict=True)) for v in itertools.product(*self.grid.values())]
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,7 @@ class Method:
             trained run (``temperature``, ``phi``), or ``None``.
         base: the method whose trained run a post-hoc method reuses.
         overrides: further config sections deep-merged into the run's config.
+        search: a :class:`Search` tuned on the validation split before the seeds run.
     """
 
     name: str
@@ -56,12 +84,15 @@ class Method:
     calibrator: str | None = None
     base: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    search: Search | None = None
 
     def __post_init__(self) -> None:
         if (self.loss is None) == (self.calibrator is None):
             raise ValueError(f"method {self.name!r} needs exactly one of loss= or calibrator=")
         if self.calibrator is not None and self.base is None:
             raise ValueError(f"post-hoc method {self.name!r} needs base= (a trained method)")
+        if self.search is not None and self.calibrator is not None:
+            raise ValueError(f"post-hoc method {self.name!r} cannot have a search")
 
     @property
     def trained(self) -> bool:
@@ -169,17 +200,31 @@ class Suite:
             )
         return list(range(1, int(self.seeds[profile]) + 1))
 
-    def config(self, task: str, method: str, profile: str, seed: int) -> dict[str, Any]:
-        """The resolved config of one run (a post-hoc method resolves to its base's config)."""
+    def config(
+        self,
+        task: str,
+        method: str,
+        profile: str,
+        seed: int,
+        tuned: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The resolved config of one run (a post-hoc method resolves to its base's config).
+
+        ``tuned`` holds the dotted values a :class:`Search` chose; they are applied last.
+        """
+        from calibrant.config import apply_overrides
+
         t, m = self.task(task), self.method(method)
         self.seed_list(profile)
         if not m.trained:
-            return self.config(task, m.base, profile, seed)
+            return self.config(task, m.base, profile, seed, tuned)
         cfg = merge(load_config(t.preset), dict(t.overrides))
         cfg = merge(cfg, dict(t.profiles.get(profile, {})))
         cfg = merge(cfg, dict(m.overrides))
         cfg["loss"] = copy.deepcopy(dict(m.loss))
         cfg.setdefault("train", {})["seed"] = int(seed)
+        if tuned:
+            cfg = apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in tuned.items()])
         return cfg
 
 

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from calibrant.bench import claims
-from calibrant.bench.suite import Claim, Column, Method, Suite, Task
+from calibrant.bench.suite import Claim, Column, Method, Search, Suite, Task
 from calibrant.registry import SUITES
 
 __all__ = ["SEGMENTATION_METHODS"]
@@ -146,6 +146,28 @@ _MULAN_METHODS = (
     Method("spa", "SPA", {"name": "spa"}),
     Method("spa_lpr", "SPA+LPR", {"name": "spa_lpr"}),
     Method("bce_lpr", "BCE+LPR", {"name": "bce_lpr"}),
+    # The paper tunes (ζ−, k−, b−) per dataset (values unpublished): tuned here on the validation
+    # split by ACE, the calibration error the paper reports.
+    Method(
+        "spa_tuned",
+        "SPA (tuned)",
+        {"name": "spa"},
+        search=Search(
+            {"loss.zeta_neg": (1.0, 5.0), "loss.k_neg": (1.0, 3.0), "loss.b_neg": (0.0, 1.0)},
+            "ace",
+            higher_is_better=False,
+        ),
+    ),
+    Method(
+        "spa_lpr_tuned",
+        "SPA+LPR (tuned)",
+        {"name": "spa_lpr"},
+        search=Search(
+            {"loss.zeta_neg": (1.0, 5.0), "loss.k_neg": (1.0, 3.0), "loss.lam": (0.1, 1.0)},
+            "ace",
+            higher_is_better=False,
+        ),
+    ),
 )
 
 
@@ -176,6 +198,10 @@ def spa_mulan() -> Suite:
                 claims.lowest("spa_lpr", ["ace", "mce"]),
             ),
             Claim(
+                "SPA+LPR tuned on validation ACE has the lowest ACE and MCE",
+                claims.lowest("spa_lpr_tuned", ["ace", "mce"]),
+            ),
+            Claim(
                 "SPA+LPR's mAP@y is at least BCE's",
                 claims.not_worse("spa_lpr", "bce", "map_y"),
             ),
@@ -195,7 +221,8 @@ def spa_mulan() -> Suite:
             "here; MULAN's feature vectors with an MLP (256 hidden units, dropout 0.2, Adam 1e-3, "
             "40 epochs, batch 64) stand in, so no published number applies. SPA uses the "
             "illustrated parameters (ζ−, k−, b−) = (5, 3, 1) and LPR λ = 1 (neither is given per "
-            "dataset in the paper; not tuned)."
+            "dataset in the paper); the `(tuned)` rows choose them on the validation split by "
+            "ACE (seed 1, grids on the page)."
         ),
     )
 

@@ -182,6 +182,30 @@ def _paper_section(suite: Suite, table: Table, task) -> list[str]:
     return lines
 
 
+def _search_section(suite: Suite, results: Path, profile: str, task: str) -> list[str]:
+    from calibrant.bench.runner import search_path
+
+    lines = []
+    for m in suite.methods:
+        path = search_path(results, suite.name, profile, task, m.name)
+        if m.search is None or not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        arrow = "↑" if record["higher_is_better"] else "↓"
+        lines += [
+            f"{m.label}: tuned on the validation split (seed {record['seed']}), "
+            f"`{record['metric']}` {arrow}; chosen `{record['chosen']}`.",
+            "",
+            "| " + " | ".join(record["grid"]) + f" | val {record['metric']} |",
+            "|" + "---|" * (len(record["grid"]) + 1),
+        ]
+        for c in record["candidates"]:
+            cells = [str(c["values"][k]) for k in record["grid"]]
+            lines.append("| " + " | ".join(cells) + f" | {c['score']:.4f} |")
+        lines.append("")
+    return lines
+
+
 def _claims_section(suite: Suite, table: Table) -> list[str]:
     lines = ["## The papers' claims", ""]
     if not suite.claims:
@@ -264,7 +288,7 @@ def render_suite(
     from calibrant.bench.runner import is_current
 
     everything = load_records(results, suite.name, profile)
-    records = [r for r in everything if is_current(suite, profile, r)]
+    records = [r for r in everything if is_current(suite, results, profile, r)]
     stale = len(everything) - len(records)
     table = Table.from_records(records)
     page = results_page(results, suite, profile)
@@ -291,6 +315,7 @@ def render_suite(
         lines += ["## CPU profile: reductions from the papers' set-ups", "", suite.reductions, ""]
     for task in suite.tasks:
         lines += [f"## {task.name}", "", *_task_table(suite, table, task.name), ""]
+        lines += _search_section(suite, Path(results), profile, task.name)
         if task.paper:
             lines += [*_paper_section(suite, table, task), ""]
         for path in pictures.get(task.name, []):
