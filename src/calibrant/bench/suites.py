@@ -1,9 +1,11 @@
 """The registered suites: each paper's comparison under one protocol (METHODS.md §8-§9).
 
-``crac-acdc``, ``crac-hippocampus``, ``spa-mulan`` and ``cals-classification``. The ``cpu``
-profile is the shipped presets (reduced resolution, width and epochs, documented in each
-suite's ``reductions``); ``paper`` restores the published set-up where one exists. Methods use
-the papers' default hyper-parameters (METHODS §8); no weight was tuned.
+``crac-acdc``, ``crac-hippocampus``, ``spa-mulan`` and ``cals-classification`` (the ALL
+suites are in :mod:`calibrant.bench.suites_overlap`). The ``cpu`` profile is the shipped
+presets (reduced resolution, width and epochs, documented in each suite's ``reductions``);
+``paper`` restores the published set-up where one exists. Methods use the papers' default
+hyper-parameters (METHODS §8); the ``(tuned)`` rows choose theirs on the validation split
+(:class:`~calibrant.bench.suite.Search`).
 
 Example:
     >>> from calibrant.registry import SUITES
