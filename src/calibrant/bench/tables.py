@@ -232,9 +232,8 @@ def _figures(suite: Suite, records: Sequence[Mapping[str, Any]], folder: Path) -
             if mine:
                 runs[m.label] = min(mine, key=lambda r: r["seed"])
                 curve = runs[m.label].get("curves", {}).get("reliability/all")
-                if curve is not None:
-                    curve = _curve(curve)
-                    curves[f"{m.label} (ECE {plot.curve_ece(curve):.3f})"] = curve
+                if curve is not None:  # each panel's legend carries its ECE
+                    curves[m.label] = _curve(curve)
         if curves:
             fig = plot.reliability_grid(curves)
             written[task.name].append(
