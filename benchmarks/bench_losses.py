@@ -63,7 +63,9 @@ def _build(name: str, shape: tuple[int, ...]):
     return REG.build(name)
 
 
-def child(name: str, shape_key: str, repeats: int, threads: int, clock: str = "wall") -> dict:
+def child(
+    name: str, shape_key: str, repeats: int, threads: int, clock: str = "wall", inner: int = 1
+) -> dict:
     """Peak RSS of the first forward+backward, then timing interleaved with plain CE."""
     import resource
     import statistics
@@ -96,8 +98,9 @@ def child(name: str, shape_key: str, repeats: int, threads: int, clock: str = "w
     for _ in range(repeats):  # alternate, so that load drift hits both alike
         for fn, out in ((base, base_times), (step, times)):
             t0 = now()
-            fn()
-            out.append(now() - t0)
+            for _ in range(inner):  # several calls per sample average out timer and cache noise
+                fn()
+            out.append((now() - t0) / inner)
     return {
         "name": name,
         "shape": shape_key,
@@ -118,10 +121,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--inner", type=int, default=1, help="calls per timed sample")
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
-        result = child(args.child[0], args.child[1], args.repeats, args.threads, args.clock)
+        result = child(
+            args.child[0], args.child[1], args.repeats, args.threads, args.clock, args.inner
+        )
         print(json.dumps(result))
         return
     rows = []
@@ -140,6 +146,8 @@ def main() -> None:
                     str(args.threads),
                     "--clock",
                     args.clock,
+                    "--inner",
+                    str(args.inner),
                 ],
                 capture_output=True,
                 text=True,
@@ -168,7 +176,7 @@ def main() -> None:
     header = (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}, "
-        f"clock {args.clock}, "
+        f"clock {args.clock}, {args.inner} calls per sample, "
         f"load average at the end {os.getloadavg()[0]:.1f}.\n"
     )
     print(header + "\n".join(lines))
