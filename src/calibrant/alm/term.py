@@ -274,20 +274,24 @@ class ALMPenalty(nn.Module):
             finite_or_raise("logits", logits)
         return self.constraint(logits, target, self.ignore_index)
 
-    def _fast_neighbor_phr(self, logits: torch.Tensor, target: torch.Tensor):
-        """The fused training penalty for PHR on the label-0 neighbourhood constraint, or None."""
+    def _fused_label0_phr(self, logits: torch.Tensor) -> bool:
+        """Whether the fused paths apply: PHR on the label-0 neighbourhood constraint, λ >= 0."""
         con = self.constraint
-        if not (
+        return (
             self.cfg.penalty == "phr"
             and type(con) is NeighborConstraint
             and con.padding == "label0"
             and logits.dim() >= 3
+            and logits.shape[1:2] == (self.num_classes,)
             and bool((self.lam >= 0).all())
-        ):
-            return None
+        )
+
+    def _fast_neighbor_phr(self, logits: torch.Tensor, target: torch.Tensor):
+        """The fused training penalty for PHR on the label-0 neighbourhood constraint, or None."""
+        con = self.constraint
+        if not self._fused_label0_phr(logits):
+            return None  # the general path (which also raises on a class-count mismatch)
         if self.validate:
-            if logits.shape[1:2] != (self.num_classes,):
-                return None  # the slow path raises the error
             finite_or_raise("logits", logits)
         check_logits_target(logits, target)
         safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
@@ -335,14 +339,7 @@ class ALMPenalty(nn.Module):
         their totals float64. Returns False where it does not apply.
         """
         con = self.constraint
-        if not (
-            self.cfg.penalty == "phr"
-            and type(con) is NeighborConstraint
-            and con.padding == "label0"
-            and logits.dim() >= 3
-            and logits.shape[1:2] == (self.num_classes,)
-            and bool((self.lam >= 0).all())
-        ):
+        if not self._fused_label0_phr(logits):
             return False
         check_logits_target(logits, target)
         safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
