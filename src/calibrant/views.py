@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import check_positive
+from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce
 from calibrant.losses.classification import CLASS_REDUCTIONS, prepare
 
@@ -280,8 +280,7 @@ def masked_cross_entropy(
         >>> round(masked_cross_entropy(z, y, torch.tensor([[1, 0]])).item(), 4)  # log 4 / 4 / 2
         0.1733
     """
-    if class_reduction not in CLASS_REDUCTIONS:
-        raise ValueError(f"class_reduction must be one of {CLASS_REDUCTIONS}: {class_reduction!r}")
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
     with float32(logits):
         x, safe, mask = prepare(logits, target, ignore_index)
         values = F.cross_entropy(x, safe, reduction="none")
@@ -357,8 +356,7 @@ class TwoViewObjective(nn.Module):
             check_positive(name, v, strict=False)
         if l0 + l1 + l2 <= 0:
             raise ValueError("at least one of l0, l1, l2 must be positive")
-        if class_reduction not in CLASS_REDUCTIONS:
-            raise ValueError(f"class_reduction must be one of {CLASS_REDUCTIONS}")
+        check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
         self.consistency = consistency
         self.weights = {"sup0": float(l0), "sup1": float(l1), "cons": float(l2)}
         self.class_reduction, self.ignore_index = class_reduction, ignore_index
