@@ -251,6 +251,14 @@ def test_progress_quiet_and_fast_epochs_print_nothing_within_the_epoch():
     assert stream.getvalue() == ""
 
 
+def test_progress_of_unknown_length_has_no_total_or_eta():
+    stream, clock = _Stream(False), _Clock()
+    progress = Progress(None, stream=stream, clock=clock)
+    clock.t = 3.0
+    progress.epoch_done({"epoch": 4, "train": {"loss": 0.5}, "val": {"acc": 0.9}})
+    assert stream.getvalue() == "epoch 4  loss=0.5000  acc=0.9000  elapsed 3s\n"
+
+
 @pytest.mark.ddp
 def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
     """``torchrun -m calibrant train`` itself (gloo, 2 ranks) against a 1-process run.

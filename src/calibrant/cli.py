@@ -86,7 +86,7 @@ class Progress:
     return) on a terminal, plain lines otherwise (logs, CI). ``quiet`` prints nothing.
 
     Args:
-        epochs: total number of epochs.
+        epochs: total number of epochs (``None``: unknown, no ETA; the bench runs many runs).
         quiet: print nothing.
         stream: where to print (default ``sys.stderr``).
         interval: minimum seconds between two within-epoch lines (default 1 s on a terminal,
@@ -96,7 +96,7 @@ class Progress:
 
     def __init__(
         self,
-        epochs: int,
+        epochs: int | None,
         *,
         quiet: bool = False,
         stream=None,
@@ -144,16 +144,20 @@ class Progress:
         if self.quiet:
             return
         elapsed = now - self.start
-        eta = elapsed / self.done * max(self.epochs - record["epoch"], 0)
+        if self.epochs is None:  # several runs of unknown length (the bench): no total, no ETA
+            of, eta = "", ""
+        else:
+            left = elapsed / self.done * max(self.epochs - record["epoch"], 0)
+            of, eta = f"/{self.epochs}", f"  eta {left:.0f}s"
         val = ", ".join(
             f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
         )
         clear = "\r\033[K" if self._pending else ""
         self._pending = False
         print(
-            f"{clear}epoch {record['epoch']}/{self.epochs}  "
+            f"{clear}epoch {record['epoch']}{of}  "
             f"loss={record['train'].get('loss', math.nan):.4f}"
-            f"  {val}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+            f"  {val}  elapsed {elapsed:.0f}s{eta}",
             file=self.stream,
             flush=True,
         )
@@ -313,7 +317,7 @@ def cmd_bench(args) -> int:
     if not args.report_only:
         device = _select_device(args.device, 0)
         command = "calibrant " + " ".join(sys.argv[1:]) if args.command is None else args.command
-        progress = None if args.quiet else Progress(0, stream=sys.stderr).epoch_done
+        progress = None if args.quiet else Progress(None, stream=sys.stderr).epoch_done
         try:
             run_suite(
                 suite,
