@@ -343,6 +343,11 @@ def test_long_tailed_cifar_and_validation(cifar, data_root, cache):
     assert not set(lt_tr.indices.tolist()) & set(va.indices.tolist())
     x, y = lt_tr[3]
     assert int(y) == int(lt_tr.targets[3]) and x.shape == (3, 32, 32)
+    small = DATASETS.build(
+        "cifar10", root=data_root, split="train", max_per_class=300, cache_dir=cache
+    )
+    assert torch.bincount(small.targets).tolist() == [300] * 10
+    assert set(small.indices.tolist()) <= set(tr.indices.tolist())
 
 
 def test_stratified_split_and_errors(generator):
@@ -361,3 +366,19 @@ def test_stratified_split_and_errors(generator):
         long_tailed_indices(y, 10, n_max=10**6)
     with pytest.raises(ValueError, match="split must be"):
         select_split("dev", None)
+
+
+def test_select_split_max_per_class():
+    from calibrant.data.base import ArrayDataset, DatasetInfo
+
+    y = torch.arange(4).repeat_interleave(torch.tensor([50, 40, 30, 20]))
+    ds = ArrayDataset(torch.zeros(len(y), 1), y, DatasetInfo("t", 4, tuple("abcd")))
+    val = select_split("val", ds, val_fraction=0.1, max_per_class=5)
+    assert torch.bincount(val.targets).tolist() == [5, 4, 3, 2]  # validation is never capped
+    train = select_split("train", ds, val_fraction=0.1, max_per_class=7)
+    assert torch.bincount(train.targets).tolist() == [7] * 4
+    assert not set(train.indices.tolist()) & set(val.indices.tolist())
+    lt = select_split("train", ds, val_fraction=0.1, imbalance_ratio=7, max_per_class=14)
+    assert torch.bincount(lt.targets).tolist() == long_tailed_counts(14, 4, 7).tolist()
+    with pytest.raises(ValueError, match="exceeds"):
+        select_split("train", ds, val_fraction=0.1, max_per_class=19)

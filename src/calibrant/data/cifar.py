@@ -210,13 +210,15 @@ def cifar10(
     val_fraction: float = 0.1,
     seed: int = 0,
     imbalance_ratio: float | None = None,
+    max_per_class: int | None = None,
     cache_dir=None,
     use_cache: bool = True,
 ):
     """CIFAR-10: items ``(x (3, 32, 32) float32, y int64)``; ``split`` in train/val/trainval/test.
 
     ``val`` is a stratified, seeded ``val_fraction`` of the official train part; with
-    ``imbalance_ratio`` the train part is long-tailed (CIFAR-10-LT), see
+    ``imbalance_ratio`` the train part is long-tailed (CIFAR-10-LT) and with ``max_per_class``
+    each of its classes is capped (a smaller balanced set), see
     :func:`calibrant.data.longtail.select_split`.
     """
     from calibrant.data.longtail import select_split
@@ -240,4 +242,5 @@ def cifar10(
         val_fraction=val_fraction,
         seed=seed,
         imbalance_ratio=imbalance_ratio,
+        max_per_class=max_per_class,
     )

@@ -112,6 +112,7 @@ def fashion_mnist(
     val_fraction: float = 0.1,
     seed: int = 0,
     imbalance_ratio: float | None = None,
+    max_per_class: int | None = None,
     cache_dir=None,
     use_cache: bool = True,
 ):
@@ -157,4 +158,5 @@ def fashion_mnist(
         val_fraction=val_fraction,
         seed=seed,
         imbalance_ratio=imbalance_ratio,
+        max_per_class=max_per_class,
     )

@@ -176,6 +176,7 @@ def select_split(
     *,
     val_fraction: float = 0.1,
     imbalance_ratio: float | None = None,
+    max_per_class: int | None = None,
     seed: int = 0,
 ):
     """Pick ``split`` of a classification set from its official train (and test) parts.
@@ -183,8 +184,10 @@ def select_split(
     ``"val"`` is a stratified, seeded ``val_fraction`` of the official train part and ``"train"``
     the rest; ``"trainval"`` is the whole official train part and ``"test"`` the official test
     part. With ``imbalance_ratio`` the ``"train"``/``"trainval"`` parts are made long-tailed
-    (after the validation part is held out, so validation stays balanced); ``val``/``test`` are
-    never subsampled. ``train`` and ``test`` may be zero-argument callables, built on demand.
+    (after the validation part is held out, so validation stays balanced); ``max_per_class``
+    caps each class of those parts at a seeded random ``n`` (a balanced subset without
+    ``imbalance_ratio``; the head-class count ``n_max`` with it). ``val``/``test`` are never
+    subsampled. ``train`` and ``test`` may be zero-argument callables, built on demand.
 
     Example:
         >>> from calibrant.data.base import ArrayDataset, DatasetInfo
@@ -192,6 +195,8 @@ def select_split(
         ...                   DatasetInfo("t", 2, ("a", "b")))
         >>> [len(select_split(s, ds, ds, val_fraction=0.1)) for s in SPLITS]
         [36, 4, 40, 40]
+        >>> len(select_split("train", ds, val_fraction=0.1, max_per_class=5))
+        10
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -208,9 +213,10 @@ def select_split(
         if split == "val":
             return IndexedSubset(full, va)
         part = IndexedSubset(full, tr)
-    if imbalance_ratio is not None:
+    if imbalance_ratio is not None or max_per_class is not None:
         g = torch.Generator().manual_seed(seed + 1)
-        part = long_tailed(part, imbalance_ratio, generator=g)
+        ratio = 1.0 if imbalance_ratio is None else imbalance_ratio
+        part = long_tailed(part, ratio, generator=g, n_max=max_per_class)
         if isinstance(part.dataset, IndexedSubset):  # flatten nested subsets
             part = IndexedSubset(part.dataset.dataset, part.dataset.indices[part.indices])
     return part

@@ -262,12 +262,16 @@ class NewsgroupsTfidf(Dataset):
 def newsgroups(root=None, split: str = "train", **opts) -> Dataset:
     """20 Newsgroups TF-IDF; ``split`` in train/val/trainval/test (val: stratified 10 % of train).
 
-    ``val_fraction``, ``seed`` and ``imbalance_ratio`` select the split (see
+    ``val_fraction``, ``seed``, ``imbalance_ratio`` and ``max_per_class`` select the split (see
     :func:`calibrant.data.longtail.select_split`); other options go to :class:`NewsgroupsTfidf`.
     """
     from calibrant.data.longtail import select_split
 
-    sel = {k: opts.pop(k) for k in ("val_fraction", "seed", "imbalance_ratio") if k in opts}
+    sel = {
+        k: opts.pop(k)
+        for k in ("val_fraction", "seed", "imbalance_ratio", "max_per_class")
+        if k in opts
+    }
     return select_split(
         split,
         lambda: NewsgroupsTfidf(root, "train", **opts),

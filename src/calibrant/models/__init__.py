@@ -13,7 +13,7 @@ Example:
 
 from calibrant.models.dynunet import PaddedDynUNet, dynunet
 from calibrant.models.mlp import MLP, mlp
-from calibrant.models.resnet import BasicBlock, CifarResNet, resnet20, resnet32, resnet56
+from calibrant.models.resnet import BasicBlock, CifarResNet, resnet8, resnet20, resnet32, resnet56
 from calibrant.models.text import TextEmbeddingBag, TextMLP, text_bag, text_mlp
 from calibrant.models.unet import UNet, unet2d, unet2d_paper, unet3d
 
@@ -27,6 +27,7 @@ __all__ = [
     "UNet",
     "dynunet",
     "mlp",
+    "resnet8",
     "resnet20",
     "resnet32",
     "resnet56",

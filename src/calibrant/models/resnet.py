@@ -154,6 +154,7 @@ def _register(depth: int):
     return factory
 
 
+resnet8 = _register(8)  # one block per stage: the CPU-scale CIFAR model of the bench
 resnet20 = _register(20)
 resnet32 = _register(32)
 resnet56 = _register(56)
