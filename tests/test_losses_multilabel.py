@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 from calibrant.losses import multilabel as ml
+from calibrant.losses import spa as sp
 from calibrant.registry import LOSSES
 
 ML_NAMES = [
@@ -201,19 +202,19 @@ def _spa_partials(zp, kp, bp, zn, kn, bn):
 def test_spa_link_is_sigmoid_at_unit_parameters():
     v = torch.linspace(-12, 12, 97, dtype=torch.float64)
     unit = dict(zeta_pos=1.0, k_pos=1.0, b_pos=0.0, zeta_neg=1.0, k_neg=1.0, b_neg=0.0)
-    torch.testing.assert_close(ml.spa_probs(v, **unit), torch.sigmoid(v))
-    torch.testing.assert_close(ml.spa_logit(v, **unit), v)
+    torch.testing.assert_close(sp.spa_probs(v, **unit), torch.sigmoid(v))
+    torch.testing.assert_close(sp.spa_logit(v, **unit), v)
 
 
 @pytest.mark.parametrize("params", SPA_PARAM_SETS)
 def test_spa_link_matches_a_over_a_plus_b_and_increases(params):
     v = torch.linspace(-8, 8, 401, dtype=torch.float64)
-    probs = ml.spa_probs(v, **params)
+    probs = sp.spa_probs(v, **params)
     ref = torch.tensor([_spa_link_ref(float(x), *params.values()) for x in v], dtype=torch.float64)
     torch.testing.assert_close(probs, ref)
     assert bool((probs.diff() > 0).all()), "SPA link must be strictly increasing"
     # the log-odds form is strictly increasing too, and stays finite far out
-    z = ml.spa_logit(torch.linspace(-200, 200, 401, dtype=torch.float64), **params)
+    z = sp.spa_logit(torch.linspace(-200, 200, 401, dtype=torch.float64), **params)
     assert torch.isfinite(z).all() and bool((z.diff() > 0).all())
 
 
@@ -227,7 +228,7 @@ def test_spa_is_strictly_proper(params):
             method="brent",
             tol=1e-12,
         )
-        eta_hat = ml.spa_probs(torch.tensor(res.x, dtype=torch.float64), **params)
+        eta_hat = sp.spa_probs(torch.tensor(res.x, dtype=torch.float64), **params)
         assert eta_hat.item() == pytest.approx(eta, abs=1e-4), (eta, res.x)
 
 
@@ -239,13 +240,13 @@ def test_poster_eq17_link_is_decreasing_and_improper():
     pos, neg = _spa_partials(*params.values())
     res = minimize_scalar(lambda v: 0.95 * pos(v) + 0.05 * neg(v), bracket=(-5, 5), tol=1e-12)
     assert _poster_eq17_link(res.x, *params.values()) < 0.01  # METHODS §11: 0.0004, not 0.95
-    assert ml.spa_probs(torch.tensor(res.x), **params).item() == pytest.approx(0.95, abs=1e-4)
+    assert sp.spa_probs(torch.tensor(res.x), **params).item() == pytest.approx(0.95, abs=1e-4)
 
 
 def test_spa_loss_reference(generator):
     params = SPA_PARAM_SETS[2]
     logits, target = _data(generator)
-    ours = ml.spa_loss(logits, target, **params, reduction="none")
+    ours = sp.spa_loss(logits, target, **params, reduction="none")
     pos, neg = _spa_partials(*params.values())
     ref = np.zeros(logits.shape)
     for idx in np.ndindex(logits.shape):
@@ -254,13 +255,13 @@ def test_spa_loss_reference(generator):
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10)
     # with (1,1,0) on both sides SPA is BCE
     unit = dict(zeta_pos=1.0, k_pos=1.0, b_pos=0.0, zeta_neg=1.0, k_neg=1.0, b_neg=0.0)
-    torch.testing.assert_close(ml.spa_loss(logits, target, **unit), ml.bce_loss(logits, target))
+    torch.testing.assert_close(sp.spa_loss(logits, target, **unit), ml.bce_loss(logits, target))
 
 
 def test_spa_module_probs():
     loss = LOSSES.build("spa")
     v = torch.linspace(-3, 3, 7)
-    torch.testing.assert_close(loss.probs(v), ml.spa_probs(v, **ml.SPA_DEFAULTS))
+    torch.testing.assert_close(loss.probs(v), sp.spa_probs(v, **sp.SPA_DEFAULTS))
 
 
 # ------------------------------------------------------------------------------------------ LPR
@@ -288,10 +289,10 @@ def _lpr_ref(z, y):
 
 def test_lpr_sigmoid_equals_pairwise_reference(generator):
     logits, target = _data(generator, (6, 7))
-    ours = ml.lpr_loss(logits, target, reduction="none")
+    ours = sp.lpr_loss(logits, target, reduction="none")
     ref = _lpr_ref(logits.numpy(), target.numpy())
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-9)
-    torch.testing.assert_close(ml.lpr_loss(logits, target), torch.tensor(ref.mean()).double())
+    torch.testing.assert_close(sp.lpr_loss(logits, target), torch.tensor(ref.mean()).double())
 
 
 def test_lpr_sigmoid_is_pairwise_logistic_ranking(generator):
@@ -307,23 +308,23 @@ def test_lpr_sigmoid_is_pairwise_logistic_ranking(generator):
             if y[b, i] == 1 and y[b, j] == 0
         )
         ref.append(2 * s / (t * (t - 1)))
-    np.testing.assert_allclose(ml.lpr_loss(logits, target, reduction="none").numpy(), ref)
+    np.testing.assert_allclose(sp.lpr_loss(logits, target, reduction="none").numpy(), ref)
 
 
 def test_lpr_spa_link_and_ignore_reference(generator):
     params = SPA_PARAM_SETS[0]
     logits, target = _data(generator, (6, 7), p_ignore=0.25)
-    ours = ml.lpr_loss(logits, target, link="spa", link_params=params, reduction="none")
-    z = ml.spa_logit(logits, **params).numpy()
+    ours = sp.lpr_loss(logits, target, link="spa", link_params=params, reduction="none")
+    z = sp.spa_logit(logits, **params).numpy()
     np.testing.assert_allclose(ours.numpy(), _lpr_ref(z, target.numpy()), rtol=1e-9)
     # a callable link is used as given
-    same = ml.lpr_loss(logits, target, link=lambda v: ml.spa_logit(v, **params), reduction="none")
+    same = sp.lpr_loss(logits, target, link=lambda v: sp.spa_logit(v, **params), reduction="none")
     torch.testing.assert_close(same, ours)
 
 
 def test_lpr_stable_for_large_logits():
     logits = torch.tensor([[-80.0, 80.0, 0.0]], requires_grad=True)
-    loss = ml.lpr_loss(logits, torch.tensor([[1, 0, 0]]), link="spa")
+    loss = sp.lpr_loss(logits, torch.tensor([[1, 0, 0]]), link="spa")
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
@@ -332,8 +333,8 @@ def test_spa_lpr_is_eq21(generator):
     logits, target = _data(generator, (5, 6))
     lam = 0.3
     loss = LOSSES.build("spa_lpr", lam=lam)
-    per_sample = ml.spa_loss(logits, target, reduction="none").mean(1)
-    lpr = ml.lpr_loss(logits, target, link="spa", link_params=ml.SPA_DEFAULTS, reduction="none")
+    per_sample = sp.spa_loss(logits, target, reduction="none").mean(1)
+    lpr = sp.lpr_loss(logits, target, link="spa", link_params=sp.SPA_DEFAULTS, reduction="none")
     expected = per_sample + lam * lpr
     torch.testing.assert_close(loss(logits, target), expected.mean())
     torch.testing.assert_close(
@@ -341,7 +342,7 @@ def test_spa_lpr_is_eq21(generator):
     )
     assert set(loss.terms(logits, target)) == {"task", "lpr"}
     bce_lpr = LOSSES.build("bce_lpr", lam=lam)
-    expected = ml.bce_loss(logits, target, reduction="none").mean(1) + lam * ml.lpr_loss(
+    expected = ml.bce_loss(logits, target, reduction="none").mean(1) + lam * sp.lpr_loss(
         logits, target, reduction="none"
     )
     torch.testing.assert_close(bce_lpr(logits, target), expected.mean())
@@ -444,7 +445,7 @@ def test_gradcheck(generator, name):
 
 def test_gradcheck_link_and_phi(generator):
     v = torch.randn(6, generator=generator, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: ml.spa_probs(x, **SPA_PARAM_SETS[2]), (v,))
+    assert torch.autograd.gradcheck(lambda x: sp.spa_probs(x, **SPA_PARAM_SETS[2]), (v,))
     z = torch.rand(6, generator=generator, dtype=torch.float64).mul(0.8).add(0.1)
     z.requires_grad_(True)
     assert torch.autograd.gradcheck(
@@ -476,9 +477,9 @@ def test_bad_hyper_parameters():
     with pytest.raises(ValueError, match="margin"):
         ml.ASLLoss(margin=1.5)
     with pytest.raises(ValueError, match="zeta_neg"):
-        ml.spa_logit(torch.zeros(2), zeta_neg=0.0)
+        sp.spa_logit(torch.zeros(2), zeta_neg=0.0)
     with pytest.raises(ValueError, match="link"):
-        ml.lpr_loss(torch.zeros(2, 3), torch.ones(2, 3), link="probit")
+        sp.lpr_loss(torch.zeros(2, 3), torch.ones(2, 3), link="probit")
     with pytest.raises(ValueError, match="reduction"):
         ml.BCELoss(reduction="avg")
 

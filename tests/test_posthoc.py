@@ -211,7 +211,7 @@ def test_registered():
 
 
 def test_spa_link_calibrator_gives_spa_probabilities():
-    from calibrant.losses.multilabel import spa_probs
+    from calibrant.losses.spa import spa_probs
     from calibrant.posthoc import SPALink
 
     v = torch.linspace(-8, 8, 101).reshape(1, -1)

@@ -8,6 +8,8 @@ from calibrant.losses.multilabel import *  # noqa: F403
 from calibrant.losses.multilabel import __all__ as _multilabel_all
 from calibrant.losses.overlap import *  # noqa: F403
 from calibrant.losses.overlap import __all__ as _overlap_all
+from calibrant.losses.spa import *  # noqa: F403
+from calibrant.losses.spa import __all__ as _spa_all
 from calibrant.losses.spatial import *  # noqa: F403
 from calibrant.losses.spatial import __all__ as _spatial_all
 
@@ -16,5 +18,6 @@ __all__ = [
     *_combine_all,
     *_multilabel_all,
     *_overlap_all,
+    *_spa_all,
     *_spatial_all,
 ]

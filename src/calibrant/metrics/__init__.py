@@ -14,6 +14,8 @@ from calibrant.metrics.multilabel import __all__ as _multilabel_all
 from calibrant.metrics.ranking import *  # noqa: F403
 from calibrant.metrics.ranking import __all__ as _ranking_all
 from calibrant.metrics.reliability import RegionReliabilityCurves
+from calibrant.metrics.scores import *  # noqa: F403
+from calibrant.metrics.scores import __all__ as _scores_all
 from calibrant.metrics.segmentation import *  # noqa: F403
 from calibrant.metrics.segmentation import __all__ as _segmentation_all
 
@@ -24,5 +26,6 @@ __all__ = [
     *_calibration_all,
     *_multilabel_all,
     *_ranking_all,
+    *_scores_all,
     *_segmentation_all,
 ]

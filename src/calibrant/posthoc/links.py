@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from calibrant.losses.multilabel import SPA_DEFAULTS, phi_correct, spa_logit
+from calibrant.losses.multilabel import phi_correct
+from calibrant.losses.spa import SPA_DEFAULTS, spa_logit
 from calibrant.registry import CALIBRATORS
 
 __all__ = ["PhiCorrection", "SPALink"]

@@ -1,0 +1,411 @@
+r"""Proper scoring rules for multi-class classification and segmentation.
+
+The multi-class Brier score and the negative log-likelihood, both strictly proper, and CRaC's
+neighbourhood Brier score (squared error to the local label proportions, *not* the standard
+Brier score):
+
+.. math::
+    \mathrm{Brier} = \frac1M \sum_i \sum_k (s_{ik} - 1[y_i=k])^2,\qquad
+    \mathrm{NLL} = -\frac1M \sum_i \log s_{i,y_i},\qquad
+    \mathrm{NBrier} = \frac1M \sum_i \sum_k (s_{ik} - \tau_{ik})^2
+
+over the ``M`` valid elements, with :math:`s_i = \mathrm{softmax}(z_i)` and :math:`\tau_{ik}`
+the share of class ``k`` in the ``k^d`` window around element ``i``.
+
+Each score has a pure function and a :class:`torchmetrics.Metric` class. The class states are a
+float64 sum and an int64 count (``dist_reduce_fx="sum"``), so streaming over batches and DDP
+ranks gives exactly the one-shot value. The conventions are those of
+:mod:`calibrant.metrics.calibration`: logits ``(B, C, *spatial)`` (probabilities only with
+``input_kind="probs"``), labels ``(B, *spatial)`` with ``ignore_index``, ``pixel_subset`` and
+``mask`` select the elements, no valid element gives NaN, and
+:class:`~calibrant.metrics.calibration.PerVolumeMean` gives the mean of per-volume values.
+
+Example:
+    >>> import torch
+    >>> from calibrant.metrics import brier_score, BrierScore
+    >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
+    >>> target = torch.tensor([0, 0, 1])
+    >>> round(float(brier_score(logits, target)), 4)
+    0.4515
+    >>> metric = BrierScore()
+    >>> metric.update(logits[:2], target[:2]); metric.update(logits[2:], target[2:])
+    >>> round(float(metric.compute()), 4)
+    0.4515
+
+Reference:
+    Brier, Verification of forecasts expressed in terms of probability, 1950 (Brier score).
+    Gneiting & Raftery, Strictly Proper Scoring Rules, Prediction, and Estimation, JASA 2007.
+    CRaC (MICCAI 2024), official code ``seg_brier_score`` (neighbourhood Brier; METHODS §7.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from calibrant._checks import check_choice
+from calibrant._tensor import float32, neighbor_proportions, valid_mask
+from calibrant.metrics import _binning as K
+from calibrant.metrics.calibration import _CalMetric, _prepare
+from calibrant.registry import METRICS
+
+__all__ = [
+    "brier_score",
+    "negative_log_likelihood",
+    "neighborhood_brier_score",
+    "BrierScore",
+    "NegativeLogLikelihood",
+    "NeighborhoodBrierScore",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Functions
+# ----------------------------------------------------------------------------------------------
+
+
+def _score_sums(logits, target, *, ignore_index, mask, pixel_subset, input_kind):
+    """Return float64 sums of Brier and NLL terms and the int64 count of valid elements."""
+    _prepare(
+        logits, target, mask, num_classes=None, input_kind=input_kind, pixel_subset=pixel_subset
+    )
+    dev = logits.device
+    brier = torch.zeros((), dtype=torch.float64, device=dev)
+    nll = torch.zeros((), dtype=torch.float64, device=dev)
+    count = torch.zeros((), dtype=torch.int64, device=dev)
+    with torch.no_grad(), float32(logits):
+        for ch in K.iter_chunks(
+            logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
+        ):
+            zmax, e = K.softmax_stats(ch.z, input_kind)
+            if input_kind == "probs":
+                p = e
+                log_pt = p.gather(0, ch.t.unsqueeze(0)).squeeze(0).log()
+            else:
+                s = e.sum(0)
+                p = e / s
+                log_pt = ch.z.gather(0, ch.t.unsqueeze(0)).squeeze(0) - zmax - s.log()
+            pt = p.gather(0, ch.t.unsqueeze(0)).squeeze(0)
+            b = p.square().sum(0) - 2 * pt + 1
+            v = ch.valid
+            brier += torch.where(v, b, 0).sum(dtype=torch.float64)
+            nll -= torch.where(v, log_pt, 0).sum(dtype=torch.float64)
+            count += v.sum()
+    return brier, nll, count
+
+
+def brier_score(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "all",
+    input_kind: str = "logits",
+) -> torch.Tensor:
+    r"""Multi-class Brier score, :math:`\frac1M\sum_i\sum_k (s_{ik} - 1[y_i=k])^2`.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)``.
+        ignore_index: ignored label.
+        mask: optional bool subset.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+
+    Returns:
+        float64 scalar (NaN with no valid element).
+
+    Example:
+        >>> round(float(brier_score(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))), 4)
+        0.5
+
+    Reference:
+        Brier, Verification of forecasts expressed in terms of probability, 1950.
+    """
+    b, _, n = _score_sums(
+        logits,
+        target,
+        ignore_index=ignore_index,
+        mask=mask,
+        pixel_subset=pixel_subset,
+        input_kind=input_kind,
+    )
+    return b / n if int(n) else b.new_tensor(float("nan"))
+
+
+def negative_log_likelihood(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "all",
+    input_kind: str = "logits",
+) -> torch.Tensor:
+    r"""Mean negative log-likelihood :math:`-\frac1M\sum_i \log s_{i,y_i}` (cross-entropy).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)``.
+        ignore_index: ignored label.
+        mask: optional bool subset.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+
+    Returns:
+        float64 scalar (NaN with no valid element).
+
+    Example:
+        >>> round(float(negative_log_likelihood(torch.tensor([[0.0, 0.0]]),
+        ...                                     torch.tensor([1]))), 4)
+        0.6931
+    """
+    _, s, n = _score_sums(
+        logits,
+        target,
+        ignore_index=ignore_index,
+        mask=mask,
+        pixel_subset=pixel_subset,
+        input_kind=input_kind,
+    )
+    return s / n if int(n) else s.new_tensor(float("nan"))
+
+
+def _neighborhood_brier_sums(
+    logits, target, *, kernel_size, ignore_index, mask, pixel_subset, padding
+):
+    _prepare(logits, target, mask, num_classes=None, input_kind="logits", pixel_subset=pixel_subset)
+    if logits.dim() < 3:
+        raise ValueError("neighborhood_brier_score needs spatial dims: logits (B, C, *spatial)")
+    C = logits.shape[1]
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    count = torch.zeros((), dtype=torch.int64, device=logits.device)
+    with torch.no_grad(), float32(logits):
+        for b in range(logits.shape[0]):  # one sample at a time bounds the (C, *spatial) temps
+            z = logits[b : b + 1].float()
+            K._check_chunk_finite(z.flatten(1), z.flatten(1).amax(0), "logits")
+            y = target[b : b + 1]
+            safe, valid = valid_mask(y, ignore_index)
+            if bool(((safe < 0) | (safe >= C)).any()):
+                raise ValueError(f"target holds labels outside [0, {C})")
+            if mask is not None:
+                valid &= mask[b : b + 1]
+            if pixel_subset == "gt_fg":
+                valid &= safe != 0
+            tau = neighbor_proportions(
+                y, C, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
+            )
+            err = (torch.softmax(z, 1) - tau).square().sum(1)
+            total += torch.where(valid, err, 0).sum(dtype=torch.float64)
+            count += valid.sum()
+    return total, count
+
+
+def neighborhood_brier_score(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kernel_size: int = 3,
+    padding: str = "label0",
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "gt_fg",
+) -> torch.Tensor:
+    r"""CRaC's "Brier" score: squared error to the ``k^d`` neighbourhood label proportions.
+
+    .. math::
+        \frac1M \sum_i \sum_k (s_{ik} - \tau_{ik})^2,\qquad
+        \tau_{ik} = \text{share of class } k \text{ in the window around } i
+
+    (:func:`calibrant._tensor.neighbor_proportions`; out-of-image neighbours are background).
+    This is **not** the standard Brier score (which uses the one-hot label); the CRaC code calls
+    it ``seg_brier_score`` and evaluates it on ground-truth foreground pixels (the default here).
+
+    Args:
+        logits: ``(B, C, *spatial)`` with 1 to 3 spatial dims.
+        target: ``(B, *spatial)``.
+        kernel_size: odd window size.
+        padding: window padding, see :func:`~calibrant._tensor.neighbor_proportions`.
+        ignore_index: ignored label.
+        mask: optional bool subset.
+        pixel_subset: ``"gt_fg"`` (default, CRaC) or ``"all"``.
+
+    Returns:
+        float64 scalar (NaN with no valid element).
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 3, 3)
+        >>> y = torch.ones(1, 3, 3, dtype=torch.long)
+        >>> round(float(neighborhood_brier_score(logits, y, pixel_subset="all")), 4)
+        0.083
+
+    Reference:
+        CRaC (MICCAI 2024), official code ``seg_brier_score``; METHODS §7.1.
+    """
+    total, n = _neighborhood_brier_sums(
+        logits,
+        target,
+        kernel_size=kernel_size,
+        ignore_index=ignore_index,
+        mask=mask,
+        pixel_subset=pixel_subset,
+        padding=padding,
+    )
+    return total / n if int(n) else total.new_tensor(float("nan"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming classes
+# ----------------------------------------------------------------------------------------------
+
+
+class _ScoreMetric(_CalMetric):
+    def __init__(
+        self,
+        *,
+        ignore_index: int | None = -100,
+        pixel_subset: str = "all",
+        input_kind: str = "logits",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
+        check_choice("input_kind", input_kind, K.INPUT_KINDS)
+        self.ignore_index, self.pixel_subset, self.input_kind = (
+            ignore_index,
+            pixel_subset,
+            input_kind,
+        )
+        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+
+    def _sums(self, logits, target, mask):
+        return _score_sums(
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            pixel_subset=self.pixel_subset,
+            input_kind=self.input_kind,
+        )
+
+    def _value(self) -> torch.Tensor:
+        if int(self.count) == 0:
+            return self.total.new_tensor(float("nan"))
+        return self.total / self.count
+
+
+class BrierScore(_ScoreMetric):
+    """Streaming multi-class Brier score (see :func:`brier_score`).
+
+    Args:
+        ignore_index: ignored label.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> m = BrierScore()
+        >>> m.update(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        >>> float(m.compute())
+        0.5
+    """
+
+    def update(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch."""
+        b, _, n = self._sums(logits, target, mask)
+        self.total += b
+        self.count += n
+
+
+class NegativeLogLikelihood(_ScoreMetric):
+    """Streaming mean NLL (see :func:`negative_log_likelihood`).
+
+    Args:
+        ignore_index: ignored label.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> m = NegativeLogLikelihood()
+        >>> m.update(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        >>> round(float(m.compute()), 4)
+        0.6931
+    """
+
+    def update(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch."""
+        _, s, n = self._sums(logits, target, mask)
+        self.total += s
+        self.count += n
+
+
+class NeighborhoodBrierScore(_CalMetric):
+    """Streaming CRaC neighbourhood Brier score (see :func:`neighborhood_brier_score`).
+
+    Args:
+        kernel_size: odd window size.
+        padding: window padding.
+        ignore_index: ignored label.
+        pixel_subset: ``"gt_fg"`` (default) or ``"all"``.
+        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> m = NeighborhoodBrierScore(pixel_subset="all")
+        >>> m.update(torch.zeros(1, 2, 3, 3), torch.ones(1, 3, 3, dtype=torch.long))
+        >>> round(float(m.compute()), 4)
+        0.083
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 3,
+        *,
+        padding: str = "label0",
+        ignore_index: int | None = -100,
+        pixel_subset: str = "gt_fg",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
+        self.kernel_size, self.padding = kernel_size, padding
+        self.ignore_index, self.pixel_subset = ignore_index, pixel_subset
+        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+
+    def update(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch of images/volumes."""
+        t, n = _neighborhood_brier_sums(
+            logits,
+            target,
+            kernel_size=self.kernel_size,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            pixel_subset=self.pixel_subset,
+            padding=self.padding,
+        )
+        self.total += t
+        self.count += n
+
+    def _value(self) -> torch.Tensor:
+        if int(self.count) == 0:
+            return self.total.new_tensor(float("nan"))
+        return self.total / self.count
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry (the CLI's names)
+# ----------------------------------------------------------------------------------------------
+
+METRICS.register("brier", task="multiclass")(BrierScore)
+METRICS.register("nll", task="multiclass")(NegativeLogLikelihood)
+METRICS.register("neighborhood_brier", task="multiclass")(NeighborhoodBrierScore)
