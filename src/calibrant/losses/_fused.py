@@ -297,8 +297,7 @@ def _crac_fused(part, ce_module, logits, target):
     n = safe.numel()
     denom = max(n, 1) * part.layout.num_slots * part.layout.columns_per_slot
     lam, rho = _pair_table(part.lam, part.layout), _pair_table(part.rho, part.layout)
-    bnd = boundary.unsqueeze(1).to(x.dtype)
-    pen = _NeighborPHR(counts, f.to(x.dtype), bnd, lam, rho, float(denom))
+    pen = _NeighborPHR(counts, f, boundary.unsqueeze(1), lam, rho, float(denom))
     ce_sum, value = _run(x, safe, pen)
     return _ce_value(ce_sum, ce_module, n), value
 
