@@ -113,6 +113,20 @@ def test_region_exhaustive_over_all_3x3_patches_of_4_labels():
     assert int(expected.sum()) == 4**9 - 4
 
 
+def test_neighbor_parts_region_exhaustive_over_all_3x3_patches_of_4_labels():
+    from calibrant.alm.constraints import neighbor_parts
+
+    patches = torch.tensor(list(itertools.product(range(4), repeat=9))).reshape(-1, 3, 3)
+    counts, f, bnd = neighbor_parts(patches, None, 4, inner_target_scale=5.0)
+    expected = torch.tensor([len(set(p.flatten().tolist())) >= 2 for p in patches])
+    assert bnd.dtype == torch.float32 and f.dtype == torch.float32
+    assert torch.equal(bnd[:, 1, 1], expected.float())
+    v = NeighborConstraint(inner_target_scale=5.0)(torch.zeros(len(patches), 4, 3, 3), patches)
+    assert torch.equal(bnd, v.region.float())  # label-0 padding at the edges as well
+    torch.testing.assert_close(counts * f, v.h)  # h = |counts·f − 0|
+    torch.testing.assert_close(f, torch.where(v.region, 1 / 9, 5 / 9).unsqueeze(1))
+
+
 @pytest.mark.parametrize("scale", [1.0, 5.0])
 def test_neighbor_violation_matches_loops(scale, generator):
     logits, target = _random_seg(generator)

@@ -119,6 +119,37 @@ def test_fused_function_gradcheck(kernel, generator):
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 9, 7), (1, 3, 140_000)], ids=["2d", "1d_position_chunks"])
+@pytest.mark.parametrize("split", [True, False])
+def test_fused_crac_gradient_paths(shape, split, generator):
+    """The penalty gradient written during the forward, for every way the backward can run."""
+    from calibrant.losses.combine import WeightedSum
+
+    loss = _crac(shape[1], generator)
+    alm = loss.parts["alm"]
+    if not split:  # same λ, ρ in both regions: the kernel's shared-coefficient branch
+        alm.lam[1], alm.rho[1] = alm.lam[0], alm.rho[0]
+    weighted = WeightedSum(dict(loss.parts), weights={"ce": 0.6, "alm": 2.5})  # g_pen != 1
+    x = (3 * torch.randn(shape, generator=generator)).requires_grad_()
+    y = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    for lss in (loss, weighted):
+        got, want = lss.terms(x, y), _unfused(lss, x, y)
+        total = sum(got.values())
+        (ref,) = torch.autograd.grad(sum(want.values()), x, retain_graph=True)
+        first = torch.autograd.grad(total, x, retain_graph=True)[0]  # the precomputed gradient
+        second = torch.autograd.grad(total, x, retain_graph=True)[0]  # recomputed
+        torch.testing.assert_close(first, ref)
+        torch.testing.assert_close(second, ref)
+        for k in got:  # one part at a time: g_ce = 0 or g_pen = 0
+            torch.testing.assert_close(
+                torch.autograd.grad(got[k], x, retain_graph=True)[0],
+                torch.autograd.grad(want[k], x)[0],
+            )
+        with torch.no_grad():  # no gradient buffer: same values
+            for k, v in lss.terms(x, y).items():
+                torch.testing.assert_close(v, got[k].detach())
+
+
 def test_fused_ce_part_is_cross_entropy_sum(generator):
     x = (3 * torch.randn(2, 4, 6, 5, generator=generator, dtype=torch.float64)).requires_grad_()
     y = torch.randint(0, 4, (2, 6, 5), generator=generator)

@@ -244,17 +244,23 @@ def neighbor_parts(
 
     Returns:
         ``counts`` ``(B, K, *spatial)`` (``uint8`` when nothing is ignored, else float32),
-        ``f`` float32 ``(B, 1, *spatial)`` = ``s_i / n_valid(i)`` and ``boundary`` bool
-        ``(B, *spatial)``, so that :func:`neighbor_violation` is ``|counts · f − l|``.
+        ``f`` float32 ``(B, 1, *spatial)`` = ``s_i / n_valid(i)`` and ``boundary`` float32
+        ``(B, *spatial)`` (1 = boundary, 0 = inner; float because the fused kernels multiply
+        by it and bool-to-float conversions are slow on CPU), so that
+        :func:`neighbor_violation` is ``|counts · f − l|`` and its region is ``boundary == 1``.
     """
     nd = target.dim() - 1
     if mask is None:
         counts = window_counts(target, num_classes, kernel_size=kernel_size, padding="label0")
-        n_valid = float(kernel_size**nd)
-        boundary = counts.amax(1, keepdim=True) < n_valid
-        inner = float(inner_target_scale) / n_valid
-        f = boundary.float().mul_(1.0 / n_valid - inner).add_(inner)
-        return counts, f, boundary.squeeze(1)
+        size = kernel_size**nd
+        # Inner <=> one class fills the whole window (label-0 padding counts as class 0). The
+        # class max over the integer counts is one fast pass, and the comparison writes its
+        # {0, 1} result straight into float32 (no bool tensor, no conversion pass).
+        most = counts.amax(1)
+        boundary = torch.lt(most, size, out=torch.empty(most.shape, device=most.device))
+        inner = float(inner_target_scale) / size
+        f = torch.mul(boundary, 1.0 / size - inner).add_(inner).unsqueeze(1)
+        return counts, f, boundary
     classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * nd))
     onehot = (target.unsqueeze(1) == classes) & mask.unsqueeze(1)
     counts = _window_sum(onehot.float(), kernel_size)
@@ -263,7 +269,7 @@ def neighbor_parts(
     n_valid = _window_sum(mask.unsqueeze(1).float(), kernel_size) + outside
     boundary = (counts.amax(1, keepdim=True) < n_valid) & mask.unsqueeze(1)
     f = torch.where(boundary, 1.0, float(inner_target_scale)) / n_valid.clamp_min(1.0)
-    return counts, f, boundary.squeeze(1)
+    return counts, f, boundary.squeeze(1).float()
 
 
 def _window_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:

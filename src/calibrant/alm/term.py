@@ -307,7 +307,7 @@ class ALMPenalty(nn.Module):
         denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
         m = None if mask is None else mask.unsqueeze(1).float()
         lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
-        bnd = boundary.unsqueeze(1).float()
+        bnd = boundary.unsqueeze(1)  # float32 {0, 1}
         return _NeighborPHR.apply(x, counts, f, bnd, m, lam, rho, float(denom))
 
     def _params(self, v: Violations) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,7 +365,7 @@ class ALMPenalty(nn.Module):
         # Σh, Σh·b, Σh², Σh²·b, Σg₀, Σg₀·b, Σg₁·b with b = boundary, g_r = clamp(λ_r + ρ_r h).
         parts = []
         for bs, _, ps in row_chunks((b, 1, n), 1 << 16):
-            fc, bf = f[bs, ps], bnd[bs, ps].float()
+            fc, bf = f[bs, ps], bnd[bs, ps]
             for c in range(k):
                 h = torch.mul(counts[bs, c, ps], fc).sub_(x[bs, c, ps]).abs_()
                 hb = h * bf
@@ -379,7 +379,7 @@ class ALMPenalty(nn.Module):
         s1 = torch.stack([tot[0] - tot[1], tot[1]])  # [inner, boundary] × K
         s2 = torch.stack([tot[2] - tot[3], tot[3]])
         sg = torch.stack([tot[4] - tot[5], tot[6]])
-        n_b = int(boundary.sum())
+        n_b = int(boundary.sum(dtype=torch.float64))  # exact count
         n_in = b * n - n_b
         lam64, rho64 = lam.double(), rho.double()
         table = {"viol": s1, "value": lam64 * s1 + 0.5 * rho64 * s2, "grad": sg}

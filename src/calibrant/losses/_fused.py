@@ -53,6 +53,12 @@ class _CEPlus(torch.autograd.Function):
     (one fused kernel), the backward recomputes ``softmax`` per chunk, scales it by ``g_ce``,
     subtracts ``g_ce`` at the label (``scatter_add_``, no one-hot) and lets the penalty add its
     part in place.
+
+    A kernel that also has ``forward_grad(xs, bs, ps, out)`` (CRaC's PHR) writes ``∂P/∂l`` into
+    the gradient buffer during the forward, while its intermediates are at hand, instead of
+    recomputing them in the backward; the buffer is what the backward returns (scaled by
+    ``g_pen``, plus the CE part), so the peak memory is the same. It is used once: a second
+    backward through the same graph (``retain_graph=True``) takes the recomputing path.
     """
 
     @staticmethod
@@ -62,12 +68,25 @@ class _CEPlus(torch.autograd.Function):
         yv = y.reshape(b, 1, -1)
         ce = xv.new_zeros(())
         pen.begin(xv)
+        # A kernel with ``forward_grad`` writes its gradient (for g_pen = 1) into the gradient
+        # buffer during the forward, sharing the forward's intermediates; the backward then only
+        # scales it and adds the CE part (once; a second backward recomputes, see below).
+        early = hasattr(pen, "forward_grad") and ctx.needs_input_grad[0]
+        gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device) if early else None
         for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _positions_per_chunk(c)):
             xs = xv[bs, :, ps].contiguous()  # softmax over dim 1 is slow on strided chunks
             ce -= torch.log_softmax(xs, 1).gather(1, yv[bs, :, ps]).sum()
-            pen.forward(xs, xs.amax(1, keepdim=True) if pen.needs_max else None, bs, ps)
+            if early:
+                out = gx[bs, :, ps]
+                buf = out if out.is_contiguous() else torch.empty_like(xs)
+                pen.forward_grad(xs, bs, ps, buf)
+                if buf is not out:
+                    out.copy_(buf)
+            else:
+                pen.forward(xs, xs.amax(1, keepdim=True) if pen.needs_max else None, bs, ps)
         ctx.save_for_backward(x, y)
         ctx.pen = pen
+        ctx.gx = gx
         return ce, pen.value()
 
     @staticmethod
@@ -77,8 +96,18 @@ class _CEPlus(torch.autograd.Function):
         pen = ctx.pen
         b, c = x.shape[:2]
         xv, yv = x.reshape(b, c, -1), y.reshape(b, 1, -1)
-        gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
         neg = g_ce.neg()
+        gx, ctx.gx = ctx.gx, None
+        if gx is not None:  # penalty gradient already in gx: g_pen · gx + g_ce (softmax − e_y)
+            scale = not bool(g_pen == 1)
+            for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _positions_per_chunk(c)):
+                xs, out, ys = xv[bs, :, ps].contiguous(), gx[bs, :, ps], yv[bs, :, ps]
+                if scale:
+                    out.mul_(g_pen)
+                out.addcmul_(torch.softmax(xs, 1), g_ce)
+                out.scatter_add_(1, ys, neg.expand(ys.shape))
+            return gx.view(x.shape), None, None
+        gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
         pen.coef = None  # per-backward constants (they depend on g_pen)
         for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _positions_per_chunk(c)):
             xs, out, ys = xv[bs, :, ps].contiguous(), gx[bs, :, ps], yv[bs, :, ps]
@@ -153,7 +182,14 @@ class _ScaledL1:
 
 
 class _NeighborPHR:
-    """Chunk kernel of the CRaC PHR penalty (see ``calibrant.alm.term._NeighborPHR``)."""
+    r"""Chunk kernel of the CRaC PHR penalty (see ``calibrant.alm.term._NeighborPHR``).
+
+    With ``d = l − counts·f`` and λ, ρ per [region, class] (scaled by ``1/denom``), the forward
+    writes ``G = λ·sign(d) + ρ·d`` (``∂P/∂l`` for g = 1) and takes the value from it:
+    ``P = λ|d| + ρd²/2 = d·G − d·(ρd)/2`` (two dot products per chunk, no per-class sums).
+    ``backward`` (the recomputing path, used only by a second backward of the same graph)
+    rebuilds ``G`` from ``d``.
+    """
 
     needs_max = False
 
@@ -165,42 +201,58 @@ class _NeighborPHR:
         b, k, n = xv.shape
         self.c3 = self.counts.reshape(b, k, n)
         self.f3, self.b3 = self.f.reshape(b, 1, n), self.bnd.reshape(b, 1, n)
-        self.sums = []  # per chunk: Σh, Σh·bnd, Σh², Σh²·bnd per class (float32)
+        self.sums = []  # per chunk: Σ d·G, Σ d·ρd (float32, dot products)
         self.dtype = xv.dtype
+        self.coef = self._coef(xv, 1.0)
+
+    def _coef(self, xs: torch.Tensor, g) -> list:
+        """λ0, ρ0, Δλ, Δρ as ``(1, K, 1)`` (times ``g / denom``), and whether regions differ."""
+        k = xs.shape[1]
+        lam = self.lam.to(xs.dtype) * (g / self.denom)
+        rho = self.rho.to(xs.dtype) * (g / self.denom)
+        split = bool((lam[0] != lam[1]).any() or (rho[0] != rho[1]).any())
+        coef = [v.view(1, k, 1) for v in (lam[0], rho[0], lam[1] - lam[0], rho[1] - rho[0])]
+        return [*coef, split]
 
     def _d(self, xs, bs, ps) -> torch.Tensor:
         return torch.addcmul(xs, self.c3[bs, :, ps], self.f3[bs, :, ps], value=-1.0)
 
+    def _grad(self, d, bs, ps, coef, out) -> torch.Tensor:
+        """``out = λ·sign(d) + ρ·d`` (λ, ρ looked up by region); returns ``ρ·d``."""
+        lam0, rho0, dlam, drho, split = coef
+        if split:  # λ = λ0 + Δλ·bnd, ρ = ρ0 + Δρ·bnd (bnd broadcast over classes)
+            b = self.b3[bs, :, ps]
+            e = torch.mul(d, rho0)
+            sd = d.sign()
+            t = torch.mul(d, drho)
+            e.addcmul_(t, b)
+            torch.addcmul(e, sd, lam0, out=out)
+            out.addcmul_(torch.mul(sd, dlam, out=t), b)
+        else:
+            e = torch.mul(d, rho0)
+            torch.addcmul(e, d.sign(), lam0, out=out)
+        return e
+
     def forward(self, xs, m, bs, ps) -> None:
-        h = self._d(xs, bs, ps).abs_()
-        hb = h * self.b3[bs, :, ps]
-        s = [h.sum((0, 2)), hb.sum((0, 2)), hb.mul_(h).sum((0, 2)), h.square_().sum((0, 2))]
-        self.sums.append(torch.stack(s))
+        self.forward_grad(xs, bs, ps, torch.empty_like(xs))
+
+    def forward_grad(self, xs, bs, ps, out) -> None:
+        d = self._d(xs, bs, ps)
+        e = self._grad(d, bs, ps, self.coef, out)
+        dv = d.view(-1)
+        self.sums.append(torch.stack([torch.dot(dv, out.view(-1)), torch.dot(dv, e.view(-1))]))
 
     def value(self) -> torch.Tensor:
-        t = torch.stack(self.sums).double().sum(0)  # (4, K)
-        h1 = torch.stack([t[0] - t[1], t[1]])  # [inner, boundary] × K
-        h2 = torch.stack([t[3] - t[2], t[2]])
-        total = (self.lam.double() * h1 + 0.5 * self.rho.double() * h2).sum() / self.denom
+        t = torch.stack(self.sums).double().sum(0)
         self.sums = None
-        return total.to(self.dtype)
+        return (t[0] - 0.5 * t[1]).to(self.dtype)
 
     def backward(self, xs, m, bs, ps, out, g) -> None:
-        if self.coef is None:  # once per backward: λ, ρ per [region, class] times g / denom
-            k = xs.shape[1]
-            lam, rho = self.lam.to(xs.dtype) * (g / self.denom), self.rho.to(xs.dtype)
-            rho = rho * (g / self.denom)
-            split = bool((lam[0] != lam[1]).any() or (rho[0] != rho[1]).any())
-            self.coef = [v.view(1, k, 1) for v in (lam[0], rho[0], lam[1] - lam[0])]
-            self.coef += [(rho[1] - rho[0]).view(1, k, 1), split]
-        lam0, rho0, dlam, drho, split = self.coef
-        # dP/dl = (λ + ρh)·sign(d) = λ·sign(d) + ρ·d, with λ = λ0 + Δλ·bnd (same for ρ)
-        d = self._d(xs, bs, ps)
-        out.addcmul_(d, rho0)
-        sd = d.sign()
-        out.addcmul_(sd, lam0)
-        if split:
-            out.addcmul_(d.mul_(drho).addcmul_(sd, dlam), self.b3[bs, :, ps])
+        if self.coef is None:  # once per backward: the coefficients times g
+            self.coef = self._coef(xs, g)
+        grad = torch.empty_like(xs)
+        self._grad(self._d(xs, bs, ps), bs, ps, self.coef, grad)
+        out.add_(grad)
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -297,8 +349,7 @@ def _crac_fused(part, ce_module, logits, target):
     n = safe.numel()
     denom = max(n, 1) * part.layout.num_slots * part.layout.columns_per_slot
     lam, rho = _pair_table(part.lam, part.layout), _pair_table(part.rho, part.layout)
-    bnd = boundary.unsqueeze(1).to(x.dtype)
-    pen = _NeighborPHR(counts, f.to(x.dtype), bnd, lam, rho, float(denom))
+    pen = _NeighborPHR(counts, f, boundary.unsqueeze(1), lam, rho, float(denom))
     ce_sum, value = _run(x, safe, pen)
     return _ce_value(ce_sum, ce_module, n), value
 
