@@ -257,7 +257,7 @@ def neighbor_parts(
         # class max over the integer counts is one fast pass, and the comparison writes its
         # {0, 1} result straight into float32 (no bool tensor, no conversion pass).
         most = counts.amax(1)
-        boundary = torch.lt(most, size, out=torch.empty(most.shape, device=most.device))
+        boundary = torch.lt(most, size, out=most.new_empty(most.shape, dtype=torch.float32))
         inner = float(inner_target_scale) / size
         f = torch.mul(boundary, 1.0 / size - inner).add_(inner).unsqueeze(1)
         return counts, f, boundary
