@@ -122,6 +122,12 @@ def test_bad_override_and_unknown_preset(tmp_path, capsys):
     assert "presets:" in capsys.readouterr().err
 
 
+def test_bad_channels_last_value_is_an_error(tmp_path, capsys):
+    args = ["train", "hippocampus_ce", "train.channels_last=3", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "train.channels_last must be true or false, got 3" in capsys.readouterr().err
+
+
 def test_corrupt_checkpoint_on_resume_is_an_error(acdc_root, tmp_path, capsys):
     ckpt = tmp_path / "checkpoints" / "last.pt"
     ckpt.parent.mkdir(parents=True)

@@ -10,11 +10,12 @@ from torch import nn
 
 from calibrant.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from calibrant.engine import EpochSampler, fit, predict_volume, sliding_window
+from calibrant.models import to_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _problem(seed: int = 0):
+def _problem(seed: int = 0, channels_last: bool = False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(40, 2, 8, 8, generator=g)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
@@ -24,6 +25,8 @@ def _problem(seed: int = 0):
     model = nn.Sequential(
         nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(8, 3, 1)
     )
+    if channels_last:
+        to_channels_last(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     loader = torch.utils.data.DataLoader(
@@ -46,8 +49,15 @@ def _criterion(kind: str) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _run(ckpt_dir: str, resume: bool, halt: int | None, epochs: int = 4, kind: str = "ce"):
-    model, loader, val_loader, opt, sched, metrics = _problem()
+def _run(
+    ckpt_dir: str,
+    resume: bool,
+    halt: int | None,
+    epochs: int = 4,
+    kind: str = "ce",
+    channels_last: bool = False,
+):
+    model, loader, val_loader, opt, sched, metrics = _problem(channels_last=channels_last)
     history = fit(
         model,
         loader,
@@ -66,25 +76,28 @@ def _run(ckpt_dir: str, resume: bool, halt: int | None, epochs: int = 4, kind: s
     return model.state_dict(), history
 
 
-def _subprocess(ckpt_dir, resume, halt, kind="ce"):
+def _subprocess(ckpt_dir, resume, halt, kind="ce", channels_last=False):
     code = (
         "from tests.test_engine import _run; "
-        f"_run({str(ckpt_dir)!r}, {resume}, {halt}, kind={kind!r})"
+        f"_run({str(ckpt_dir)!r}, {resume}, {halt}, kind={kind!r}, channels_last={channels_last})"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True)
 
 
-@pytest.mark.parametrize("kind", ["ce", "bwcr"])
-def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, kind):
-    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, halt=None, kind=kind)
+@pytest.mark.parametrize(("kind", "channels_last"), [("ce", False), ("bwcr", False), ("ce", True)])
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, kind, channels_last):
+    opts = dict(kind=kind, channels_last=channels_last)
+    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, halt=None, **opts)
     # 7 steps per epoch; die at global step 11 (mid epoch 2), last periodic save at step 9.
-    killed = _subprocess(tmp_path / "run", resume=False, halt=11, kind=kind)
+    killed = _subprocess(tmp_path / "run", resume=False, halt=11, **opts)
     assert killed.returncode == 3, killed.stderr.decode()[-2000:]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["global_step"] == 9
-    state, history = _run(str(tmp_path / "run"), resume=True, halt=None, kind=kind)
+    state, history = _run(str(tmp_path / "run"), resume=True, halt=None, **opts)
     for name, ref in ref_state.items():
         assert torch.equal(state[name], ref), name
+        if channels_last and ref.dim() == 4:  # the resumed weights keep the layout
+            assert state[name].is_contiguous(memory_format=torch.channels_last), name
     assert history == ref_history
     if kind == "bwcr":
         assert set(history[0]["train"]) == {"loss", "sup0", "sup1", "cons", "steps"}

@@ -16,7 +16,7 @@ from torch import nn
 
 import calibrant  # noqa: F401  (registers every model)
 from calibrant.models import CifarResNet, UNet
-from calibrant.models._layers import pad_to_multiple
+from calibrant.models._layers import pad_to_multiple, to_channels_last
 from calibrant.models.resnet import _ShortcutA
 from calibrant.registry import MODELS
 from tests.conftest import require_dataset
@@ -163,6 +163,36 @@ def test_unet_padding_equals_explicit_zero_padding(spatial_dims, size, generator
     padded[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)] = x
     ref = net(padded)[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
     torch.testing.assert_close(net(x), ref)
+
+
+@pytest.mark.parametrize("name", ["unet2d", "unet3d", "resnet8"])
+def test_channels_last_equals_contiguous(name, generator):
+    """Same weights in NHWC/NDHWC: logits and weight gradients agree to rounding."""
+    ref = MODELS.build(name, **SMALL[name]).train()
+    net = to_channels_last(MODELS.build(name, **SMALL[name]).train())
+    net.load_state_dict(ref.state_dict())
+    fmt = torch.channels_last_3d if MODELS.meta(name).get("spatial_dims") == 3 else None
+    fmt = fmt or torch.channels_last
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    assert convs and all(m.weight.is_contiguous(memory_format=fmt) for m in convs)
+    x = example_input(name, ref, 2, generator)
+    out_ref, out = ref(x), net(x)
+
+    def close(a, b, tol):  # to rounding, on the scale of the tensor (batch norm divides by std)
+        return float((a - b).abs().max()) <= tol * float(b.abs().max())
+
+    assert close(out, out_ref, 1e-4)
+    out_ref.square().mean().backward()
+    out.square().mean().backward()
+    for (key, p_ref), p in zip(ref.named_parameters(), net.parameters(), strict=True):
+        assert close(p.grad, p_ref.grad, 1e-2), key  # a layout bug is off by O(1)
+
+
+def test_channels_last_needs_one_kind_of_convolution():
+    with pytest.raises(ValueError, match="MLP has no 2D or 3D convolution"):
+        to_channels_last(MODELS.build("mlp", **SMALL["mlp"]))
+    with pytest.raises(ValueError, match="both 2D and 3D convolutions"):
+        to_channels_last(nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv3d(2, 2, 1)))
 
 
 def test_pad_to_multiple_modes():

@@ -32,6 +32,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from calibrant.engine import EpochSampler, fit, predict_volume
+from calibrant.models import to_channels_last
 from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS
 
 __all__ = [
@@ -281,6 +282,9 @@ def build_experiment(
     workers = int(train_cfg.get("workers", 0))
     batch_size = int(train_cfg.get("batch_size", 8))
     epochs = int(train_cfg.get("epochs", 1))
+    channels_last = train_cfg.get("channels_last", False)  # weights NHWC/NDHWC (to_channels_last)
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"train.channels_last must be true or false, got {channels_last!r}")
 
     train_ds = build_data(cfg["data"], data_root, "train")
     val_ds = build_data(cfg["data"], data_root, "val")
@@ -289,6 +293,8 @@ def build_experiment(
 
     torch.manual_seed(seed)  # model initialisation is part of the seeded run
     model = build_model(cfg["model"], info).to(device)
+    if channels_last:
+        to_channels_last(model)
     criterion = build_criterion(cfg["loss"], info, seed=seed + rank).to(device)
     optimizer = build_optimizer(cfg.get("optim", {"name": "adam", "lr": 1e-3}), model.parameters())
     scheduler = build_scheduler(cfg.get("sched"), optimizer, epochs)

@@ -11,6 +11,7 @@ Example:
     ['dynunet', 'unet2d', 'unet2d_paper', 'unet3d']
 """
 
+from calibrant.models._layers import to_channels_last
 from calibrant.models.dynunet import PaddedDynUNet, dynunet
 from calibrant.models.mlp import MLP, mlp
 from calibrant.models.resnet import BasicBlock, CifarResNet, resnet8, resnet20, resnet32, resnet56
@@ -33,6 +34,7 @@ __all__ = [
     "resnet56",
     "text_bag",
     "text_mlp",
+    "to_channels_last",
     "unet2d",
     "unet2d_paper",
     "unet3d",

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the model files: normalisation table, padding, input checks.
+"""Shared building blocks of the model files: norms, padding, input checks, channels-last.
 
 Example:
     >>> x = torch.zeros(1, 1, 37, 53)
@@ -15,7 +15,15 @@ from torch import nn
 
 from calibrant._checks import check_choice
 
-__all__ = ["NORMS", "make_norm", "pad_to_multiple", "check_image_input", "conv_nd", "pool_nd"]
+__all__ = [
+    "NORMS",
+    "make_norm",
+    "pad_to_multiple",
+    "check_image_input",
+    "conv_nd",
+    "pool_nd",
+    "to_channels_last",
+]
 
 NORMS = ("batch", "instance", "group", "none")
 
@@ -103,3 +111,40 @@ def check_image_input(x: torch.Tensor, in_channels: int, spatial_dims: int) -> N
         raise ValueError(
             f"input has {x.shape[1]} channels but the model expects in_channels={in_channels}"
         )
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Store a convolutional model's weights channels-last (NHWC / NDHWC), in place.
+
+    The convolutions then run in the channels-last layout whatever the input's layout (oneDNN
+    and cuDNN pick it from the weight), and their outputs come back in it. Values are unchanged;
+    only the float summation order of the convolutions differs, so results agree to rounding.
+    On this repository's 2-core CPU (``benchmarks/results/memory_format.md``) the train step of
+    the ``hippocampus_ce`` 3D UNet is 1.5× faster this way, that of the ``acdc_ce`` 2D UNet
+    1.1×. A model with 3D convolutions takes ``torch.channels_last_3d``, one with 2D
+    convolutions ``torch.channels_last``.
+
+    Args:
+        model: a module holding ``nn.Conv2d`` or ``nn.Conv3d`` layers (not both).
+
+    Returns:
+        ``model`` itself, converted.
+
+    Raises:
+        ValueError: if the model has no 2D/3D convolution, or has both kinds.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv3d(1, 4, 3), nn.ReLU(), nn.Conv3d(4, 2, 1))
+        >>> net = to_channels_last(net)
+        >>> net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+        True
+    """
+    dims = {m.weight.dim() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))}
+    if len(dims) != 1:
+        kinds = "no 2D or 3D convolution" if not dims else "both 2D and 3D convolutions"
+        raise ValueError(
+            f"channels-last needs a model with 2D or 3D convolutions of one kind; "
+            f"{type(model).__name__} has {kinds}"
+        )
+    fmt = torch.channels_last_3d if dims == {5} else torch.channels_last
+    return model.to(memory_format=fmt)
