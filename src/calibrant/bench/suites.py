@@ -20,7 +20,7 @@ from calibrant.bench import claims
 from calibrant.bench.suite import Claim, Column, Method, Search, Suite, Task
 from calibrant.registry import SUITES
 
-__all__ = ["SEGMENTATION_METHODS"]
+__all__ = ["SEGMENTATION_METHODS", "segmentation_claims"]
 
 # -------------------------------------------------------------------- segmentation (CRaC table)
 
@@ -53,26 +53,38 @@ SEGMENTATION_COLUMNS = (
 )
 
 _INVESTIGATION = ("crac_rho1", "crac_rho_init1")
-_COMPARED = tuple(m.name for m in SEGMENTATION_METHODS if m.name not in _INVESTIGATION)
 
-SEGMENTATION_CLAIMS = (  # the investigation rows are not among "all methods"
-    Claim(
-        "CRaC has the lowest ECE and TACE of all methods",
-        claims.lowest("crac", ["ece_paper", "tace_paper"], among=_COMPARED),
-    ),
-    Claim(
-        "CRaC's Dice is within 1 point of the best",
-        claims.within_best("crac", "dice", 0.01, among=_COMPARED),
-    ),
-    Claim(
-        "NACL beats LS, MbLS and SVLS on ECE",
-        claims.beats("nacl", ["ls", "mbls", "svls"], "ece_paper"),
-    ),
-    Claim(
-        "every calibration method beats CE on ECE",
-        claims.beats_baseline("ce", "ece_paper", exclude=_INVESTIGATION),
-    ),
-)
+
+def segmentation_claims(methods: tuple[Method, ...]) -> tuple[Claim, ...]:
+    """The CRaC comparison's claims over ``methods`` (the investigation rows left out).
+
+    "All methods" are the suite's own methods, so a suite without one of them (BWCR in 3D)
+    still reaches a verdict.
+
+    Example:
+        >>> [c.text for c in segmentation_claims(SEGMENTATION_METHODS)][-1]
+        'every calibration method beats CE on ECE'
+    """
+    compared = tuple(m.name for m in methods if m.name not in _INVESTIGATION)
+    return (
+        Claim(
+            "CRaC has the lowest ECE and TACE of all methods",
+            claims.lowest("crac", ["ece_paper", "tace_paper"], among=compared),
+        ),
+        Claim(
+            "CRaC's Dice is within 1 point of the best",
+            claims.within_best("crac", "dice", 0.01, among=compared),
+        ),
+        Claim(
+            "NACL beats LS, MbLS and SVLS on ECE",
+            claims.beats("nacl", ["ls", "mbls", "svls"], "ece_paper"),
+        ),
+        Claim(
+            "every calibration method beats CE on ECE",
+            claims.beats_baseline("ce", "ece_paper", exclude=_INVESTIGATION),
+        ),
+    )
+
 
 CRAC_ACDC_PAPER = {  # CRaC poster, ACDC columns (METHODS §9.1); HD is HD95 in voxels
     "focal": {"dice": 0.620, "hd95": 7.30, "ece_paper": 0.153, "tace_paper": 0.224},
@@ -115,7 +127,7 @@ def crac_acdc() -> Suite:
         methods=SEGMENTATION_METHODS,
         columns=SEGMENTATION_COLUMNS,
         seeds={"cpu": 3, "paper": 3},
-        claims=SEGMENTATION_CLAIMS,
+        claims=segmentation_claims(SEGMENTATION_METHODS),
         reductions=(
             "Preset `acdc_ce`: slices cropped/padded to 192×192 and downsampled ×2 to 96×96 "
             "(HD95 is therefore in half-resolution voxels, about half the paper's scale), UNet "
@@ -133,6 +145,9 @@ def crac_acdc() -> Suite:
     )
 
 
+_METHODS_3D = tuple(m for m in SEGMENTATION_METHODS if m.name != "bwcr")  # BWCR views are 2D
+
+
 @SUITES.register("crac-hippocampus")
 def crac_hippocampus() -> Suite:
     """The same methods in 3D on MSD Hippocampus (no paper has this set-up)."""
@@ -141,10 +156,10 @@ def crac_hippocampus() -> Suite:
         "MSD Hippocampus (anterior and posterior hippocampus), 3D UNet, the segmentation "
         "calibration methods of the CRaC comparison in 3D. No paper reports this set-up.",
         tasks=(Task("hippocampus", "hippocampus_ce"),),
-        methods=tuple(m for m in SEGMENTATION_METHODS if m.name != "bwcr"),
+        methods=_METHODS_3D,
         columns=SEGMENTATION_COLUMNS,
         seeds={"cpu": 3},
-        claims=SEGMENTATION_CLAIMS,
+        claims=segmentation_claims(_METHODS_3D),
         reductions=(
             "Preset `hippocampus_ce`: random 32³ training patches (2 per case and epoch), "
             "whole-volume evaluation, UNet3D with 8 base channels and depth 3, 10 epochs "
