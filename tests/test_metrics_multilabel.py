@@ -131,7 +131,9 @@ def test_streaming_equals_one_shot_and_adaptive_bound(generator):
             for part in torch.tensor_split(torch.arange(3000), [7, 1000, 2222]):
                 m.update(logits[part], target[part])
             one = multilabel_calibration_error(logits, target, norm=norm, per_label=per_label)
-            torch.testing.assert_close(m.compute(), one, rtol=0, atol=1e-12)
+            # float64 sums in another order: equal to about 1e-10 relative (7e-11 seen on an
+            # AMD EPYC host), far below any binning difference
+            torch.testing.assert_close(m.compute(), one, rtol=1e-9, atol=1e-12)
     m = MultilabelCalibrationError(norm="adaptive")
     m.update(logits, target)
     exact = float(multilabel_calibration_error(logits, target, norm="adaptive"))
