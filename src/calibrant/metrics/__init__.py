@@ -9,6 +9,8 @@ from calibrant.metrics.binary import *  # noqa: F403
 from calibrant.metrics.binary import __all__ as _binary_all
 from calibrant.metrics.calibration import *  # noqa: F403
 from calibrant.metrics.calibration import __all__ as _calibration_all
+from calibrant.metrics.classwise import *  # noqa: F403
+from calibrant.metrics.classwise import __all__ as _classwise_all
 from calibrant.metrics.multilabel import *  # noqa: F403
 from calibrant.metrics.multilabel import __all__ as _multilabel_all
 from calibrant.metrics.ranking import *  # noqa: F403
@@ -24,6 +26,7 @@ __all__ = [
     "ReliabilityCurve",
     *_binary_all,
     *_calibration_all,
+    *_classwise_all,
     *_multilabel_all,
     *_ranking_all,
     *_scores_all,

@@ -16,7 +16,8 @@ import torch
 
 from calibrant._tensor import boundary_mask, valid_mask
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.calibration import CalibrationError, ClasswiseCalibrationError
+from calibrant.metrics.calibration import CalibrationError
+from calibrant.metrics.classwise import ClasswiseCalibrationError
 
 __all__ = ["RegionReliabilityCurves", "region_masks"]
 

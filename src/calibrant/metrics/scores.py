@@ -47,7 +47,7 @@ import torch
 from calibrant._checks import check_choice
 from calibrant._tensor import float32, neighbor_proportions, valid_mask
 from calibrant.metrics import _binning as K
-from calibrant.metrics.calibration import _CalMetric, _prepare
+from calibrant.metrics._base import CalMetric, prepare_batch
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -67,7 +67,7 @@ __all__ = [
 
 def _score_sums(logits, target, *, ignore_index, mask, pixel_subset, input_kind):
     """Return float64 sums of Brier and NLL terms and the int64 count of valid elements."""
-    _prepare(
+    prepare_batch(
         logits, target, mask, num_classes=None, input_kind=input_kind, pixel_subset=pixel_subset
     )
     dev = logits.device
@@ -176,7 +176,9 @@ def negative_log_likelihood(
 def _neighborhood_brier_sums(
     logits, target, *, kernel_size, ignore_index, mask, pixel_subset, padding
 ):
-    _prepare(logits, target, mask, num_classes=None, input_kind="logits", pixel_subset=pixel_subset)
+    prepare_batch(
+        logits, target, mask, num_classes=None, input_kind="logits", pixel_subset=pixel_subset
+    )
     if logits.dim() < 3:
         raise ValueError("neighborhood_brier_score needs spatial dims: logits (B, C, *spatial)")
     C = logits.shape[1]
@@ -261,7 +263,7 @@ def neighborhood_brier_score(
 # ----------------------------------------------------------------------------------------------
 
 
-class _ScoreMetric(_CalMetric):
+class _ScoreMetric(CalMetric):
     def __init__(
         self,
         *,
@@ -347,7 +349,7 @@ class NegativeLogLikelihood(_ScoreMetric):
         self.count += n
 
 
-class NeighborhoodBrierScore(_CalMetric):
+class NeighborhoodBrierScore(CalMetric):
     """Streaming CRaC neighbourhood Brier score (see :func:`neighborhood_brier_score`).
 
     Args:
