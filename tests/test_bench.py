@@ -127,6 +127,19 @@ def test_claims_hold_fail_and_wait_for_missing_results():
     assert C.repairs("ls", "crac", "ce", "ece")(table, "t").holds is False  # no gap to repair
 
 
+def test_tuned_rows_search_around_the_published_weight():
+    """crac-acdc's tuned rows keep their base's loss and their grids hold its published value."""
+    suite = SUITES.build("crac-acdc")
+    tuned = [m for m in suite.methods if m.search is not None]
+    assert [m.name for m in tuned] == ["mbls_tuned", "nacl_tuned"]
+    for m in tuned:
+        base = suite.method(m.name.removesuffix("_tuned"))
+        assert m.loss == base.loss and m.search.metric == "ece_paper"
+        for key, values in m.search.grid.items():
+            assert base.loss[key.removeprefix("loss.")] in values
+    assert all(m.search is None for m in SUITES.build("crac-hippocampus").methods)
+
+
 @pytest.mark.parametrize("name", ["crac-acdc", "crac-hippocampus"])
 def test_segmentation_claims_reach_a_verdict_once_every_method_of_the_suite_ran(name):
     """crac-hippocampus has no BWCR: its claims must not wait for a BWCR result."""
@@ -317,7 +330,7 @@ def test_search_tunes_on_validation_and_seeds_use_the_choice(data_root, tmp_path
         "",
         tasks=base.tasks,
         methods=(Method("bce_lpr", "BCE+LPR", {"name": "bce_lpr"}, search=search),),
-        columns=base.columns,
+        columns=(*base.columns, Column("map_y", "mAP@y", higher_is_better=True)),
         seeds={"cpu": 2},
     )
     results, work = tmp_path / "results", tmp_path / "work"
@@ -341,6 +354,10 @@ def test_search_tunes_on_validation_and_seeds_use_the_choice(data_root, tmp_path
     assert len(list((work / "toy" / "cpu" / "scene" / "bce_lpr").iterdir())) == 3  # 2 + seed 2
     page = render_suite(suite, results, figures=False).read_text()
     assert "tuned on the validation split" in page and f"chosen `{{'loss.lam': {best}}}`" in page
+    # each candidate's row also shows the page's other columns on the validation split
+    assert "| loss.lam | val ace | val mAP@y |" in page
+    row = next(c for c in found["candidates"] if c["values"]["loss.lam"] == best)
+    assert f"| {best} | {row['score']:.4f} | {row['val']['map_y']:.4f} |" in page
     # another grid makes the choice and the records stale
     wider = Search({"loss.lam": (0.1, 2.0, 5.0)}, "ace", higher_is_better=False)
     changed = Suite(

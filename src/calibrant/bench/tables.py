@@ -192,16 +192,24 @@ def _search_section(suite: Suite, results: Path, profile: str, task: str) -> lis
             continue
         record = json.loads(path.read_text())
         arrow = "↑" if record["higher_is_better"] else "↓"
+        # The other columns of the page on the validation split, to show what the choice costs.
+        others = [
+            c
+            for c in suite.columns
+            if c.key != record["metric"] and all(c.key in v["val"] for v in record["candidates"])
+        ]
+        heads = [*record["grid"], f"val {record['metric']}", *(f"val {c.label}" for c in others)]
         lines += [
             f"{m.label}: tuned on the validation split (seed {record['seed']}), "
             f"`{record['metric']}` {arrow}; chosen `{record['chosen']}`.",
             "",
-            "| " + " | ".join(record["grid"]) + f" | val {record['metric']} |",
-            "|" + "---|" * (len(record["grid"]) + 1),
+            "| " + " | ".join(heads) + " |",
+            "|" + "---|" * len(heads),
         ]
         for c in record["candidates"]:
             cells = [str(c["values"][k]) for k in record["grid"]]
-            lines.append("| " + " | ".join(cells) + f" | {c['score']:.4f} |")
+            cells += [f"{c['score']:.4f}", *(f"{c['val'][o.key]:.4f}" for o in others)]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
