@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from calibrant.losses import logarithmic as lg
 from calibrant.losses import multilabel as ml
 from calibrant.losses import overlap as ov
 from calibrant.registry import LOSSES
@@ -250,17 +251,17 @@ def test_all_constants_continuity_and_slope_jump():
     gamma, omega, eps = 0.1, 10.0, 0.5
     c = gamma - omega * math.log1p(gamma / eps)
     assert c == pytest.approx(-1.7232, abs=1e-4)
-    at = ov.adaptive_log(torch.tensor(gamma, dtype=torch.float64))
+    at = lg.adaptive_log(torch.tensor(gamma, dtype=torch.float64))
     assert at.item() == pytest.approx(1.8232, abs=1e-4)
     d = 1e-9
-    left = ov.adaptive_log(torch.tensor(gamma - d, dtype=torch.float64))
-    right = ov.adaptive_log(torch.tensor(gamma + d, dtype=torch.float64))
+    left = lg.adaptive_log(torch.tensor(gamma - d, dtype=torch.float64))
+    right = lg.adaptive_log(torch.tensor(gamma + d, dtype=torch.float64))
     assert left.item() == pytest.approx(at.item(), abs=1e-7)  # value-continuous ...
     assert right.item() == pytest.approx(at.item(), abs=1e-7)
 
     def slope(v):
         x = torch.tensor(v, dtype=torch.float64, requires_grad=True)
-        ov.adaptive_log(x).backward()
+        lg.adaptive_log(x).backward()
         return x.grad.item()
 
     # ... but the slope jumps: ω/(ε+γ) = 16.67 on the left, 1 on the right (not C¹ at γ,
@@ -271,29 +272,29 @@ def test_all_constants_continuity_and_slope_jump():
     # elementwise on any shape, and piecewise formula on both branches
     v = torch.tensor([0.0, 0.05, 0.3, 0.9], dtype=torch.float64)
     expected = [omega * math.log1p(0.0), omega * math.log1p(0.1), 0.3 - c, 0.9 - c]
-    np.testing.assert_allclose(ov.adaptive_log(v).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(lg.adaptive_log(v).numpy(), expected, rtol=1e-12)
 
 
 def test_all_wraps_any_scalar_loss(generator):
     x = torch.randn(4, 3, generator=generator)
     y = torch.randn(4, 3, generator=generator)
-    wrapped = ov.AdaptiveLogLoss(nn.MSELoss(), gamma=0.2, omega=6.0, epsilon=1.0)
-    expected = ov.adaptive_log(nn.MSELoss()(x, y), gamma=0.2, omega=6.0, epsilon=1.0)
+    wrapped = lg.AdaptiveLogLoss(nn.MSELoss(), gamma=0.2, omega=6.0, epsilon=1.0)
+    expected = lg.adaptive_log(nn.MSELoss()(x, y), gamma=0.2, omega=6.0, epsilon=1.0)
     torch.testing.assert_close(wrapped(x, y), expected)
     logits, target = _sigmoid_data(generator, shape=(4, 3))
-    per_sample = ov.AdaptiveLogLoss(ml.BCELoss(reduction="none"), reduction="mean")
-    expected = ov.adaptive_log(ml.bce_loss(logits, target, reduction="none")).mean()
+    per_sample = lg.AdaptiveLogLoss(ml.BCELoss(reduction="none"), reduction="mean")
+    expected = lg.adaptive_log(ml.bce_loss(logits, target, reduction="none")).mean()
     torch.testing.assert_close(per_sample(logits, target), expected)
 
 
 def test_registered_all_is_all_of_batch_dice(generator):
     logits, target = _sigmoid_data(generator)
     dl = ov.dice_loss(logits, target)
-    torch.testing.assert_close(LOSSES.build("all")(logits, target), ov.adaptive_log(dl))
-    torch.testing.assert_close(ov.adaptive_log_dice_loss(logits, target), ov.adaptive_log(dl))
+    torch.testing.assert_close(LOSSES.build("all")(logits, target), lg.adaptive_log(dl))
+    torch.testing.assert_close(lg.adaptive_log_dice_loss(logits, target), lg.adaptive_log(dl))
     logits, target = _softmax_data(generator)
     dl = ov.dice_loss(logits, target, activation="softmax")
-    torch.testing.assert_close(LOSSES.build("all_softmax")(logits, target), ov.adaptive_log(dl))
+    torch.testing.assert_close(LOSSES.build("all_softmax")(logits, target), lg.adaptive_log(dl))
 
 
 # ------------------------------------------------------------------ contract checks
@@ -399,4 +400,4 @@ def test_bad_hyper_parameters():
     with pytest.raises(ValueError, match="class_reduction"):
         ov.dice_loss(torch.zeros(1, 1, 2), torch.ones(1, 1, 2), class_reduction="max")
     with pytest.raises(ValueError, match="omega"):
-        ov.adaptive_log(torch.zeros(()), omega=0.0)
+        lg.adaptive_log(torch.zeros(()), omega=0.0)

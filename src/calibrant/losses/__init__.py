@@ -4,6 +4,8 @@ from calibrant.losses.classification import *  # noqa: F403
 from calibrant.losses.classification import __all__ as _classification_all
 from calibrant.losses.combine import *  # noqa: F403
 from calibrant.losses.combine import __all__ as _combine_all
+from calibrant.losses.logarithmic import *  # noqa: F403
+from calibrant.losses.logarithmic import __all__ as _logarithmic_all
 from calibrant.losses.multilabel import *  # noqa: F403
 from calibrant.losses.multilabel import __all__ as _multilabel_all
 from calibrant.losses.overlap import *  # noqa: F403
@@ -16,6 +18,7 @@ from calibrant.losses.spatial import __all__ as _spatial_all
 __all__ = [
     *_classification_all,
     *_combine_all,
+    *_logarithmic_all,
     *_multilabel_all,
     *_overlap_all,
     *_spa_all,
