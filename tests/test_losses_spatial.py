@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from calibrant.losses.bwcr import boundary_weight_map, bwcr_consistency
 from calibrant.losses.spatial import (
-    boundary_weight_map,
-    bwcr_consistency,
     nacl_targets,
     neighbor_penalty,
     svls_kernel,

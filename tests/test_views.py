@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from calibrant.losses.spatial import bwcr_consistency
+from calibrant.losses.bwcr import bwcr_consistency
 from calibrant.registry import LOSSES
 from calibrant.views import (
     TwoViewObjective,

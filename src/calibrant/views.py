@@ -26,7 +26,7 @@ without shear.
 
 with ``sup0`` the CE of the original view, ``sup1`` the CE of view 1 mapped back and masked by
 ``m1``, ``cons`` a two-view consistency term such as
-:func:`calibrant.losses.spatial.bwcr_consistency` ``(z1, z2, y, m1, m2)``. It implements the
+:func:`calibrant.losses.bwcr.bwcr_consistency` ``(z1, z2, y, m1, m2)``. It implements the
 engine's ``train_step`` hook (see ``docs/engine.md``), so the training loop never names BWCR.
 
 Example:
@@ -263,7 +263,7 @@ def masked_cross_entropy(
 
     ``class_reduction="mean"`` is BWCR's per-class average (CE / K); ``"sum"`` is the usual CE.
     The mask zeroes pixels but does not change the denominator :math:`|\Omega|` (all non-ignored
-    pixels), the same convention as :func:`~calibrant.losses.spatial.bwcr_consistency`; both go
+    pixels), the same convention as :func:`~calibrant.losses.bwcr.bwcr_consistency`; both go
     through :func:`calibrant._tensor.reduce`.
 
     Args:

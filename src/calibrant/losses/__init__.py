@@ -1,5 +1,7 @@
 """Calibration-aware losses: each a pure function plus a thin ``nn.Module``, registered by name."""
 
+from calibrant.losses.bwcr import *  # noqa: F403
+from calibrant.losses.bwcr import __all__ as _bwcr_all
 from calibrant.losses.classification import *  # noqa: F403
 from calibrant.losses.classification import __all__ as _classification_all
 from calibrant.losses.combine import *  # noqa: F403
@@ -16,6 +18,7 @@ from calibrant.losses.spatial import *  # noqa: F403
 from calibrant.losses.spatial import __all__ as _spatial_all
 
 __all__ = [
+    *_bwcr_all,
     *_classification_all,
     *_combine_all,
     *_logarithmic_all,
