@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def test_unet_padding_equals_explicit_zero_padding(spatial_dims, size, generator
     torch.testing.assert_close(net(x), ref)
 
 
-@pytest.mark.parametrize("name", ["unet2d", "unet3d", "resnet8"])
+@pytest.mark.parametrize("name", ["unet2d", "unet3d", "dynunet", "resnet8"])
 def test_channels_last_equals_contiguous(name, generator):
     """Same weights in NHWC/NDHWC: logits and weight gradients agree to rounding."""
     ref = MODELS.build(name, **SMALL[name]).train()
@@ -186,6 +187,27 @@ def test_channels_last_equals_contiguous(name, generator):
     out.square().mean().backward()
     for (key, p_ref), p in zip(ref.named_parameters(), net.parameters(), strict=True):
         assert close(p.grad, p_ref.grad, 1e-2), key  # a layout bug is off by O(1)
+
+
+def test_channels_last_keeps_small_strided_1x1_convolutions_contiguous(generator):
+    """oneDNN corrupts memory on a 1x1 stride-2 channels-last conv with 4 input channels.
+
+    Before the exception in ``to_channels_last`` this backward crashed the process (heap
+    corruption) with torch 2.13.0 on this AVX-512 CPU.
+    """
+    ref = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 1, stride=2))
+    net = to_channels_last(copy.deepcopy(ref))
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # strides, not is_contiguous(): a 1x1 kernel is "contiguous" in both layouts
+    assert net[1].weight.stride() == (4, 1, 1, 1) and to_channels_last(net) is net
+    x = torch.randn(2, 1, 64, 64, generator=generator)
+    out, out_ref = net(x), ref(x)
+    torch.testing.assert_close(out, out_ref)
+    out.square().mean().backward()
+    out_ref.square().mean().backward()
+    for p, p_ref in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad)
+    assert len(net[1]._forward_pre_hooks) == 1  # a second call adds no second hook
 
 
 def test_channels_last_needs_one_kind_of_convolution():

@@ -113,6 +113,27 @@ def check_image_input(x: torch.Tensor, in_channels: int, spatial_dims: int) -> N
         )
 
 
+# oneDNN's 1x1 strided convolution, channels-last, writes past its work buffer in the weight
+# gradient when the input has fewer channels per group than its register block (16 with
+# AVX-512, 8 with AVX2): heap corruption, a crash or a hang (uxlfoundation/oneDNN#6035; seen
+# here with torch 2.13.0 on a 1x1 stride-2 Conv2d with 4 input channels, as in DynUNet's
+# residual downsampling). Such convolutions stay contiguous, inputs included.
+_ONEDNN_1X1_BLOCK = 16
+
+
+def _unsafe_channels_last(conv: nn.Module) -> bool:
+    """A 1x1 strided convolution with fewer input channels per group than oneDNN's block."""
+    return (
+        all(k == 1 for k in conv.kernel_size)
+        and any(s > 1 for s in conv.stride)
+        and conv.in_channels // conv.groups < _ONEDNN_1X1_BLOCK
+    )
+
+
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
 def to_channels_last(model: nn.Module) -> nn.Module:
     """Store a convolutional model's weights channels-last (NHWC / NDHWC), in place.
 
@@ -124,6 +145,10 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     1.1×. A model with 3D convolutions takes ``torch.channels_last_3d``, one with 2D
     convolutions ``torch.channels_last``.
 
+    Exception: a 1×1 strided convolution with fewer than 16 input channels per group stays
+    contiguous and gets its input made contiguous, because oneDNN corrupts memory on it in
+    channels-last (uxlfoundation/oneDNN#6035).
+
     Args:
         model: a module holding ``nn.Conv2d`` or ``nn.Conv3d`` layers (not both).
 
@@ -134,17 +159,27 @@ def to_channels_last(model: nn.Module) -> nn.Module:
         ValueError: if the model has no 2D/3D convolution, or has both kinds.
 
     Example:
-        >>> net = nn.Sequential(nn.Conv3d(1, 4, 3), nn.ReLU(), nn.Conv3d(4, 2, 1))
+        >>> net = nn.Sequential(nn.Conv3d(1, 4, 3), nn.ReLU(), nn.Conv3d(4, 2, 1, stride=2))
         >>> net = to_channels_last(net)
         >>> net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
         True
+        >>> net[2].weight.stride()  # the 1x1 stride-2 convolution keeps the contiguous strides
+        (4, 1, 1, 1, 1)
     """
-    dims = {m.weight.dim() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))}
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    dims = {m.weight.dim() for m in convs}
     if len(dims) != 1:
         kinds = "no 2D or 3D convolution" if not dims else "both 2D and 3D convolutions"
         raise ValueError(
             f"channels-last needs a model with 2D or 3D convolutions of one kind; "
             f"{type(model).__name__} has {kinds}"
         )
-    fmt = torch.channels_last_3d if dims == {5} else torch.channels_last
-    return model.to(memory_format=fmt)
+    model.to(memory_format=torch.channels_last_3d if dims == {5} else torch.channels_last)
+    for conv in filter(_unsafe_channels_last, convs):
+        # clone, not .contiguous(): a 1x1 kernel is "contiguous" in both layouts, and only the
+        # strides tell the convolution which one to run
+        conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
+        if not getattr(conv, "_contiguous_input", False):  # once, however often this is called
+            conv.register_forward_pre_hook(_contiguous_input)
+            conv._contiguous_input = True
+    return model
