@@ -115,7 +115,7 @@ def check_image_input(x: torch.Tensor, in_channels: int, spatial_dims: int) -> N
 
 # oneDNN's 1x1 strided convolution, channels-last, writes past its work buffer in the weight
 # gradient when the input has fewer channels per group than its register block (16 with
-# AVX-512, 8 with AVX2): heap corruption, a crash or a hang (uxlfoundation/oneDNN#6035; seen
+# AVX-512, 8 with AVX2): heap corruption and a crash (a hang in uxlfoundation/oneDNN#6035; seen
 # here with torch 2.13.0 on a 1x1 stride-2 Conv2d with 4 input channels, as in DynUNet's
 # residual downsampling). Such convolutions stay contiguous, inputs included.
 _ONEDNN_1X1_BLOCK = 16
