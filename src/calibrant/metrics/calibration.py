@@ -520,13 +520,12 @@ class PerVolumeMean(Metric):
 # ----------------------------------------------------------------------------------------------
 
 
-_reg = METRICS.register
-_reg("ece", task="multiclass")(lambda **kw: CalibrationError(norm="l1", **kw))
-_reg("rmsce", task="multiclass")(lambda **kw: CalibrationError(norm="l2", **kw))
-_reg("mce", task="multiclass")(lambda **kw: CalibrationError(norm="max", **kw))
-_reg("average_ce", task="multiclass")(lambda **kw: CalibrationError(norm="avg", **kw))
-_reg("adaptive_ece", task="multiclass")(AdaptiveCalibrationError)
+METRICS.register("ece", task="multiclass")(lambda **kw: CalibrationError(norm="l1", **kw))
+METRICS.register("rmsce", task="multiclass")(lambda **kw: CalibrationError(norm="l2", **kw))
+METRICS.register("mce", task="multiclass")(lambda **kw: CalibrationError(norm="max", **kw))
+METRICS.register("average_ce", task="multiclass")(lambda **kw: CalibrationError(norm="avg", **kw))
+METRICS.register("adaptive_ece", task="multiclass")(AdaptiveCalibrationError)
 # The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values.
-_reg("paper_ece", task="multiclass", protocol="per_volume")(
+METRICS.register("paper_ece", task="multiclass", protocol="per_volume")(
     lambda **kw: PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kw))
 )
