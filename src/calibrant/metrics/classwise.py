@@ -345,7 +345,45 @@ def tace(
 # ----------------------------------------------------------------------------------------------
 
 
-class ClasswiseCalibrationError(CalMetric):
+class _PerClassHistogram(CalMetric):
+    """Shared state and update of the class-wise metrics (private).
+
+    States: per (class, bin) count/conf/acc sums ``(C, hist_bins)`` and per-class label counts
+    ``(C,)``; a subclass sets the input options and calls :meth:`_add_histogram`.
+    """
+
+    num_classes: int
+    hist_bins: int
+    threshold: float
+    ignore_index: int | None
+    pixel_subset: str
+    input_kind: str
+
+    def _add_histogram(self, num_classes: int, hist_bins: int) -> None:
+        self.num_classes, self.hist_bins = num_classes, hist_bins
+        self._add_bins("", (num_classes, hist_bins))
+        self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
+
+    def update(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch."""
+        bins, labels = _classwise_bins(
+            logits,
+            target,
+            n_bins=self.hist_bins,
+            threshold=self.threshold,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            input_kind=self.input_kind,
+            pixel_subset=self.pixel_subset,
+            num_classes=self.num_classes,
+        )
+        self._add_to("", bins)
+        self.labels += labels
+
+
+class ClasswiseCalibrationError(_PerClassHistogram):
     """Streaming class-wise ECE; equals :func:`classwise_calibration_error` on all the data.
 
     States: per (class, bin) count/conf/acc sums ``(C, n_bins)`` and per-class label counts
@@ -389,30 +427,11 @@ class ClasswiseCalibrationError(CalMetric):
         _check_threshold(threshold)
         check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
         check_choice("input_kind", input_kind, K.INPUT_KINDS)
-        self.num_classes, self.n_bins = num_classes, n_bins
+        self.n_bins = n_bins
         self.class_range, self.include_background = class_range, include_background
         self.threshold, self.ignore_index = threshold, ignore_index
         self.pixel_subset, self.input_kind = pixel_subset, input_kind
-        self._add_bins("", (num_classes, n_bins))
-        self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
-
-    def update(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> None:
-        """Add a batch."""
-        bins, labels = _classwise_bins(
-            logits,
-            target,
-            n_bins=self.n_bins,
-            threshold=self.threshold,
-            ignore_index=self.ignore_index,
-            mask=mask,
-            input_kind=self.input_kind,
-            pixel_subset=self.pixel_subset,
-            num_classes=self.num_classes,
-        )
-        self._add_to("", bins)
-        self.labels += labels
+        self._add_histogram(num_classes, n_bins)
 
     def _value(self) -> torch.Tensor:
         return _classwise_value(
@@ -437,7 +456,7 @@ class ClasswiseCalibrationError(CalMetric):
         ]
 
 
-class TACE(CalMetric):
+class TACE(_PerClassHistogram):
     """Streaming TACE (see :func:`tace` for the three modes).
 
     ``mode="crac"`` (equal-width) is exact. ``nixon``/``svls`` (equal-mass) keep a fine
@@ -489,33 +508,13 @@ class TACE(CalMetric):
         (self.scheme, self.n_bins, self.include_background, self.class_range, self.divide) = (
             _tace_settings(mode, n_bins, include_background, class_range)
         )
-        self.mode, self.num_classes, self.threshold = mode, num_classes, threshold
+        self.mode, self.threshold = mode, threshold
         self.ignore_index, self.pixel_subset, self.input_kind = (
             ignore_index,
             pixel_subset,
             input_kind,
         )
-        self.hist_bins = self.n_bins if self.scheme == "uniform" else fine_bins
-        self._add_bins("", (num_classes, self.hist_bins))
-        self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
-
-    def update(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> None:
-        """Add a batch."""
-        bins, labels = _classwise_bins(
-            logits,
-            target,
-            n_bins=self.hist_bins,
-            threshold=self.threshold,
-            ignore_index=self.ignore_index,
-            mask=mask,
-            input_kind=self.input_kind,
-            pixel_subset=self.pixel_subset,
-            num_classes=self.num_classes,
-        )
-        self._add_to("", bins)
-        self.labels += labels
+        self._add_histogram(num_classes, self.n_bins if self.scheme == "uniform" else fine_bins)
 
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
         if self.scheme == "uniform":
