@@ -154,7 +154,7 @@ def _directed(case: _Case, src: int, steps, sq, radius: float) -> np.ndarray:
     lut[n0:] = np.inf  # n0 (and n0 + 1 from the backward sweep) mean "no point in the row"
 
     q = case.flat[src]
-    out = np.empty(q.size, dtype=np.float64)
+    out = np.zeros(q.size, dtype=np.float64)  # zeros: the sqrt below reads unfinished slots
     todo = np.arange(q.size)
     best = np.full(q.size, np.inf)
     r2 = radius * radius
