@@ -580,8 +580,14 @@ def test_bad_input_raises():
         segmentation_metrics(torch.full((1, 3, 4, 4), math.nan), gt)
     with pytest.raises(ValueError, match="target shape"):
         segmentation_metrics(lg, torch.zeros(1, 4, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(ValueError, match="target must be an integer"):
         segmentation_metrics(lg, gt.float())
+    with pytest.raises(ValueError, match="target must be an integer"):
+        segmentation_metrics(None, gt.bool(), pred_labels=gt, num_classes=3)
+    with pytest.raises(ValueError, match="pred_labels must be an integer"):
+        segmentation_metrics(None, gt, pred_labels=gt.to(torch.complex64), num_classes=3)
+    with pytest.raises(ValueError, match="logits must be a floating-point"):
+        segmentation_metrics(gt.unsqueeze(1), gt)
     with pytest.raises(ValueError, match="outside"):
         segmentation_metrics(lg, gt + 3)
     with pytest.raises(ValueError, match="num_classes"):

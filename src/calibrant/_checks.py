@@ -25,6 +25,7 @@ import torch
 __all__ = [
     "check_choice",
     "check_finite",
+    "check_label_dtype",
     "check_labels_in_range",
     "check_logits_target",
     "check_multilabel_target",
@@ -54,6 +55,13 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} infinite values")
 
 
+def check_label_dtype(name: str, labels: torch.Tensor) -> None:
+    """Raise unless ``labels`` has an integer dtype (not float, complex or bool)."""
+    dt = labels.dtype
+    if dt.is_floating_point or dt.is_complex or dt == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class labels, got {dt}")
+
+
 def check_logits_target(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -80,8 +88,7 @@ def check_logits_target(
             f"logits must have shape (B, C, *spatial) with at least {min_dims} dims, "
             f"got shape {tuple(logits.shape)}"
         )
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise ValueError(f"target must be an integer tensor of class labels, got {target.dtype}")
+    check_label_dtype("target", target)
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(

@@ -11,7 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from calibrant._checks import check_finite, check_labels_in_range
+from calibrant._checks import (
+    check_finite,
+    check_label_dtype,
+    check_labels_in_range,
+    check_logits_target,
+)
 
 __all__ = ["prepare_label_maps", "confusion_counts", "spacing_table"]
 
@@ -29,27 +34,9 @@ def prepare_label_maps(
         raise ValueError(
             "pass exactly one of logits (B, C, *spatial) and pred_labels (B, *spatial)"
         )
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise ValueError(f"target must be an integer tensor of class labels, got {target.dtype}")
     if logits is not None:
-        if not torch.is_floating_point(logits):
-            raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-        if logits.dim() < 3:
-            raise ValueError(
-                f"logits must have shape (B, C, *spatial) with 1 to 3 spatial dims, got shape "
-                f"{tuple(logits.shape)}"
-            )
-        if num_classes is not None and logits.shape[1] != num_classes:
-            raise ValueError(
-                f"logits have {logits.shape[1]} classes on dim 1 but num_classes={num_classes}"
-            )
+        check_logits_target(logits, target, num_classes=num_classes, min_dims=3)
         num_classes = logits.shape[1]
-        expected = (logits.shape[0], *logits.shape[2:])
-        if tuple(target.shape) != expected:
-            raise ValueError(
-                f"target shape {tuple(target.shape)} does not match logits shape "
-                f"{tuple(logits.shape)} without the class dim 1; expected {expected}"
-            )
         # One cheap reduction first: a finite sum implies every element is finite (any NaN or
         # inf element makes the sum NaN or inf); the full check only runs to explain a failure.
         # (An overflowing sum of finite values also falls back to the full check.)
@@ -58,10 +45,10 @@ def prepare_label_maps(
         pred = _argmax(logits, _label_dtype(num_classes))
     else:
         assert pred_labels is not None
+        check_label_dtype("target", target)
         if num_classes is None:
             raise ValueError("num_classes is required with pred_labels")
-        if pred_labels.dtype.is_floating_point or pred_labels.dtype == torch.bool:
-            raise ValueError(f"pred_labels must be an integer tensor, got {pred_labels.dtype}")
+        check_label_dtype("pred_labels", pred_labels)
         if pred_labels.shape != target.shape:
             raise ValueError(
                 f"pred_labels shape {tuple(pred_labels.shape)} does not match target shape "
