@@ -140,6 +140,24 @@ def test_tuned_rows_search_around_the_published_weight():
     assert all(m.search is None for m in SUITES.build("crac-hippocampus").methods)
 
 
+def test_longer_3d_rows_only_lengthen_the_schedule_and_stay_out_of_the_claims():
+    """CE/CRaC (30 epochs) differ from CE/CRaC in epochs and StepLR step, nothing else."""
+    suite = SUITES.build("crac-hippocampus")
+    for base in ("ce", "crac"):
+        short, long = (suite.config("hippocampus", n, "cpu", 1) for n in (base, f"{base}_e30"))
+        assert (long["train"]["epochs"], long["sched"]["step_size"]) == (30, 24)
+        assert short["sched"]["step_size"] / short["train"]["epochs"] == 24 / 30
+        for cfg in (short, long):
+            del cfg["train"]["epochs"], cfg["sched"]["step_size"]
+        assert short == long
+    columns = ("dice", "ece_paper", "tace_paper")
+    means = {m.name: 0.5 for m in suite.methods} | {"crac": 0.1, "crac_e30": 0.0, "ce_e30": 0.0}
+    table = Table({("t", m): {c: [v] for c in columns} for m, v in means.items()})
+    lowest = next(c for c in suite.claims if c.text.startswith("CRaC has the lowest"))
+    assert lowest.check(table, "t").holds is True  # the 30-epoch rows are not compared
+    assert "crac_e30" not in {m.name for m in SUITES.build("crac-acdc").methods}
+
+
 @pytest.mark.parametrize("name", ["crac-acdc", "crac-hippocampus"])
 def test_segmentation_claims_reach_a_verdict_once_every_method_of_the_suite_ran(name):
     """crac-hippocampus has no BWCR: its claims must not wait for a BWCR result."""
