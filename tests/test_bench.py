@@ -11,7 +11,7 @@ from scipy import stats
 from calibrant.bench import Claim, Column, Method, Suite, Table, Task, plan, run_suite
 from calibrant.bench import claims as C
 from calibrant.bench.runner import config_key, record_path, run_dir
-from calibrant.bench.tables import kendall_tau, load_records, render_suite
+from calibrant.bench.tables import _task_table, kendall_tau, load_records, render_suite
 from calibrant.cli import main
 from calibrant.registry import SUITES
 
@@ -156,6 +156,9 @@ def test_longer_3d_rows_only_lengthen_the_schedule_and_stay_out_of_the_claims():
     lowest = next(c for c in suite.claims if c.text.startswith("CRaC has the lowest"))
     assert lowest.check(table, "t").holds is True  # the 30-epoch rows are not compared
     assert "crac_e30" not in {m.name for m in SUITES.build("crac-acdc").methods}
+    rows = {line.split(" | ")[0]: line for line in _task_table(suite, table, "t")}
+    assert "**" not in rows["| *CRaC (30 epochs)*"]  # lower, yet not bold: not compared
+    assert rows["| CRaC"].count("**") == 2 * len(columns[1:])  # bold on ECE and TACE
 
 
 @pytest.mark.parametrize("name", ["crac-acdc", "crac-hippocampus"])

@@ -76,6 +76,8 @@ class Method:
         base: the method whose trained run a post-hoc method reuses.
         overrides: further config sections deep-merged into the run's config.
         search: a :class:`Search` tuned on the validation split before the seeds run.
+        investigation: a row that probes the protocol (a longer schedule, another ρ), not a
+            method of the papers: shown in italics, never in bold, left out of the claims.
     """
 
     name: str
@@ -85,6 +87,7 @@ class Method:
     base: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     search: Search | None = None
+    investigation: bool = False
 
     def __post_init__(self) -> None:
         if (self.loss is None) == (self.calibrator is None):

@@ -132,14 +132,15 @@ def _task_table(suite: Suite, table: Table, task: str) -> list[str]:
         + " |",
         "|---|---|" + "---|" * len(cols),
     ]
-    names = [m.name for m in suite.methods]
-    best = {c.key: _best(table, task, names, c) for c in cols}
+    compared = [m.name for m in suite.methods if not m.investigation]
+    best = {c.key: _best(table, task, compared, c) for c in cols}
     for m in suite.methods:
         cells = []
         for c in cols:
             text = _cell(table, task, m.name, c)
             cells.append(f"**{text}**" if best[c.key] == m.name else text)
-        lines.append(f"| {m.label} | {table.n(task, m.name)} | " + " | ".join(cells) + " |")
+        label = f"*{m.label}*" if m.investigation else m.label
+        lines.append(f"| {label} | {table.n(task, m.name)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -309,7 +310,12 @@ def render_suite(
         "",
         f"Runs finished: {len(records)} of {expected} "
         f"({len(suite.tasks)} tasks × {len(suite.methods)} methods × "
-        f"{len(suite.seed_list(profile))} seeds). Mean ± sample std over seeds; best in bold.",
+        f"{len(suite.seed_list(profile))} seeds). Mean ± sample std over seeds; best in bold"
+        + (
+            " (investigation rows, in italics, are not compared)."
+            if any(m.investigation for m in suite.methods)
+            else "."
+        ),
         "",
     ]
     if stale:
