@@ -180,6 +180,7 @@ def test_channels_last_equals_contiguous(name, generator):
     out_ref, out = ref(x), net(x)
 
     def close(a, b, tol):  # to rounding, on the scale of the tensor (batch norm divides by std)
+        a, b = a.detach(), b.detach()
         return float((a - b).abs().max()) <= tol * float(b.abs().max())
 
     assert close(out, out_ref, 1e-4)
