@@ -55,7 +55,7 @@ SEGMENTATION_COLUMNS = (
 )
 
 # 3D investigation rows: is CE under-confident only because 10 epochs are short? CE and CRaC
-# trained three times longer, the StepLR drop kept at 80 % of the run (seed 1; not the papers').
+# trained three times longer, the StepLR drop kept at 80 % of the run (seeds 1-2; not the papers').
 _LONGER_3D = tuple(
     Method(
         f"{m.name}_e30",
@@ -205,7 +205,7 @@ def crac_hippocampus() -> Suite:
             "affine transforms. Investigation rows (not compared in the claims): the two CRaC "
             "rows of `crac-acdc`, and `CE (30 epochs)` / `CRaC (30 epochs)`, trained three times "
             "longer with StepLR(24, 0.1), to see whether CE's under-confidence is an effect of "
-            "the short profile (seed 1)."
+            "the short profile (seeds 1-2)."
         ),
     )
 
