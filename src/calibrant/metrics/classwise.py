@@ -349,18 +349,26 @@ class _PerClassHistogram(CalMetric):
     """Shared state and update of the class-wise metrics (private).
 
     States: per (class, bin) count/conf/acc sums ``(C, hist_bins)`` and per-class label counts
-    ``(C,)``; a subclass sets the input options and calls :meth:`_add_histogram`.
+    ``(C,)``; a subclass calls :meth:`_add_histogram` with the input options.
     """
 
-    num_classes: int
-    hist_bins: int
-    threshold: float
-    ignore_index: int | None
-    pixel_subset: str
-    input_kind: str
-
-    def _add_histogram(self, num_classes: int, hist_bins: int) -> None:
+    def _add_histogram(
+        self,
+        num_classes: int,
+        hist_bins: int,
+        *,
+        threshold: float,
+        ignore_index: int | None,
+        pixel_subset: str,
+        input_kind: str,
+    ) -> None:
+        K.check_n_bins(num_classes, "num_classes")
+        _check_threshold(threshold)
+        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
+        check_choice("input_kind", input_kind, K.INPUT_KINDS)
         self.num_classes, self.hist_bins = num_classes, hist_bins
+        self.threshold, self.ignore_index = threshold, ignore_index
+        self.pixel_subset, self.input_kind = pixel_subset, input_kind
         self._add_bins("", (num_classes, hist_bins))
         self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
 
@@ -421,17 +429,18 @@ class ClasswiseCalibrationError(_PerClassHistogram):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        K.check_n_bins(num_classes, "num_classes")
         K.check_n_bins(n_bins)
         _check_class_args(class_range, include_background)
-        _check_threshold(threshold)
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
-        check_choice("input_kind", input_kind, K.INPUT_KINDS)
         self.n_bins = n_bins
         self.class_range, self.include_background = class_range, include_background
-        self.threshold, self.ignore_index = threshold, ignore_index
-        self.pixel_subset, self.input_kind = pixel_subset, input_kind
-        self._add_histogram(num_classes, n_bins)
+        self._add_histogram(
+            num_classes,
+            n_bins,
+            threshold=threshold,
+            ignore_index=ignore_index,
+            pixel_subset=pixel_subset,
+            input_kind=input_kind,
+        )
 
     def _value(self) -> torch.Tensor:
         return _classwise_value(
@@ -500,21 +509,19 @@ class TACE(_PerClassHistogram):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        K.check_n_bins(num_classes, "num_classes")
         K.check_n_bins(fine_bins, "fine_bins")
-        _check_threshold(threshold)
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
-        check_choice("input_kind", input_kind, K.INPUT_KINDS)
         (self.scheme, self.n_bins, self.include_background, self.class_range, self.divide) = (
             _tace_settings(mode, n_bins, include_background, class_range)
         )
-        self.mode, self.threshold = mode, threshold
-        self.ignore_index, self.pixel_subset, self.input_kind = (
-            ignore_index,
-            pixel_subset,
-            input_kind,
+        self.mode = mode
+        self._add_histogram(
+            num_classes,
+            self.n_bins if self.scheme == "uniform" else fine_bins,
+            threshold=threshold,
+            ignore_index=ignore_index,
+            pixel_subset=pixel_subset,
+            input_kind=input_kind,
         )
-        self._add_histogram(num_classes, self.n_bins if self.scheme == "uniform" else fine_bins)
 
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
         if self.scheme == "uniform":
