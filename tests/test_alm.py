@@ -320,6 +320,37 @@ def test_cals_hr_heuristic_rule(generator):
     assert alm.lam.tolist() == pytest.approx([0.1 / 1.1, 0.1, 0.1 / 1.1])
 
 
+def test_heuristic_rule_mu_below_one_applies_up_then_down_as_the_research_code():
+    """Issue 16 item 17: with μ < 1 both tests can hold; the research code's ``set_lambd``
+    multiplies by γ, then divides by γ, so λ is unchanged in that band (not raised by γ)."""
+    from calibrant.alm.rules import heuristic_update
+
+    cfg = RuleConfig(rule="heuristic", penalty="relu", gamma=1.2, mu=0.9)
+    lam = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    prev = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    # 0.95 and 1.05 lie in the band (0.9, 1/0.9): both fire; 2.0 only rises, 0.5 only falls
+    score = torch.tensor([0.95, 1.05, 2.0], dtype=torch.float64)
+    new = heuristic_update(lam, score, prev, cfg)
+    ref = lam.clone()  # the research code, statement by statement
+    ref = torch.where(score > prev * cfg.mu, ref * cfg.gamma, ref)
+    ref = torch.where(score < prev / cfg.mu, ref / cfg.gamma, ref)
+    assert torch.equal(new, ref)
+    assert new.tolist() == pytest.approx([0.5, 0.5, 0.6], rel=1e-15)
+    low = heuristic_update(lam, torch.full((3,), 0.5, dtype=torch.float64), prev, cfg)
+    assert low.tolist() == pytest.approx([0.5 / 1.2] * 3)
+    # the same through ALMPenalty(rule="heuristic"), which keeps the ALM default μ = 0.9
+    alm = ALMPenalty(
+        2, MarginConstraint(normalize=False), rule="heuristic", penalty="relu", lambda_init=0.1
+    )
+    assert alm.cfg.mu == 0.9
+    y = torch.tensor([0])
+    alm.observe(torch.tensor([[20.0, 0.0]]), y)  # d = [0, 20]: scores 0.1 * [0, 10] = [0, 1]
+    alm.step()
+    alm.observe(torch.tensor([[20.2, 0.0]]), y)  # scores [0, 1.02], inside (0.9, 1/0.9)
+    alm.step()
+    assert alm.lam.tolist() == pytest.approx([0.1, 0.1], rel=1e-12)  # was [0.1, 0.12]
+
+
 # ---------------------------------------------------------------- toy constrained problem
 
 

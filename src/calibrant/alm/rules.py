@@ -28,8 +28,10 @@ with the previous epoch, as in the code.
 
 **Heuristic rule** (CALS-HR, METHODS.md §3.5). With the validation score
 ``S_s = Σ_{e∈s} P(h_e) / D_s`` (it includes the current λ), every ``lambda_step`` epochs and
-when the previous score is not all zero: ``λ ← γλ`` where ``S > μ S^{prev}``, ``λ ← λ/γ`` where
-``S < S^{prev}/μ``, then clamp.
+when the previous score is not all zero: ``λ ← γλ`` where ``S > μ S^{prev}``, *then*
+``λ ← λ/γ`` where ``S < S^{prev}/μ``, then clamp. The two steps run in sequence, as in the
+research code: with ``μ > 1`` (the CALS setting, 1.1) at most one fires; with ``μ < 1`` both fire
+in the band ``μ S^{prev} < S < S^{prev}/μ`` and λ is left as it was (``(γλ)/γ``).
 
 **Fixed rule** (NACL): nothing changes.
 
@@ -226,10 +228,14 @@ def rho_update(
 def heuristic_update(
     lam: torch.Tensor, score: torch.Tensor, prev: torch.Tensor, cfg: RuleConfig
 ) -> torch.Tensor:
-    """CALS-HR: ``λ·γ`` where ``score > μ·prev``, ``λ/γ`` where ``score < prev/μ``; clamp."""
-    up = score > cfg.mu * prev
-    down = score < prev / cfg.mu
-    lam = torch.where(up, lam * cfg.gamma, torch.where(down, lam / cfg.gamma, lam))
+    """CALS-HR: ``λ·γ`` where ``score > μ·prev``, then ``λ/γ`` where ``score < prev/μ``; clamp.
+
+    The two tests both read the unchanged ``score`` and ``prev`` and are applied one after the
+    other (the research code's ``set_lambd``), so where both hold (possible only for ``μ < 1``)
+    λ goes up and back down.
+    """
+    lam = torch.where(score > cfg.mu * prev, lam * cfg.gamma, lam)
+    lam = torch.where(score < prev / cfg.mu, lam / cfg.gamma, lam)
     return lam.clamp(cfg.lambda_min, cfg.lambda_max)
 
 
