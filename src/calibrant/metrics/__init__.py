@@ -13,6 +13,8 @@ from calibrant.metrics.classwise import *  # noqa: F403
 from calibrant.metrics.classwise import __all__ as _classwise_all
 from calibrant.metrics.multilabel import *  # noqa: F403
 from calibrant.metrics.multilabel import __all__ as _multilabel_all
+from calibrant.metrics.overconfidence import *  # noqa: F403
+from calibrant.metrics.overconfidence import __all__ as _overconfidence_all
 from calibrant.metrics.ranking import *  # noqa: F403
 from calibrant.metrics.ranking import __all__ as _ranking_all
 from calibrant.metrics.reliability import RegionReliabilityCurves
@@ -28,6 +30,7 @@ __all__ = [
     *_calibration_all,
     *_classwise_all,
     *_multilabel_all,
+    *_overconfidence_all,
     *_ranking_all,
     *_scores_all,
     *_segmentation_all,

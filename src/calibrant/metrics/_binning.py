@@ -104,8 +104,9 @@ def iter_chunks(
 ) -> Iterator[Chunk]:
     """Yield ``(C, L)`` float32 chunks of ``logits`` with their labels and validity.
 
-    Labels outside ``[0, C)`` that are not ignored raise :class:`ValueError` (checked per chunk
-    with two tiny reductions). ``t`` holds 0 where ``valid`` is False.
+    Labels outside ``[0, C)`` other than ``ignore_index`` raise :class:`ValueError`, also where
+    ``mask`` is False (as NaN logits there do; checked per chunk with two tiny reductions).
+    ``t`` holds 0 where ``valid`` is False.
     """
     B, C = logits.shape[:2]
     x = logits.reshape(B, C, -1)
@@ -138,8 +139,6 @@ def iter_chunks(
             mm = m[b0:b1, s0:s1].reshape(-1) if m is not None else None
         t = t.long()
         valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=bool)
-        if mm is not None:
-            valid &= mm
         t = torch.where(valid, t, 0)
         lo, hi = torch.aminmax(t) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
         if int(lo) < 0 or int(hi) >= C:
@@ -147,18 +146,25 @@ def iter_chunks(
             raise ValueError(
                 f"target holds labels outside [0, {C}) (ignore_index={ignore_index}): {bad}"
             )
+        if mm is not None:  # the range check above covers masked-out elements too
+            valid &= mm
+            t = torch.where(mm, t, 0)
         if pixel_subset == "gt_fg":
             valid &= t != 0
         yield Chunk(z, t, valid)
 
 
 def _check_chunk_finite(z: torch.Tensor, zmax: torch.Tensor, input_kind: str) -> None:
-    """Raise on NaN/inf (and on probabilities outside [0, 1]) using per-column extrema."""
+    """Raise on NaN/inf (and on probabilities outside [0, 1]) using per-column extrema.
+
+    ``amax``/``amin`` propagate NaN, so both extrema are finite exactly when the column is.
+    They are tested one by one: ``zmax - zmin`` overflows for finite logits such as ``±3e38``.
+    """
     zmin = z.amin(0)
     if input_kind == "probs":
         if not bool(((zmin >= 0) & (zmax <= 1)).all()):  # NaN fails both comparisons
             raise ValueError("probs must be finite and lie in [0, 1] (input_kind='probs')")
-    elif not bool(torch.isfinite(zmax - zmin).all()):  # NaN, +inf or -inf anywhere
+    elif not bool((torch.isfinite(zmax) & torch.isfinite(zmin)).all()):
         n_nan = int(torch.isnan(z).sum())
         raise ValueError(
             f"logits contain NaN or infinite values ({n_nan} NaN in the offending chunk)"
@@ -171,6 +177,8 @@ def softmax_stats(
     """Return ``(zmax, e)`` with ``e = exp(z - zmax)`` for logits, or ``(zmax, z)`` for probs.
 
     ``out`` (same shape as ``z``) is reused for ``e`` to avoid a fresh allocation per chunk.
+    For finite logits ``z - zmax <= 0``; where it overflows to ``-inf`` (a spread beyond the
+    float32 range), ``exp`` gives the 0 that the exact value rounds to anyway.
     """
     zmax = z.amax(0)
     _check_chunk_finite(z, zmax, input_kind)
@@ -189,13 +197,14 @@ def top_label(
     """
     zmax, e = softmax_stats(z, input_kind, out)
     if input_kind == "probs":
-        conf = zmax
-    else:
-        conf = e.sum(0).reciprocal_()  # max_k softmax = exp(0) / sum_k exp(z_k - max)
+        # Probabilities given by the caller need not sum to 1, so a tie can sit at any value
+        # (0.9 and 0.9): take argmax itself.
+        return zmax, z.argmax(0) == t, e
+    conf = e.sum(0).reciprocal_()  # max_k softmax = exp(0) / sum_k exp(z_k - max)
     correct = z.gather(0, t.unsqueeze(0)).squeeze(0) == zmax
     # Ties: the target may share the max with an earlier class, which argmax would pick.
-    # A tie implies sum_k exp(z_k - max) >= 2 (probs: conf <= 0.5), so only those columns
-    # need the exact (slower) test.
+    # A tie puts two exact 1.0 terms in sum_k exp(z_k - max) >= 2, so conf <= 0.5: only those
+    # columns need the exact (slower) test.
     maybe_tie = correct & (conf <= 0.5)
     if bool(maybe_tie.any()):
         cols = maybe_tie.nonzero().squeeze(1)
@@ -294,7 +303,7 @@ def class_probs(z: torch.Tensor, input_kind: str) -> torch.Tensor:
 # Reductions of binned sums
 # ----------------------------------------------------------------------------------------------
 
-NORMS = ("l1", "l2", "max", "avg")
+NORMS = ("l1", "l2", "max", "avg", "signed")
 
 
 def reduce_bins(bins: Bins, norm: str, total: torch.Tensor | None = None) -> torch.Tensor:
@@ -304,6 +313,8 @@ def reduce_bins(bins: Bins, norm: str, total: torch.Tensor | None = None) -> tor
     * ``l2``: ``sqrt(sum_b (n_b / M) (acc_b - conf_b)^2)`` (RMSCE)
     * ``max``: ``max_b |acc_b - conf_b|`` over non-empty bins (MCE)
     * ``avg``: unweighted mean of ``|acc_b - conf_b|`` over non-empty bins (average CE)
+    * ``signed``: ``sum_b (conf_b - acc_b) / M``, mean confidence minus accuracy (over-confidence;
+      it does not depend on the binning)
 
     ``M`` is ``total`` if given, else ``sum_b n_b``. With no samples the result is NaN.
     """
@@ -320,6 +331,8 @@ def reduce_bins(bins: Bins, norm: str, total: torch.Tensor | None = None) -> tor
         out = torch.where(nonempty, gap, -1.0).amax(-1)
     elif norm == "avg":
         out = (gap * nonempty).sum(-1) / nonempty.sum(-1)
+    elif norm == "signed":
+        out = (bins.conf - bins.acc).sum(-1) / m
     else:  # pragma: no cover - guarded by check_choice
         raise ValueError(norm)
     return torch.where(m > 0, out, nan)
