@@ -139,7 +139,7 @@ def multilabel_overconfidence(
     Example:
         >>> v = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
         >>> y = torch.tensor([[1, 0], [0, 1]])
-        >>> round(float(multilabel_overconfidence(v, y)), 4)  # mean max(p, 1-p) 0.7968, 3 of 4 right
+        >>> round(float(multilabel_overconfidence(v, y)), 4)  # 0.7968 - 3/4
         0.0467
     """
     return K.reduce_bins(_binary_decisions(logits, target, mask, input_kind), "signed")
