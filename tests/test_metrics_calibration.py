@@ -166,8 +166,9 @@ def ref_classwise(
     for c in classes:
         if c == 0 and not include_background:
             continue
-        conf = [p[i, c] for i in range(len(t)) if p[i, c] > threshold]
-        out = [float(t[i] == c) for i in range(len(t)) if p[i, c] > threshold]
+        keep = [i for i in range(len(t)) if threshold == 0 or p[i, c] > threshold]
+        conf = [p[i, c] for i in keep]
+        out = [float(t[i] == c) for i in keep]
         if binning == "uniform":
             e = ref_binned_error(conf, out, n, "l1")
         elif binning == "adaptive":
@@ -287,6 +288,65 @@ def test_probs_input_equals_logits_input(generator):
         a = fn(logits, target)
         b = fn(probs, target, input_kind="probs")
         assert float(a) == pytest.approx(float(b), abs=1e-6)
+
+
+def test_probs_ties_follow_argmax_first_index_at_any_confidence(generator):
+    """Issue 16 item 13: given probabilities need not sum to 1, so a tie can sit above 0.5."""
+    probs, target = torch.tensor([[0.9, 0.9, 0.2]]), torch.tensor([1])
+    assert int(probs.argmax(1)) == 0  # so the prediction is wrong: |acc - conf| = 0.9
+    for fn in (*TOP.values(), adaptive_calibration_error):
+        assert float(fn(probs, target, input_kind="probs")) == pytest.approx(0.9)
+    for metric in (
+        CalibrationError(input_kind="probs"),
+        AdaptiveCalibrationError(input_kind="probs"),
+    ):
+        metric.update(probs, target)
+        assert float(metric.compute()) == pytest.approx(0.9)
+    curve = reliability_curve(probs, target, input_kind="probs", n_bins=10)
+    assert curve.count[9] == 1 and float(curve.accuracy[9]) == 0.0
+    # many ties, unnormalised rows, every confidence: the reference takes np.argmax (first max)
+    probs = torch.randint(0, 5, (400, 4), generator=generator).float() / 4
+    target = torch.randint(0, 4, (400,), generator=generator)
+    conf = probs.max(1).values.double().tolist()
+    acc = (probs.argmax(1) == target).double().tolist()
+    assert sum(acc) > 0
+    for norm, fn in TOP.items():
+        got = fn(probs, target, input_kind="probs", n_bins=10)
+        assert float(got) == pytest.approx(ref_binned_error(conf, acc, 10, norm))
+    got = adaptive_calibration_error(probs, target, input_kind="probs", n_bins=5)
+    assert float(got) == pytest.approx(ref_adaptive(conf, acc, 5))
+
+
+def test_finite_logits_of_extreme_size_are_accepted_and_exact():
+    """Issue 16 item 15: ±3e38 is finite; ``max - min`` overflowing must not read as inf."""
+    logits = torch.tensor([[3e38, -3e38, 0.0], [-3e38, 3e38, 3e38], [0.5, 2.0, -1.0]])
+    target = torch.tensor([1, 2, 1])
+    conf, acc = ref_top_label(logits, target)
+    assert acc == [0.0, 0.0, 1.0]  # row 2: a tie at 3e38, argmax takes class 1
+    assert float(expected_calibration_error(logits, target)) == pytest.approx(
+        ref_binned_error(conf, acc, 15, "l1")
+    )
+    assert float(adaptive_calibration_error(logits, target, n_bins=2)) == pytest.approx(
+        ref_adaptive(conf, acc, 2)
+    )
+    p = ref_probs(logits)
+    onehot = np.eye(3)[target.numpy()]
+    assert float(brier_score(logits, target)) == pytest.approx(((p - onehot) ** 2).sum(1).mean())
+    x = logits.double().numpy()
+    lse = x.max(1) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(1))
+    nll_ref = (lse - x[np.arange(3), target.numpy()]).mean()  # row 0: 6e38 (float64 only)
+    nll = negative_log_likelihood(logits, target)
+    assert math.isfinite(float(nll)) and float(nll) == pytest.approx(nll_ref, rel=1e-6)
+    for metric in (CalibrationError(), AdaptiveCalibrationError(), BrierScore()):
+        metric.update(logits, target)
+        assert math.isfinite(float(metric.compute()))
+    assert float(classwise_calibration_error(logits, target, num_classes=3)) == pytest.approx(
+        ref_classwise(logits, target, 15)
+    )
+    seg = logits.T.reshape(1, 3, 3, 1)  # the same rows as a 3x1 image
+    assert float(expected_calibration_error(seg, target.view(1, 3, 1))) == pytest.approx(
+        ref_binned_error(conf, acc, 15, "l1")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,6 +725,27 @@ def test_bad_input_raises_value_error():
         tace(x, y, num_classes=3, mode="guo")
     with pytest.raises(ValueError, match="mask"):
         expected_calibration_error(x, y, mask=torch.ones(4, 5))
+    # Issue 16 item 16: an out-of-range label raises even where mask= excludes it (as a NaN
+    # logit there does); only ignore_index is exempt.
+    y_bad, only_ok = y.clone(), torch.ones(4, 5, dtype=torch.bool)
+    y_bad[1, 2], only_ok[1, 2] = 7, False
+    masked_fns = (
+        expected_calibration_error,
+        adaptive_calibration_error,
+        reliability_curve,
+        brier_score,
+        negative_log_likelihood,
+        neighborhood_brier_score,
+        lambda a, b, mask: classwise_calibration_error(a, b, num_classes=3, mask=mask),
+        lambda a, b, mask: tace(a, b, num_classes=3, mask=mask),
+    )
+    for fn in masked_fns:
+        with pytest.raises(ValueError, match="outside"):
+            fn(x, y_bad, mask=only_ok)
+        fn(x, y_bad.masked_fill(~only_ok, -100), mask=only_ok)  # ignored: accepted
+    for metric in (CalibrationError(), BrierScore(), ClasswiseCalibrationError(3)):
+        with pytest.raises(ValueError, match="outside"):
+            metric.update(x, y_bad, mask=only_ok)
     m = CalibrationError()
     with pytest.raises(ValueError):
         m.update(bad_x[0], y)

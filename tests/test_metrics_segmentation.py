@@ -472,6 +472,25 @@ def test_logits_path_and_low_precision(generator):
     )
 
 
+def test_logits_that_require_grad_are_accepted(generator):
+    """Issue 16 item 14: the metrics are not differentiable, so a tensor still attached to the
+    graph (validation inside a training step) is read detached, not rejected."""
+    C = 3
+    logits = F.avg_pool3d(torch.randn(2, C, 8, 9, 7, generator=generator), 3, 1, 1)
+    gt = blobs((8, 9, 7), C, 4).expand(2, -1, -1, -1).clone()
+    expected = segmentation_metrics(logits, gt)
+    live = logits.clone().requires_grad_(True)
+    got = segmentation_metrics(live * 1.0, gt)  # a non-leaf, as a model output is
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], equal_nan=True)
+    torch.testing.assert_close(dice_score(live, gt), expected["dice"], equal_nan=True)
+    torch.testing.assert_close(hausdorff_distance95(live, gt), expected["hd95"], equal_nan=True)
+    m = DiceScore(num_classes=C, average="none")
+    m.update(live, gt)
+    torch.testing.assert_close(m.compute(), expected["dice"].nanmean(0), equal_nan=True)
+    assert live.grad is None
+
+
 def test_per_case_spacing_table():
     C = 3
     (p0, g0), (p1, g1) = pair((9, 10, 8), C, 1), pair((9, 10, 8), C, 2)

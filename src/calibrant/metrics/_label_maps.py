@@ -36,6 +36,7 @@ def prepare_label_maps(
         )
     if logits is not None:
         check_logits_target(logits, target, num_classes=num_classes, min_dims=3)
+        logits = logits.detach()  # the metrics are not differentiable; the argmax runs in place
         num_classes = logits.shape[1]
         # One cheap reduction first: a finite sum implies every element is finite (any NaN or
         # inf element makes the sum NaN or inf); the full check only runs to explain a failure.

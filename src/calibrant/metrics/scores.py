@@ -79,18 +79,25 @@ def _score_sums(logits, target, *, ignore_index, mask, pixel_subset, input_kind)
             logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
         ):
             zmax, e = K.softmax_stats(ch.z, input_kind)
+            v = ch.valid
             if input_kind == "probs":
                 p = e
                 log_pt = p.gather(0, ch.t.unsqueeze(0)).squeeze(0).log()
+                nll_part = torch.where(v, log_pt, 0).sum(dtype=torch.float64)
             else:
                 s = e.sum(0)
                 p = e / s
-                log_pt = ch.z.gather(0, ch.t.unsqueeze(0)).squeeze(0) - zmax - s.log()
+                zt = ch.z.gather(0, ch.t.unsqueeze(0)).squeeze(0)
+                nll_part = torch.where(v, zt - zmax - s.log(), 0).sum(dtype=torch.float64)
+                if not bool(torch.isfinite(nll_part)):
+                    # finite logits, so z_t - max overflowed float32 (a spread beyond 3.4e38):
+                    # redo this chunk in float64, where the true value is finite
+                    log_pt = zt.double() - zmax.double() - s.log().double()
+                    nll_part = torch.where(v, log_pt, 0).sum()
             pt = p.gather(0, ch.t.unsqueeze(0)).squeeze(0)
             b = p.square().sum(0) - 2 * pt + 1
-            v = ch.valid
             brier += torch.where(v, b, 0).sum(dtype=torch.float64)
-            nll -= torch.where(v, log_pt, 0).sum(dtype=torch.float64)
+            nll -= nll_part
             count += v.sum()
     return brier, nll, count
 
