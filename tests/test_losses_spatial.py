@@ -110,6 +110,30 @@ def test_svls_loss_matches_loops(nd, generator):
     torch.testing.assert_close(tt.sum(1), (target != -100).float())
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+def test_svls_float64_logits_get_float64_targets(ignored, generator):
+    """Issue 16 item 18: float64 stays float64, soft targets included (were built in float32)."""
+    sp = (5, 6)
+    logits = 2 * torch.randn(2, 3, *sp, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, *sp), generator=generator)
+    if ignored:
+        target[1, 0, 1] = -100
+    want = torch.stack(
+        [_window_target(target[b], 3, _code_kernel(2), "replicate", -100) for b in range(2)]
+    )
+    per_pixel = torch.logsumexp(logits, 1) - (want * logits).sum(1)
+    ref = per_pixel[target != -100].mean()
+    got = svls_loss(logits, target)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-13, atol=0)  # float32 targets: ~1e-7 off
+    t64 = svls_targets(target, 3, dtype=torch.float64)
+    assert t64.dtype == torch.float64
+    torch.testing.assert_close(t64, want, rtol=1e-13, atol=1e-14)
+    t32 = svls_targets(target, 3)  # the default stays float32
+    assert t32.dtype == torch.float32
+    torch.testing.assert_close(t32.double(), want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("padding", ["label0", "zeros", "replicate"])
 @pytest.mark.parametrize("kernel", ["mean", "gaussian"])
 @pytest.mark.parametrize("nd", [2, 3])

@@ -145,14 +145,20 @@ def _gaussian_filter(
 
 
 def _filtered_one_hot(
-    labels: torch.Tensor, num_classes: int, kernel_size: int, sigma: float, padding: str, nd: int
+    labels: torch.Tensor,
+    num_classes: int,
+    kernel_size: int,
+    sigma: float,
+    padding: str,
+    nd: int,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``_gaussian_filter(one_hot(labels))``, class by class from the padded *labels*.
 
     Padding the one-hot equals one-hot of the padded labels (replicate: edge labels; zeros: no
     class, -1; label0: class 0), so no ``(B, K, *padded)`` float tensor is built; the per-class
     arithmetic is the same element-wise sequence, hence bitwise the same result. ``labels`` is
-    int64 with -1 for rows that must be zero.
+    int64 with -1 for rows that must be zero; the result and its arithmetic are in ``dtype``.
     """
     r = kernel_size // 2
     g1 = _gaussian_1d(kernel_size, sigma)
@@ -167,10 +173,10 @@ def _filtered_one_hot(
         fill = 0 if padding == "label0" else -1
         padded = F.pad(padded, (r,) * (2 * nd), value=fill)
     out = torch.empty(
-        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=torch.float32, device=labels.device
+        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=dtype, device=labels.device
     )
     for k in range(num_classes):
-        ohp = (padded == k).unsqueeze(1).float()
+        ohp = (padded == k).unsqueeze(1).to(dtype)
         centre = ohp
         for axis in range(2, nd + 2):
             centre = centre.narrow(axis, r, centre.shape[axis] - 2 * r)
@@ -187,6 +193,7 @@ def _smoothed_targets(
     sigma: float,
     padding: str,
     ignore_index: int | None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """SVLS-kernel smoothing of the one-hot labels, renormalised over valid neighbours."""
     safe, mask = valid_mask(target, ignore_index)
@@ -194,10 +201,10 @@ def _smoothed_targets(
     if nd < 1:
         raise ValueError("spatial smoothing needs at least one spatial dim")
     labels = safe.masked_fill(~mask, -1) if ignore_index is not None else safe
-    t = _filtered_one_hot(labels, num_classes, kernel_size, sigma, padding, nd)
+    t = _filtered_one_hot(labels, num_classes, kernel_size, sigma, padding, nd, dtype)
     if ignore_index is None:
         return t
-    m = mask.unsqueeze(1).float()
+    m = mask.unsqueeze(1).to(dtype)
     # Ignored neighbours are absent: renormalise by the non-ignored share of the window
     # (out-of-image neighbours keep the meaning the padding gives them).
     mode = "replicate" if padding == "replicate" else "zeros"
@@ -214,6 +221,7 @@ def svls_targets(
     kernel_size: int = 3,
     sigma: float = 1.0,
     ignore_index: int | None = -100,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """SVLS soft targets: the one-hot labels filtered by :func:`svls_kernel`, replicate padding.
 
@@ -223,9 +231,11 @@ def svls_targets(
         kernel_size: odd window size (3).
         sigma: Gaussian σ (1).
         ignore_index: ignored neighbours are absent (window renormalised); ignored centres get 0.
+        dtype: floating dtype of the targets and of the filtering arithmetic (float32;
+            :func:`svls_loss` passes float64 for float64 logits).
 
     Returns:
-        ``(B, K, *spatial)`` float32; rows of valid elements sum to 1.
+        ``(B, K, *spatial)`` in ``dtype``; rows of valid elements sum to 1.
 
     Example:
         >>> t = svls_targets(torch.tensor([[0, 0, 1, 1]]), 2)
@@ -240,6 +250,7 @@ def svls_targets(
         sigma=sigma,
         padding="replicate",
         ignore_index=ignore_index,
+        dtype=dtype,
     )
 
 
@@ -329,8 +340,13 @@ def svls_loss(
         # nothing ignored (mask None): the renormalisation by the non-ignored share is exactly 1
         ignore = ignore_index if mask is not None else None
         t = svls_targets(
-            target, x.shape[1], kernel_size=kernel_size, sigma=sigma, ignore_index=ignore
-        ).to(x.dtype)
+            target,
+            x.shape[1],
+            kernel_size=kernel_size,
+            sigma=sigma,
+            ignore_index=ignore,
+            dtype=x.dtype,  # float64 logits get targets built in float64, not rounded ones
+        )
         values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
 
