@@ -195,7 +195,8 @@ def train_one_epoch(
         on_step: called as ``on_step(step, totals)`` after each optimiser step (checkpointing).
 
     Returns:
-        Mean of each term over the epoch's steps, plus ``steps``.
+        Mean of each term over the epoch's steps, plus ``steps``; under DDP the mean over all
+        ranks' steps (the global mean, identical on every rank).
     """
     model.train()
     device = torch.device(device)
@@ -234,11 +235,26 @@ def train_one_epoch(
         totals["steps"] = totals.get("steps", 0) + 1
         if on_step is not None:
             on_step(step + 1, totals)
+    _average_over_ranks(totals)  # the global mean: every rank ran the same number of steps
     n = max(totals.get("steps", 0), 1)
     means = {k: (float(v) / n if k != "steps" else v) for k, v in totals.items()}
     if not math.isfinite(means.get("loss", 0.0)):
         raise FloatingPointError(f"non-finite mean loss over the epoch: {means}")
     return means
+
+
+def _average_over_ranks(totals: dict[str, Any]) -> None:
+    """Replace each running sum of ``totals`` by its mean over ranks, in place (collective).
+
+    The sum over ranks is unchanged, so this may run at any step (:func:`fit` runs it before
+    each checkpoint, which rank 0 alone writes) and again at the end of the epoch.
+    """
+    names = [k for k in totals if k != "steps"]
+    if not names or not dist_utils.is_distributed():
+        return
+    sums = torch.stack([torch.as_tensor(totals[k], dtype=torch.float64) for k in names])
+    dist_utils.all_reduce_sum(sums).div_(dist_utils.world_size())
+    totals.update(zip(names, sums.unbind(), strict=True))
 
 
 def _check_finite_loss(loss: torch.Tensor, terms: dict, step: int) -> None:
@@ -485,6 +501,7 @@ def fit(
         }
 
     def save(name: str) -> None:
+        _average_over_ranks(state["totals"])  # what rank 0 saves, every rank resumes from
         if ckpt_dir is not None and is_main:
             save_checkpoint(ckpt_dir / name, snapshot())
         dist_utils.barrier()

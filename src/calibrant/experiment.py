@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from calibrant.distributed import sync_batchnorm
 from calibrant.engine import EpochSampler, fit, predict_volume
 from calibrant.models import to_channels_last
 from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS
@@ -285,6 +286,9 @@ def build_experiment(
     channels_last = train_cfg.get("channels_last", False)  # weights NHWC/NDHWC (to_channels_last)
     if not isinstance(channels_last, bool):
         raise ValueError(f"train.channels_last must be true or false, got {channels_last!r}")
+    sync_bn = train_cfg.get("sync_batchnorm", True)  # BatchNorm over the global batch (DDP)
+    if not isinstance(sync_bn, bool):
+        raise ValueError(f"train.sync_batchnorm must be true or false, got {sync_bn!r}")
 
     train_ds = build_data(cfg["data"], data_root, "train")
     val_ds = build_data(cfg["data"], data_root, "val")
@@ -295,6 +299,8 @@ def build_experiment(
     model = build_model(cfg["model"], info).to(device)
     if channels_last:
         to_channels_last(model)
+    if world_size > 1 and sync_bn:
+        model = sync_batchnorm(model)
     criterion = build_criterion(cfg["loss"], info, seed=seed + rank).to(device)
     optimizer = build_optimizer(cfg.get("optim", {"name": "adam", "lr": 1e-3}), model.parameters())
     scheduler = build_scheduler(cfg.get("sched"), optimizer, epochs)
