@@ -2,14 +2,15 @@
 
 Commands::
 
-    calibrant train CONFIG [key=value ...] --out DIR      train (+ test evaluation and report)
+    calibrant train CONFIG --out DIR [key=value ...]      train (+ test evaluation and report)
     calibrant eval RUN [--checkpoint best|last] [--calibrator FILE]
+                                                          writes RUN/evaluations/NAME.json
     calibrant calibrate RUN [--method temperature]        fit a post-hoc calibrator on validation
     calibrant predict RUN --split test --out FILE         save test logits
     calibrant plot RUN                                    re-draw a run's figures
     calibrant compare RUN [RUN ...]                       side-by-side table of several runs
-    calibrant data list | check                           datasets and the data root
-    calibrant list [losses|alm|models|datasets|metrics|calibrators|configs|suites]
+    calibrant data list | check [NAME ...] [--deep]       datasets: ok, missing or unreadable
+    calibrant list [losses|alm|models|datasets|metrics|calibrators|configs|suites|keys]
     calibrant bench SUITE [--profile cpu] [--tasks ..] [--methods ..] [--seeds ..]
                                                           run a paper's comparison, resumable
 
@@ -25,19 +26,23 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import math
 import os
 import sys
-import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from calibrant import _extras
+from calibrant.progress import Progress
+
 log = logging.getLogger("calibrant")
+
+# commands that read datasets, draw figures or write TensorBoard files: `calibrant[cli]`
+_NEEDS_CLI_EXTRA = frozenset({"train", "eval", "calibrate", "predict", "plot", "bench"})
 
 __all__ = ["main"]
 
@@ -72,95 +77,36 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def _load_run_config(args) -> dict[str, Any]:
-    from calibrant.config import apply_overrides, load_config
+    """The preset or file ``args.config`` with the overrides and ``--seed``, validated.
 
-    cfg = load_config(args.config)
-    return apply_overrides(cfg, args.overrides)
-
-
-class Progress:
-    """One line per epoch (train loss, validation scores, ETA) and a throttled within-epoch line.
-
-    ``step_done`` (the ``engine.fit(step_log=...)`` callback) prints ``step s/total, running
-    loss, steps/s, epoch ETA`` at most every ``interval`` seconds: rewritten in place (carriage
-    return) on a terminal, plain lines otherwise (logs, CI). ``quiet`` prints nothing.
-
-    Args:
-        epochs: total number of epochs (``None``: unknown, no ETA; the bench runs many runs).
-        quiet: print nothing.
-        stream: where to print (default ``sys.stderr``).
-        interval: minimum seconds between two within-epoch lines (default 1 s on a terminal,
-            30 s otherwise).
-        clock: time source (for tests).
+    Every key and value is checked (:func:`calibrant.config_schema.validate_config`) before
+    anything is written: a misspelt key or a wrong value is a ``ConfigError`` (exit code 2).
     """
+    from calibrant.config import apply_overrides, load_config
+    from calibrant.config_schema import validate_config
 
-    def __init__(
-        self,
-        epochs: int | None,
-        *,
-        quiet: bool = False,
-        stream=None,
-        interval: float | None = None,
-        clock=time.perf_counter,
-    ) -> None:
-        self.epochs, self.quiet = epochs, quiet
-        self.stream = stream or sys.stderr
-        isatty = getattr(self.stream, "isatty", None)
-        self.tty = bool(callable(isatty) and isatty())
-        self.interval = (1.0 if self.tty else 30.0) if interval is None else interval
-        self.clock = clock
-        self.start = clock()
-        self.done = 0
-        self._epoch_start = self.start
-        self._first_step: int | None = None
-        self._last_print = self.start
-        self._pending = False  # a \r line waits to be cleared
+    cfg = apply_overrides(load_config(args.config), args.overrides)
+    if getattr(args, "seed", None) is not None:
+        cfg.setdefault("train", {})["seed"] = args.seed
+    validate_config(cfg)
+    return cfg
 
-    def step_done(self, step: int, total: int, loss) -> None:
-        """Callback for ``engine.fit(step_log=...)``; reads ``loss`` only when it prints."""
-        if self.quiet:
-            return
-        now = self.clock()
-        if self._first_step is None:
-            self._first_step = step - 1  # steps before this session (resumed mid-epoch)
-        if now - self._last_print < self.interval or step >= total:
-            return
-        self._last_print = now
-        rate = (step - self._first_step) / max(now - self._epoch_start, 1e-9)
-        eta = (total - step) / max(rate, 1e-9)
-        line = f"  step {step}/{total}  loss={float(loss):.4f}  {rate:.2f} step/s  eta {eta:.0f}s"
-        if self.tty:
-            print(f"\r\033[K{line}", end="", file=self.stream, flush=True)
-            self._pending = True
-        else:
-            print(line, file=self.stream, flush=True)
 
-    def epoch_done(self, record: Mapping[str, Any]) -> None:
-        """Callback for ``engine.fit(log=...)``."""
-        self.done += 1
-        now = self.clock()
-        self._epoch_start = self._last_print = now
-        self._first_step = None
-        if self.quiet:
-            return
-        elapsed = now - self.start
-        if self.epochs is None:  # several runs of unknown length (the bench): no total, no ETA
-            of, eta = "", ""
-        else:
-            left = elapsed / self.done * max(self.epochs - record["epoch"], 0)
-            of, eta = f"/{self.epochs}", f"  eta {left:.0f}s"
-        val = ", ".join(
-            f"{k}={v:.4f}" for k, v in record["val"].items() if isinstance(v, (int, float))
-        )
-        clear = "\r\033[K" if self._pending else ""
-        self._pending = False
-        print(
-            f"{clear}epoch {record['epoch']}{of}  "
-            f"loss={record['train'].get('loss', math.nan):.4f}"
-            f"  {val}  elapsed {elapsed:.0f}s{eta}",
-            file=self.stream,
-            flush=True,
-        )
+def _print_config(cfg: dict[str, Any]) -> None:
+    """``train --dry-run``: the resolved config as YAML; nothing is written or built."""
+    import yaml
+
+    print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None).rstrip())
+    print("# config valid (dry run: nothing written)", file=sys.stderr)
+
+
+def _progress_output(progress: Progress):
+    """Route log lines through tqdm while bars are drawn on a terminal (else a no-op)."""
+    if progress.tty and not progress.quiet:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        return logging_redirect_tqdm()
+    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -169,8 +115,12 @@ class Progress:
 def cmd_train(args) -> int:
     """Train one run, evaluate its best checkpoint on the test split, write the report."""
     from calibrant import experiment, report
+    from calibrant.runlog import RunLogger
 
     cfg = _load_run_config(args)
+    if args.dry_run:
+        _print_config(cfg)
+        return 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _select_device(args.device, local_rank)
     rank, world = _init_distributed(device)
@@ -179,19 +129,27 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         train_cfg["seed"] = args.seed
     out = Path(args.out)
-    progress = Progress(int(train_cfg.get("epochs", 1)), quiet=args.quiet or rank != 0)
-    _, _, results = experiment.train_run(
-        cfg,
-        out,
-        data_root=args.data_root,
-        device=device,
-        rank=rank,
-        world_size=world,
-        resume=args.resume,
-        log=progress.epoch_done,
-        step_log=progress.step_done,
-        halt_after_step=args.halt_after_step,
+    progress = Progress(
+        int(train_cfg.get("epochs", 1)), quiet=args.quiet or rank != 0, resumed=args.resume
     )
+    logger = RunLogger(out, args.logger, rank=rank, resume=args.resume)
+    try:
+        with _progress_output(progress):
+            _, _, results = experiment.train_run(
+                cfg,
+                out,
+                data_root=args.data_root,
+                device=device,
+                rank=rank,
+                world_size=world,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                halt_after_step=args.halt_after_step,
+                callbacks=[progress, logger],
+            )
+    finally:
+        progress.close()
+        logger.close()
     if rank == 0 and not args.quiet:
         print(report.markdown_table({out.name: results["test"]}))
         print(f"report: {out / 'report.md'}  figures: {out / 'figures'}")
@@ -213,15 +171,31 @@ def _load_run(args):
 
 
 def cmd_eval(args) -> int:
-    """Evaluate a trained run (optionally with a calibrator) and rewrite its report."""
+    """Evaluate a checkpoint of a run (optionally with a calibrator) on the test split.
+
+    The result goes to ``RUN/evaluations/<checkpoint>[+<calibrator>].json``, beside the
+    training's ``metrics.json`` (never over it), and ``report.md`` lists every evaluation.
+    """
     from calibrant import report
 
     run, device, exp = _load_run(args)
-    results = report.evaluate_run(
-        exp, run, device=device, checkpoint=args.checkpoint, calibrator=args.calibrator
-    )
-    report.write_results(run, results, exp)
-    print(report.markdown_table({run.name: results["test"]}))
+    progress = Progress(None, quiet=args.quiet)
+    try:
+        with _progress_output(progress):
+            results = report.evaluate_run(
+                exp,
+                run,
+                device=device,
+                checkpoint=args.checkpoint,
+                calibrator=args.calibrator,
+                callbacks=[progress],
+            )
+    finally:
+        progress.close()
+    path = report.write_evaluation(run, results)
+    name = path.stem
+    print(report.markdown_table({name: results["test"]}))
+    print(f"evaluation: {path}  report: {run / 'report.md'}")
     return 0
 
 
@@ -233,11 +207,11 @@ def cmd_calibrate(args) -> int:
     path = report.fit_calibrator(exp, run, method=args.method, device=device)
     before = report.evaluate_run(exp, run, device=device, checkpoint="best")
     after = report.evaluate_run(exp, run, device=device, checkpoint="best", calibrator=path)
-    report.write_results(run, after, exp, name="metrics_calibrated.json")
+    evaluation = report.write_evaluation(run, after)
     print(
         report.markdown_table({"before": before["test"], f"after ({args.method})": after["test"]})
     )
-    print(f"calibrator: {path}")
+    print(f"calibrator: {path}  evaluation: {evaluation}")
     return 0
 
 
@@ -272,25 +246,42 @@ def cmd_compare(args) -> int:
 
 
 def cmd_data(args) -> int:
-    """List registered datasets, or check which ones the data root holds."""
+    """List registered datasets, or check which ones the data root holds and can read.
+
+    ``check`` prints one line per dataset: ``ok``, ``missing`` (a folder or file is not there)
+    or ``unreadable`` (a file is there but cannot be read or decoded: truncated, corrupt, of
+    another format). It builds the training split, which reads the files unless the decode
+    cache holds them already (the cache key changes when a file's size or time changes);
+    ``--deep`` bypasses the cache and decodes every file of the dataset. Exit status: 0 when
+    every checked dataset is ok, 1 when some are missing, 2 when some are unreadable.
+    """
     from calibrant._paths import data_root
     from calibrant.registry import DATASETS
 
+    names = args.names or DATASETS.names()
+    unknown = [n for n in names if n not in DATASETS.names()]
+    if unknown:
+        raise KeyError(f"unknown dataset(s) {unknown}; known: {', '.join(DATASETS.names())}")
     if args.action == "list":
-        for name in DATASETS.names():
+        for name in names:
             meta = DATASETS.meta(name)
             print(f"{name:20s} {meta.get('task', '')}")
         return 0
     root = data_root(args.data_root)
-    status = 0
-    for name in DATASETS.names():
+    missing = unreadable = False
+    for name in names:
         try:
-            ds = DATASETS.build(name, root=root, split="train")
-            print(f"ok       {name:20s} {len(ds)} training items")
-        except (FileNotFoundError, ValueError, OSError) as e:
-            status = 1
-            print(f"missing  {name:20s} {e}")
-    return status
+            # every loader decodes all files of all splits together (one cache entry)
+            ds = DATASETS.build(name, root=root, split="train", use_cache=not args.deep)
+            detail = f"{len(ds)} training items" + ("; every file read" if args.deep else "")
+            print(f"ok          {name:20s} {detail}")
+        except FileNotFoundError as e:
+            missing = True
+            print(f"missing     {name:20s} {e}")
+        except (OSError, ValueError, EOFError) as e:  # present, but cannot be read or decoded
+            unreadable = True
+            print(f"unreadable  {name:20s} {e}")
+    return 2 if unreadable else 1 if missing else 0
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -315,24 +306,40 @@ def cmd_bench(args) -> int:
         return 0
     failed = None
     if not args.report_only:
+        from calibrant.bench.runner import environment
+
+        if environment("cpu")["dirty_src"] and not args.allow_dirty:
+            print(
+                "calibrant: error: src/ has uncommitted changes, so the records could not name "
+                "the code they come from; commit first, or pass --allow-dirty (the records are "
+                "then marked dirty_src)",
+                file=sys.stderr,
+            )
+            return 2
         device = _select_device(args.device, 0)
         command = "calibrant " + " ".join(sys.argv[1:]) if args.command is None else args.command
-        progress = None if args.quiet else Progress(None, stream=sys.stderr).epoch_done
+        progress = Progress(None, quiet=args.quiet)
         try:
-            run_suite(
-                suite,
-                results=results,
-                work=work,
-                profile=args.profile,
-                data_root=args.data_root,
-                device=device,
-                command=command,
-                max_minutes=args.max_minutes,
-                log_epoch=progress,
-                **selection,
-            )
+            with _progress_output(progress):
+                written = run_suite(
+                    suite,
+                    results=results,
+                    work=work,
+                    profile=args.profile,
+                    data_root=args.data_root,
+                    device=device,
+                    command=command,
+                    max_minutes=args.max_minutes,
+                    callbacks=[progress],
+                    on_run=progress.on_bench_run,
+                    force=args.force,
+                    **selection,
+                )
+                progress.on_bench_end(len(written))
         except BenchFailures as e:
             failed = e
+        finally:
+            progress.close()
     page = render_suite(suite, results, args.profile, figures=not args.no_figures)
     left = sum(not r.done for r in plan(suite, results, args.profile, **selection))
     print(f"results: {page} ({left} runs of this selection still to do)")
@@ -347,6 +354,11 @@ def cmd_list(args) -> int:
     import calibrant
     from calibrant.config import preset_names
 
+    if args.family == "keys":  # the keys of the plain config sections, typed
+        from calibrant.config_schema import describe_keys
+
+        print("\n".join(describe_keys()))
+        return 0
     families = {
         "losses": calibrant.LOSSES,
         "alm": calibrant.ALM_PRESETS,
@@ -387,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_registered_summary(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"calibrant {_extras.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, run_dir: bool = False):
@@ -406,10 +419,34 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="preset name (see `calibrant list configs`) or YAML file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=crac loss.margin=5")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="overrides, before or after the options, e.g. loss=mbls loss.margin=5 "
+        "optim.lr=1e-3 train.epochs=2; every key is checked (exit 2 on an unknown key)",
+    )
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and overrides, print the resolved config, write nothing",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT holds (its files are deleted); without it, or --resume, "
+        "a folder that holds a run is refused",
+    )
+    p.add_argument(
+        "--logger",
+        default="auto",
+        choices=("auto", "tensorboard", "csv", "none"),
+        help="training logs in OUT/logs/: tensorboard (event files and scalars.csv), csv "
+        "(scalars.csv only) or none; auto (default): tensorboard when installed, else csv",
+    )
     p.add_argument("--halt-after-step", type=int, default=None, help=argparse.SUPPRESS)
     common(p)
     p.set_defaults(func=cmd_train)
@@ -444,7 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="list datasets or check the data root")
     p.add_argument("action", choices=("list", "check"))
+    p.add_argument("names", nargs="*", help="datasets to list or check (default: all)")
     p.add_argument("--data-root", default=None)
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="check: decode every file, bypassing the decode cache",
+    )
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("list", help="list registered names")
@@ -452,8 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
         "family",
         nargs="?",
         choices=(
-            "losses", "alm", "models", "datasets", "metrics", "calibrators", "configs", "suites"
+            "losses", "alm", "models", "datasets", "metrics", "calibrators", "configs", "suites",
+            "keys",
         ),
+        help="keys: the keys of the train and eval config sections, with their types",
     )  # fmt: skip
     p.set_defaults(func=cmd_list)
 
@@ -472,23 +517,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only regenerate the page")
     p.add_argument("--no-figures", action="store_true", help="page without figures")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state")
+    p.add_argument(
+        "--force", action="store_true", help="run methods whose task's pilot is a no-go"
+    )
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write records although src/ has uncommitted changes (they are marked)",
+    )
     p.add_argument("--command", default=None, help=argparse.SUPPRESS)
     common(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
 
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``train`` takes its ``key=value`` overrides anywhere, also after options.
+
+    argparse gives a ``nargs="*"`` positional only the words before the first option, so the
+    overrides after ``--out DIR`` come back as unrecognised; they are appended in their order.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "train":
+        words = [w for w in extra if not w.startswith("-")]
+        extra = [w for w in extra if w.startswith("-")]
+        args.overrides = [*args.overrides, *words]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a usage or input error)."""
     from calibrant.checkpoint import CheckpointError
+    from calibrant.data.base import DataFileError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(parser, argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
+        if args.command in _NEEDS_CLI_EXTRA:
+            _extras.require_extra("cli", f"`calibrant {args.command}`")
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, CheckpointError) as e:
+    except ImportError as e:  # an optional dependency: name the extra that brings it
+        message = _extras.explain_import_error(e)
+        if message is None:
+            raise
+        print(f"calibrant: error: {message}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FileNotFoundError, CheckpointError, DataFileError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"calibrant: error: {message}", file=sys.stderr)
         return 2

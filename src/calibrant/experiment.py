@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +305,11 @@ def build_experiment(
     optimizer = build_optimizer(cfg.get("optim", {"name": "adam", "lr": 1e-3}), model.parameters())
     scheduler = build_scheduler(cfg.get("sched"), optimizer, epochs)
 
-    train_sampler = EpochSampler(len(train_ds), seed=seed, rank=rank, world_size=world_size)
+    # not padded: under DDP the global batches hold exactly the 1-process batches (the last,
+    # short one is weighted by each rank's share in train_one_epoch)
+    train_sampler = EpochSampler(
+        len(train_ds), seed=seed, rank=rank, world_size=world_size, pad=False
+    )
     train_loader = _loader(
         train_ds, batch_size=batch_size, sampler=train_sampler, seed=seed, workers=workers
     )
@@ -369,6 +373,22 @@ def build_experiment(
     )
 
 
+def tested_checkpoint(cfg: Mapping[str, Any]) -> str:
+    """Which checkpoint a run tests after training (``eval.checkpoint``).
+
+    ``"best"`` (default) is selected on ``eval.select``; ``"last"`` is the converged network,
+    as the papers test it.
+
+    Example:
+        >>> tested_checkpoint({"eval": {"checkpoint": "last"}})
+        'last'
+    """
+    name = cfg.get("eval", {}).get("checkpoint", "best")
+    if name not in ("best", "last"):
+        raise ValueError(f"eval.checkpoint must be 'best' or 'last', got {name!r}")
+    return name
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python, NumPy's legacy global state and torch with ``seed + rank``."""
     random.seed(seed + rank)
@@ -385,35 +405,90 @@ def train_run(
     rank: int = 0,
     world_size: int = 1,
     resume: bool = False,
+    overwrite: bool = False,
     log: Callable[[dict[str, Any]], None] | None = None,
     step_log: Callable[[int, int, torch.Tensor], None] | None = None,
     halt_after_step: int | None = None,
+    callbacks: Iterable[Any] = (),
 ) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
     """Train one run into the folder ``out``, test its best checkpoint and write its report.
+
+    The folder is checked before anything is written (:mod:`calibrant.run_folder`): one that
+    already holds a run is refused unless ``resume=True`` (the config must equal the stored
+    one) or ``overwrite=True`` (the old run's files are deleted, once the experiment is
+    built). ``config.json`` is written only after the experiment (data, model, criterion) was
+    built, and a start that fails before its first checkpoint removes what it created.
 
     Seeds everything from ``cfg["train"]["seed"]``, builds the :class:`Experiment`, wraps the
     model in DDP when ``world_size > 1`` (the process group must be initialised), runs
     :func:`calibrant.engine.fit` with checkpoints in ``out/checkpoints`` (``resume=True``
     continues from ``last.pt``; ``log``/``step_log`` are fit's per-epoch and per-step callbacks),
-    evaluates ``best.pt`` on the test split and, on rank 0, writes ``config.json``,
-    ``metrics.json``, ``report.md`` and the figures.
+    evaluates ``best.pt`` (``last.pt`` with ``eval.checkpoint: last``) on the test split and, on
+    rank 0, writes ``config.json``, ``metrics.json``, ``report.md`` and the figures.
+    ``callbacks`` are
+    :class:`calibrant.engine.Callback` objects (progress bars, the TensorBoard/CSV logger): their
+    ``setup(experiment)`` is called once the run is built, then they see the training (``fit``)
+    and the test evaluation (phase ``"test"``).
 
     Returns:
         ``(experiment, history, results)``; ``results["test"]`` holds the flat test metrics.
+
+    Raises:
+        calibrant.run_folder.RunFolderError: the folder holds a run (see above).
     """
-    from calibrant import report
+    from calibrant import run_folder
+
+    tested_checkpoint(cfg)  # a bad value fails before anything is written or trained
+    start = run_folder.prepare(out, dict(cfg), resume=resume, overwrite=overwrite)
+    try:
+        return _train_run(
+            cfg,
+            start,
+            data_root=data_root,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            resume=resume,
+            log=log,
+            step_log=step_log,
+            halt_after_step=halt_after_step,
+            callbacks=callbacks,
+        )
+    except BaseException:
+        run_folder.abandon(start, rank=rank)
+        raise
+
+
+def _train_run(
+    cfg: Mapping[str, Any],
+    start: Any,
+    *,
+    data_root: Any,
+    device: torch.device | str,
+    rank: int,
+    world_size: int,
+    resume: bool,
+    log: Callable[[dict[str, Any]], None] | None,
+    step_log: Callable[[int, int, torch.Tensor], None] | None,
+    halt_after_step: int | None,
+    callbacks: Iterable[Any],
+) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
+    """:func:`train_run` once the folder ``start.out`` was checked."""
+    from calibrant import report, run_folder
 
     device = torch.device(device)
-    out = Path(out)
+    out = start.out
     cfg = dict(cfg)
     train_cfg = dict(cfg.get("train", {}))
+    started = time.perf_counter()
     seed_everything(int(train_cfg.get("seed", 0)), rank)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     exp = build_experiment(
         cfg, data_root=data_root, device=device, rank=rank, world_size=world_size
     )
+    run_folder.begin(start, cfg, rank=rank)  # built: only now is the folder written
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        cb.setup(exp)
     model = exp.model
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -448,8 +523,13 @@ def train_run(
         step_log=step_log,
         patience=train_cfg.get("patience"),
         halt_after_step=halt_after_step,
+        callbacks=callbacks,
     )
-    results = report.evaluate_run(exp, out, device=device, amp=amp, checkpoint="best")
+    results = report.evaluate_run(
+        exp, out, device=device, amp=amp, checkpoint=tested_checkpoint(cfg), callbacks=callbacks
+    )
+    # this call's wall time, training and test (a resumed run counts only what it resumed)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
     if rank == 0:
         report.write_run(out, cfg, history, results, exp)
     return exp, history, results

@@ -4,8 +4,12 @@ A run folder written by ``calibrant train`` holds::
 
     config.json            the resolved config
     checkpoints/           last.pt (resume) and best.pt (model selection)
-    metrics.json           test metrics, per-epoch history, ALM trajectories, reliability curves
-    report.md              the test table and links to the figures
+    metrics.json           the training's test evaluation (never rewritten by `calibrant eval`),
+                           per-epoch history, ALM trajectories, reliability curves
+    evaluations/NAME.json  one file per later evaluation (`calibrant eval`, `calibrant
+                           calibrate`): NAME is the checkpoint, ``+`` the calibrator file's stem
+                           (``last.json``, ``best+calibrator_temperature.json``)
+    report.md              the test table, every evaluation the folder holds, the figures
     figures/               training curves, reliability diagrams (top-label, class-wise,
                            boundary vs interior), lambda/rho trajectories (ALM methods)
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,19 @@ import torch
 
 from calibrant.checkpoint import load_checkpoint
 from calibrant.metrics import RegionReliabilityCurves, ReliabilityCurve
+from calibrant.metrics.items import ItemValues, PairPredictions, TopLabelPredictions
 
 __all__ = [
     "compare_runs",
     "evaluate_run",
+    "evaluation_name",
+    "list_evaluations",
+    "update_report_evaluations",
+    "write_evaluation",
     "fit_calibrator",
     "flatten_results",
     "markdown_table",
+    "metric_legend",
     "plot_run",
     "save_predictions",
     "write_results",
@@ -94,11 +104,20 @@ def evaluate_run(
     checkpoint: str = "best",
     calibrator: str | Path | None = None,
     split: str = "test",
+    callbacks: Iterable[Any] = (),
+    keep_items: bool = False,
 ) -> dict[str, Any]:
     """Load ``run/checkpoints/<checkpoint>.pt`` into the model and compute the test metrics.
 
+    ``keep_items=True`` also returns what confidence intervals over test items need
+    (:mod:`calibrant.metrics.items`): ``"items"``, each test metric's value per loader item (per
+    volume) for segmentation, or ``"predictions"``, the per-sample top-label confidence,
+    prediction and label (multi-class) or pair probabilities and outcomes (multi-label).
+
     ``split="val"`` computes the same metrics on the validation split (for tuning); the flat
     values are under ``"test"`` either way, with ``"split"`` saying which split they are from.
+    ``callbacks`` (:class:`calibrant.engine.Callback`, e.g. progress bars) see the pass as
+    phase ``split``.
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
@@ -112,6 +131,16 @@ def evaluate_run(
     elif exp.output_transform is not None:
         cal = exp.output_transform
     metrics = dict(exp.test_metrics)
+    recorder = None
+    if keep_items and exp.info.task == "segmentation":
+        metrics = {name: ItemValues(m) for name, m in metrics.items()}
+    elif keep_items:
+        recorder = (
+            PairPredictions()
+            if exp.info.task == "multilabel"
+            else TopLabelPredictions(exp.info.ignore_index)
+        )
+        metrics[_PREDICTIONS] = recorder
     if exp.info.task != "multilabel":  # top-label curves need class labels
         metrics["reliability"] = RegionReliabilityCurves(
             ignore_index=exp.info.ignore_index,
@@ -126,8 +155,16 @@ def evaluate_run(
         amp=amp,
         infer=exp.infer,
         calibrator=cal,
+        callbacks=callbacks,
+        phase=split,
     )
+    extra: dict[str, Any] = {}
+    if recorder is not None:
+        extra["predictions"] = {k: v.tolist() for k, v in results.pop(_PREDICTIONS).items()}
+    elif keep_items:
+        extra["items"] = {n: m.values for n, m in metrics.items() if isinstance(m, ItemValues)}
     return {
+        **extra,
         "test": flatten_results(results),
         "curves": _curves(results),
         "checkpoint": checkpoint,
@@ -135,6 +172,9 @@ def evaluate_run(
         "epoch": ckpt.get("epoch"),
         "calibrator": str(calibrator) if calibrator else None,
     }
+
+
+_PREDICTIONS = "__predictions__"
 
 
 def _predictions(exp: Any, loader, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -149,12 +189,14 @@ def _predictions(exp: Any, loader, device) -> list[tuple[torch.Tensor, torch.Ten
     return items
 
 
-def fit_calibrator(exp: Any, run: Path, *, method: str = "temperature", device="cpu") -> Path:
-    """Fit a registered calibrator on the validation logits of the best checkpoint; save it."""
+def fit_calibrator(
+    exp: Any, run: Path, *, method: str = "temperature", device="cpu", checkpoint: str = "best"
+) -> Path:
+    """Fit a registered calibrator on the validation logits of ``checkpoint``; save it."""
     from calibrant.checkpoint import save_checkpoint
     from calibrant.registry import CALIBRATORS
 
-    ckpt = load_checkpoint(Path(run) / "checkpoints" / "best.pt", required=("model",))
+    ckpt = load_checkpoint(Path(run) / "checkpoints" / f"{checkpoint}.pt", required=("model",))
     exp.model.load_state_dict(ckpt["model"])
     factory = CALIBRATORS.get(method).factory
     kwargs = {}
@@ -214,12 +256,115 @@ def write_results(
     return path
 
 
+def evaluation_name(
+    checkpoint: str, calibrator: str | Path | None = None, split: str = "test"
+) -> str:
+    """The file stem of an evaluation under ``evaluations/``.
+
+    Example:
+        >>> evaluation_name("last"), evaluation_name("best", "runs/r/calibrator_temperature.pt")
+        ('last', 'best+calibrator_temperature')
+        >>> evaluation_name("best", split="val")
+        'best-val'
+    """
+    name = str(checkpoint)
+    if calibrator:
+        name += f"+{Path(calibrator).stem}"
+    if split != "test":
+        name += f"-{split}"
+    return name
+
+
+def write_evaluation(run: Path, results: Mapping[str, Any]) -> Path:
+    """Write one evaluation to ``run/evaluations/<name>.json`` and list it in ``report.md``.
+
+    ``results`` is what :func:`evaluate_run` returns; the name comes from its checkpoint,
+    calibrator and split (:func:`evaluation_name`), so an evaluation replaces only an earlier
+    one of the same checkpoint, calibrator and split, never the training's ``metrics.json``.
+    """
+    run = Path(run)
+    name = evaluation_name(
+        results.get("checkpoint", "best"), results.get("calibrator"), results.get("split", "test")
+    )
+    path = run / "evaluations" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dict(results), indent=2, default=str))
+    tmp.replace(path)
+    update_report_evaluations(run)
+    return path
+
+
+def list_evaluations(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(file relative to run, payload)`` of every evaluation the folder holds.
+
+    The training's own (``metrics.json``) first, then ``evaluations/*.json`` by name (and a
+    ``metrics_calibrated.json`` written by an older calibrant).
+    """
+    run = Path(run)
+    files = [run / "metrics.json", *sorted((run / "evaluations").glob("*.json"))]
+    files.append(run / "metrics_calibrated.json")
+    found = []
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            log.warning("skipping unreadable evaluation %s: %s", path, e)
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("test"), Mapping):
+            found.append((path.relative_to(run).as_posix(), payload))
+    return found
+
+
+_EVAL_BEGIN, _EVAL_END = "<!-- evaluations -->", "<!-- /evaluations -->"
+
+
+def _evaluations_section(run: Path) -> list[str]:
+    evaluations = list_evaluations(run)
+    lines = [_EVAL_BEGIN, "## Evaluations", ""]
+    if not evaluations:
+        return [*lines, "None yet.", _EVAL_END]
+    lines += [
+        "Every evaluation this folder holds (`calibrant eval` and `calibrant calibrate` add one",
+        "file per checkpoint and calibrator under `evaluations/`):",
+        "",
+    ]
+    rows = {}
+    for file, payload in evaluations:
+        cal = payload.get("calibrator")
+        what = "the training's test evaluation" if file == "metrics.json" else "evaluation"
+        lines.append(
+            f"- `{file}`: {what}, {payload.get('split', 'test')} split, checkpoint "
+            f"`{payload.get('checkpoint')}` (epoch {payload.get('epoch')}), "
+            + (f"calibrator `{Path(cal).name}`" if cal else "no calibrator")
+        )
+        label = "training" if file == "metrics.json" else Path(file).stem
+        rows[label] = payload["test"]
+    return [*lines, "", markdown_table(rows), _EVAL_END]
+
+
+def update_report_evaluations(run: Path) -> Path:
+    """Rewrite the evaluations section of ``run/report.md`` (appended when it has none)."""
+    path = Path(run) / "report.md"
+    text = path.read_text() if path.is_file() else f"# {Path(run).name}\n"
+    section = "\n".join(_evaluations_section(Path(run)))
+    begin, end = text.find(_EVAL_BEGIN), text.find(_EVAL_END)
+    if begin >= 0 and end > begin:
+        text = text[:begin] + section + text[end + len(_EVAL_END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+    return path
+
+
 def write_run(
     run: Path, cfg: Mapping[str, Any], history: list, results: Mapping[str, Any], exp: Any
 ) -> None:
     """Write ``metrics.json``, the figures and ``report.md`` of a finished run."""
     run = Path(run)
-    payload = {**results, "history": history, "config": dict(cfg)}
+    payload = {**results, "history": history, "config": dict(cfg), **_run_info(cfg, exp)}
     (run / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
     figures = plot_run(run)
     lines = [
@@ -229,12 +374,69 @@ def write_run(
         "",
         markdown_table({run.name: results["test"]}),
         "",
+        *metric_legend(dict(cfg).get("eval", {}).get("test_metrics", [])),
+        *_evaluations_section(run),
+        "",
         "## Figures",
         "",
         *[f"![{p.stem}](figures/{p.name})" for p in figures],
         "",
     ]
     (run / "report.md").write_text("\n".join(lines))
+
+
+ARROWS = {"higher": "↑", "lower": "↓", "zero": "→ 0"}
+
+
+def metric_legend(specs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines explaining each reported metric: direction, protocol, pixel subset.
+
+    The text is the metric's registry entry (``METRICS.register(..., better=, legend=)``, next
+    to its definition); ``specs`` are the config's ``eval.test_metrics`` entries, whose options
+    are shown beside the registered name.
+
+    Example:
+        >>> lines = metric_legend([{"name": "paper_ece", "as": "ece_paper"}])
+        >>> print(lines[-2])
+        - `ece_paper` ↓ — top-label ECE (15 bins) on ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2). Metric `paper_ece`.
+    """  # noqa: E501
+    from calibrant.registry import METRICS
+
+    lines = []
+    for spec in specs:
+        spec = dict(spec)
+        name = str(spec.pop("name", ""))
+        label = spec.pop("as", None) or name
+        pick = spec.pop("pick", None)
+        meta = METRICS.meta(name) if name in METRICS else {}
+        arrow = ARROWS.get(meta.get("better", ""), "")
+        text = meta.get("legend", "no description registered")
+        if pick is not None:
+            text = f"entry `{pick}` of: {text}"
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in spec.items())
+        source = f"Metric `{name}`" + (f" with {options}" if options else "")
+        source = f" {source}." if options or name != label else ""
+        lines.append(f"- `{label}`{' ' + arrow if arrow else ''} — {text}.{source}")
+    if not lines:
+        return []
+    head = ["## Metrics", "", "↑ higher is better, ↓ lower is better, → 0 best at zero.", ""]
+    return [*head, *lines, ""]
+
+
+def _run_info(cfg: Mapping[str, Any], exp: Any) -> dict[str, Any]:
+    """What the figures and logs need to name things: the task, class and ALM slot names."""
+    from calibrant.runlog import alm_slots
+
+    info = getattr(exp, "info", None)
+    if info is None:
+        return {}
+    names = list(info.class_names)
+    out: dict[str, Any] = {"info": {"task": info.task, "class_names": names}}
+    loss = dict(cfg).get("loss", {}) or {}
+    slots = alm_slots(exp.criterion, names, loss.get("name"))
+    if slots:
+        out["alm_slots"] = slots
+    return out
 
 
 def plot_run(run: Path) -> list[Path]:
@@ -247,9 +449,11 @@ def plot_run(run: Path) -> list[Path]:
     out.mkdir(exist_ok=True)
     written = []
     history = payload.get("history", [])
+    info = payload.get("info", {})
+    names = info.get("class_names")
     if history:
         written.append(plot.save_figure(plot.training_curves(history), out / "training.png"))
-        alm = plot.alm_trajectories(history)
+        alm = plot.alm_trajectories(history, slots=payload.get("alm_slots"), class_names=names)
         if alm is not None:
             written.append(plot.save_figure(alm, out / "multipliers.png"))
     curves = {
@@ -258,17 +462,24 @@ def plot_run(run: Path) -> list[Path]:
         )
         for name, c in payload.get("curves", {}).items()
     }
+    segmentation = info.get("task", "segmentation" if "inner" in curves else None)
+    where = "pixels" if segmentation == "segmentation" else "samples"
     if "all" in curves:
-        fig = plot.reliability_diagram(curves["all"], title="test, all pixels")
+        fig = plot.reliability_diagram(curves["all"], title=f"test, all {where} (top label)")
         written.append(plot.save_figure(fig, out / "reliability.png"))
     classwise = {
-        f"class {name.split('_')[1]}": c for name, c in curves.items() if name.startswith("class_")
+        plot.class_label(int(name.split("_")[1]), names): c
+        for name, c in curves.items()
+        if name.startswith("class_")
     }
     if classwise:
         fig = plot.reliability_grid(classwise)
         written.append(plot.save_figure(fig, out / "reliability_classwise.png"))
     if "inner" in curves and "boundary" in curves:
-        fig = plot.region_reliability_diagram({r: curves[r] for r in ("inner", "boundary")})
+        fig = plot.region_reliability_diagram(
+            {r: curves[r] for r in ("inner", "boundary")},
+            titles=("inner pixels", "boundary pixels"),
+        )
         written.append(plot.save_figure(fig, out / "reliability_regions.png"))
     return written
 

@@ -167,9 +167,11 @@ def plan(
     seeds: Iterable[int] | None = None,
 ) -> list[PlannedRun]:
     """The runs of a suite in execution order (seed, then task, then method)."""
-    task_names = [suite.task(t).name for t in tasks] if tasks else [t.name for t in suite.tasks]
+    own_tasks = [t.name for t in suite.tasks_for(profile)]
+    task_names = [suite.task(t).name for t in tasks] if tasks else own_tasks
     wanted = [suite.method(m).name for m in methods] if methods else None
-    method_names = [m.name for m in suite.methods if wanted is None or m.name in wanted]
+    own = suite.methods_for(profile)
+    method_names = [m.name for m in own if wanted is None or m.name in wanted]
     seed_list = list(seeds) if seeds else suite.seed_list(profile)
     return [
         PlannedRun(t, m, s, _state(suite, results, profile, t, m, s))
@@ -191,8 +193,11 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         commit = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
         commit += "+dirty" if dirty else ""
+        # the library's own sources: tracked edits and new files (the code a record comes from)
+        src = here.parent.parent  # src/ (this file is src/calibrant/bench/runner.py)
+        dirty_src = bool(git("status", "--porcelain", "--", str(src)))
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        commit, dirty_src = "unknown", None
     device = torch.device(device)
     name = (
         torch.cuda.get_device_name(device)
@@ -201,6 +206,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     )
     return {
         "commit": commit,
+        "dirty_src": dirty_src,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -234,6 +240,7 @@ class _Bench:
     log_epoch: Callable | None
     env: dict[str, Any]
     command: str
+    callbacks: tuple = ()
 
 
 def _trained(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
@@ -242,19 +249,44 @@ def _trained(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict
     return _train_folder(b, folder, cfg)
 
 
+def _items(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
+    """Per-item test values (or per-sample predictions) of a trained run, for the intervals."""
+    from calibrant import report
+    from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint
+
+    folder = run_dir(b.work, b.suite.name, b.profile, task, method.name, seed, config_key(cfg))
+    seed_everything(seed)
+    exp = build_experiment(cfg, data_root=b.data_root, device=b.device)
+    results = report.evaluate_run(
+        exp, folder, device=b.device, checkpoint=tested_checkpoint(cfg), keep_items=True
+    )
+    return {k: results[k] for k in ("items", "predictions") if k in results}
+
+
 def _posthoc(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
     """Fit ``method.calibrator`` on the base run's validation logits and test it."""
     from calibrant import report
     from calibrant.checkpoint import load_checkpoint
-    from calibrant.experiment import build_experiment, seed_everything
+    from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint
 
     base = b.suite.method(method.base)
     _trained(b, task, base, seed, cfg)
     folder = run_dir(b.work, b.suite.name, b.profile, task, base.name, seed, config_key(cfg))
     seed_everything(seed)
     exp = build_experiment(cfg, data_root=b.data_root, device=b.device)
-    path = report.fit_calibrator(exp, folder, method=method.calibrator, device=b.device)
-    results = report.evaluate_run(exp, folder, device=b.device, calibrator=path)
+    checkpoint = tested_checkpoint(cfg)  # the calibrator fits the network that is tested
+    path = report.fit_calibrator(
+        exp, folder, method=method.calibrator, device=b.device, checkpoint=checkpoint
+    )
+    results = report.evaluate_run(
+        exp,
+        folder,
+        device=b.device,
+        checkpoint=checkpoint,
+        calibrator=path,
+        callbacks=b.callbacks,
+        keep_items=True,
+    )
     state = load_checkpoint(path, required=("state_dict",))["state_dict"]
     results["calibrator_state"] = {k: torch.as_tensor(v).tolist() for k, v in state.items()}
     return {**results, "config": cfg}
@@ -263,7 +295,7 @@ def _posthoc(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict
 def _search(b: _Bench, task: str, method: Method) -> Path:
     """Train every grid point of ``method.search`` and keep the best on the validation split."""
     from calibrant import report
-    from calibrant.experiment import build_experiment, seed_everything
+    from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint
 
     search = method.search
     seed = b.suite.seed_list(b.profile)[0]
@@ -275,7 +307,9 @@ def _search(b: _Bench, task: str, method: Method) -> Path:
         folder = run_dir(b.work, b.suite.name, b.profile, task, method.name, seed, config_key(cfg))
         seed_everything(seed)
         exp = build_experiment(cfg, data_root=b.data_root, device=b.device)
-        val = report.evaluate_run(exp, folder, device=b.device, split="val")["test"]
+        val = report.evaluate_run(
+            exp, folder, device=b.device, checkpoint=tested_checkpoint(cfg), split="val"
+        )["test"]
         if search.metric not in val:
             raise KeyError(
                 f"search metric {search.metric!r} is not a test metric of the preset; "
@@ -317,12 +351,59 @@ def _train_folder(b: _Bench, folder: Path, cfg: dict) -> dict[str, Any]:
         if (folder / "config.json").is_file():
             _check_same_config(folder, cfg, json.loads((folder / "config.json").read_text()))
         resume = (folder / "checkpoints" / "last.pt").is_file()
-        train_run(
-            cfg, folder, data_root=b.data_root, device=b.device, resume=resume, log=b.log_epoch
+        train_run(  # a start that never reached a checkpoint (same config, above) starts anew
+            cfg,
+            folder,
+            data_root=b.data_root,
+            device=b.device,
+            resume=resume,
+            overwrite=not resume,
+            log=b.log_epoch,
+            callbacks=b.callbacks,
         )
     payload = json.loads(finished.read_text())
     _check_same_config(folder, cfg, payload.get("config", {}))
     return payload
+
+
+def _pilot_value(suite: Suite, results: Path, profile: str, task: str) -> float | None:
+    """The test value of the profile's pilot run on ``task`` (``None`` until it is current)."""
+    pilot = suite.pilots[profile]
+    path = record_path(
+        results, suite.name, profile, task, pilot.method, suite.seed_list(profile)[0]
+    )
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if not is_current(suite, results, profile, record):
+        return None
+    value = record["test"].get(pilot.metric)
+    return None if value is None else float(value)
+
+
+def _write_predictions(path: Path, predictions: Mapping[str, list]) -> None:
+    """Per-sample test predictions beside a record (compressed; float32, small integers)."""
+    import numpy as np
+
+    arrays = {}
+    for name, values in predictions.items():
+        a = np.asarray(values)
+        arrays[name] = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_predictions(record_file: Path) -> dict[str, Any] | None:
+    """The per-sample predictions stored beside a record (``None`` if it has none)."""
+    import numpy as np
+
+    path = Path(record_file).with_suffix(".predictions.npz")
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -342,8 +423,14 @@ def _run_one(b: _Bench, run: PlannedRun) -> Path:
     t0 = time.perf_counter()
     do = _trained if method.trained else _posthoc
     payload = do(b, run.task, method, run.seed, cfg)
+    if method.trained:
+        payload = {**payload, **_items(b, run.task, method, run.seed, cfg)}
+    path = record_path(b.results, b.suite.name, b.profile, run.task, method.name, run.seed)
+    predictions = payload.get("predictions")
+    if predictions is not None:
+        _write_predictions(path.with_suffix(".predictions.npz"), predictions)
     record = {
-        "schema": 1,
+        "schema": 2,
         "status": "done",
         "suite": b.suite.name,
         "profile": b.profile,
@@ -360,11 +447,14 @@ def _run_one(b: _Bench, run: PlannedRun) -> Path:
         "history": payload.get("history", []) if method.trained else [],
         "calibrator_state": payload.get("calibrator_state"),
         "seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": payload.get("wall_seconds"),
+        "items": payload.get("items"),
+        "predictions": path.with_suffix(".predictions.npz").name if predictions else None,
+        "checkpoint": payload.get("checkpoint"),
         "config": payload["config"],
         "environment": b.env,
         "command": b.command,
     }
-    path = record_path(b.results, b.suite.name, b.profile, run.task, method.name, run.seed)
     _write_atomic(path, record)
     log.info("    done in %.0f s -> %s", record["seconds"], path)
     return path
@@ -384,6 +474,9 @@ def run_suite(
     command: str = "",
     max_minutes: float | None = None,
     log_epoch: Callable | None = None,
+    callbacks: Iterable[Any] = (),
+    on_run: Callable[[int, int, str], None] | None = None,
+    force: bool = False,
 ) -> list[Path]:
     """Run every missing ``(task, method, seed)`` of a suite; returns the records written.
 
@@ -404,6 +497,12 @@ def run_suite(
         command: the command line, stored in every record.
         max_minutes: start no new run after this many minutes (the suite can be continued later).
         log_epoch: per-epoch callback passed to the training loop.
+        callbacks: :class:`calibrant.engine.Callback` objects (progress bars) given to every
+            training and test evaluation.
+        on_run: called as ``on_run(i, n, name)`` before run ``i`` (1-based) of the ``n`` to do.
+        force: run a profile's other methods even where its pilot
+            (:class:`~calibrant.bench.suite.Pilot`) is a no-go or has not run. Without it the
+            pilot runs first and gates each task.
 
     Raises:
         BenchFailures: after all other runs, when some runs raised (their records are not
@@ -414,9 +513,16 @@ def run_suite(
     b = _Bench(
         suite, profile, Path(results), Path(work), data_root, device, log_epoch,
         environment(device), command,  # the environment: the code imported now is what runs
+        tuple(callbacks),
     )  # fmt: skip
     runs = plan(suite, results, profile, tasks=tasks, methods=methods, seeds=seeds)
-    todo = [r for r in runs if not r.done]
+    pilot = suite.pilots.get(profile)
+    first = suite.seed_list(profile)[0]
+
+    def is_pilot(r: PlannedRun) -> bool:
+        return pilot is not None and (r.method, r.seed) == (pilot.method, first)
+
+    todo = sorted((r for r in runs if not r.done), key=lambda r: not is_pilot(r))
     log.info("%s/%s: %d runs, %d finished, %d to do", suite.name, profile, len(runs),
              len(runs) - len(todo), len(todo))  # fmt: skip
     written, failures = [], []
@@ -427,7 +533,17 @@ def run_suite(
             )
             break
         name = f"{run.task} {suite.method(run.method).label} seed {run.seed}"
-        log.info("[%d/%d] %s", i, len(todo), name)
+        if pilot is not None and not is_pilot(run) and not force:
+            go = pilot.go(_pilot_value(suite, b.results, profile, run.task))
+            if not go:
+                why = "its pilot has not run" if go is None else "its pilot is a no-go"
+                log.warning("[%d/%d] %s skipped: %s (--force runs it)", i, len(todo), name, why)
+                continue
+        elapsed = time.perf_counter() - start
+        eta = f" (eta {elapsed / (i - 1) * (len(todo) - i + 1) / 60:.0f} min)" if i > 1 else ""
+        log.info("[%d/%d] %s%s", i, len(todo), name, eta)
+        if on_run is not None:
+            on_run(i, len(todo), name)
         try:
             written.append(_run_one(b, run))
         except Exception as e:  # one broken run must not cost the others; reported at the end

@@ -33,7 +33,7 @@ from typing import Any
 
 from calibrant.config import load_config, merge
 
-__all__ = ["Claim", "Column", "Method", "Search", "Suite", "Task", "Verdict"]
+__all__ = ["Claim", "Column", "Method", "Pilot", "Search", "Suite", "Task", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ class Column:
     higher_is_better: bool
     scale: float = 1.0
     digits: int = 3
+    bold: bool = True  # False for a signed diagnostic (over-confidence: 0 is best, not min)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,30 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Pilot:
+    """The go/no-go gate of a profile: the condition a method addresses must be present first.
+
+    The pilot is ``method``'s first-seed run on each task. Its test value of ``metric`` (the
+    signed over-confidence, positive = over-confident) must be at least ``threshold``; until
+    then no other run of that task starts, and a task whose pilot misses it is reported as
+    "no-go" on the page instead of being compared (``calibrant bench --force`` overrides).
+
+    Example:
+        >>> gate = Pilot("ce", "overconfidence", 0.03)
+        >>> gate.go(0.05), gate.go(0.01), gate.go(None)
+        (True, False, None)
+    """
+
+    method: str
+    metric: str
+    threshold: float
+
+    def go(self, value: float | None) -> bool | None:
+        """True/False once the pilot's value is known, ``None`` before."""
+        return None if value is None else bool(value >= self.threshold)
+
+
+@dataclass(frozen=True)
 class Suite:
     """A registered benchmark: tasks × methods × seeds, its table columns and the claims."""
 
@@ -169,6 +194,10 @@ class Suite:
     seeds: Mapping[str, int]
     claims: tuple[Claim, ...] = ()
     reductions: str = ""
+    profile_tasks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    profile_methods: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pilots: Mapping[str, Pilot] = field(default_factory=dict)
+    profile_notes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -186,6 +215,16 @@ class Suite:
     def profiles(self) -> tuple[str, ...]:
         """The profiles this suite defines seeds for."""
         return tuple(self.seeds)
+
+    def tasks_for(self, profile: str) -> tuple[Task, ...]:
+        """The tasks a profile runs (``profile_tasks`` restricts a profile to some of them)."""
+        names = self.profile_tasks.get(profile)
+        return self.tasks if names is None else tuple(self.task(n) for n in names)
+
+    def methods_for(self, profile: str) -> tuple[Method, ...]:
+        """The methods a profile runs (``profile_methods`` restricts a profile to some)."""
+        names = self.profile_methods.get(profile)
+        return self.methods if names is None else tuple(self.method(n) for n in names)
 
     def task(self, name: str) -> Task:
         """The task called ``name`` (close-match error otherwise)."""

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -133,7 +134,7 @@ def _task_table(suite: Suite, table: Table, task: str) -> list[str]:
         "|---|---|" + "---|" * len(cols),
     ]
     compared = [m.name for m in suite.methods if not m.investigation]
-    best = {c.key: _best(table, task, compared, c) for c in cols}
+    best = {c.key: _best(table, task, compared, c) if c.bold else None for c in cols}
     for m in suite.methods:
         cells = []
         for c in cols:
@@ -212,6 +213,60 @@ def _search_section(suite: Suite, results: Path, profile: str, task: str) -> lis
             cells += [f"{c['score']:.4f}", *(f"{c['val'][o.key]:.4f}" for o in others)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def pilot_value(suite: Suite, profile: str, records, task: str) -> float | None:
+    """The pilot's test value on ``task`` (``None`` without a pilot or before its run)."""
+    pilot = suite.pilots.get(profile)
+    if pilot is None:
+        return None
+    first = suite.seed_list(profile)[0]
+    for r in records:
+        if (r["task"], r["method"], r["seed"]) == (task, pilot.method, first):
+            value = r["test"].get(pilot.metric)
+            return None if value is None else float(value)
+    return None
+
+
+def _pilot_section(suite: Suite, profile: str, records, task: str) -> list[str]:
+    """The go/no-go line and the pilot's validation curve of its gate metric over epochs."""
+    pilot = suite.pilots.get(profile)
+    if pilot is None:
+        return []
+    label = suite.method(pilot.method).label
+    value = pilot_value(suite, profile, records, task)
+    if value is None:
+        return [f"**Pilot** ({label}, seed 1): not yet run; no other method runs before it.", ""]
+    go = pilot.go(value)
+    verdict = "**go**" if go else "**no-go**: the other methods are not compared on this task"
+    lines = [
+        f"**Pilot** ({label}, seed 1): test `{pilot.metric}` = {100 * value:+.2f} points "
+        f"(positive = over-confident; threshold {100 * pilot.threshold:+.1f}): {verdict}.",
+        "",
+    ]
+    first = suite.seed_list(profile)[0]
+    run = next(
+        r for r in records if (r["task"], r["method"], r["seed"]) == (task, pilot.method, first)
+    )
+    curve = [
+        (h["epoch"], h["val"][pilot.metric])
+        for h in run.get("history", [])
+        if pilot.metric in h.get("val", {})
+    ]
+    if curve:
+        step = max(1, len(curve) // 10)
+        shown = curve[step - 1 :: step]
+        if shown[-1] != curve[-1]:
+            shown.append(curve[-1])
+        lines += [
+            f"{label}'s validation `{pilot.metric}` over epochs (points):",
+            "",
+            "| epoch | " + " | ".join(str(e) for e, _ in shown) + " |",
+            "|---|" + "---|" * len(shown),
+            f"| {pilot.metric} | " + " | ".join(f"{100 * v:+.1f}" for _, v in shown) + " |",
+            "",
+        ]
     return lines
 
 
@@ -295,6 +350,9 @@ def render_suite(
     """Write the suite's results page from its JSON records; returns its path."""
     from calibrant.bench.runner import is_current
 
+    suite = dataclasses.replace(  # the tasks and methods this profile runs
+        suite, tasks=suite.tasks_for(profile), methods=suite.methods_for(profile)
+    )
     everything = load_records(results, suite.name, profile)
     records = [r for r in everything if is_current(suite, results, profile, r)]
     stale = len(everything) - len(records)
@@ -326,8 +384,11 @@ def render_suite(
         ]
     if suite.reductions and profile == "cpu":
         lines += ["## CPU profile: reductions from the papers' set-ups", "", suite.reductions, ""]
+    if profile in suite.profile_notes:
+        lines += [f"## The `{profile}` profile", "", suite.profile_notes[profile], ""]
     for task in suite.tasks:
-        lines += [f"## {task.name}", "", *_task_table(suite, table, task.name), ""]
+        lines += [f"## {task.name}", "", *_pilot_section(suite, profile, records, task.name)]
+        lines += [*_task_table(suite, table, task.name), ""]
         lines += _search_section(suite, Path(results), profile, task.name)
         if task.paper:
             lines += [*_paper_section(suite, table, task), ""]

@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from calibrant.data.base import (
+    DataFileError,
     DatasetInfo,
     binary_foreground,
     cached,
@@ -186,7 +187,9 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with h5py.File(path, "r") as f:
             return np.asarray(f["image"][:], np.float32), np.asarray(f["label"][:], np.uint8)
     except (OSError, KeyError) as err:
-        raise OSError(f"cannot read ACDC volume {str(path)!r}: {err}") from err
+        if not Path(path).exists():
+            raise FileNotFoundError(f"ACDC volume {str(path)!r} not found") from err
+        raise DataFileError(path, f"cannot read ACDC volume {str(path)!r}: {err}") from err
 
 
 def _read_nifti(image_path: Path, label_path: Path):
@@ -269,6 +272,9 @@ class ACDCVolumes(Dataset):
             left ventricle, ``[1]`` right ventricle); labels are then ``(S, 1, H, W)`` in {0, 1}
             (after the transform) and ``info`` has one class (see
             :func:`calibrant.data.base.foreground_info`). ``None`` (default) keeps the 4 classes.
+        train_patients: keep only this many of the training split's patients (a fixed subset,
+            drawn with seed 0 whatever the run's seed, so every run of a comparison trains on the
+            same patients); ``None`` keeps all. Validation and test splits are never reduced.
 
     Attributes:
         case_ids: ``"patientNNN_frameFF"`` per item. spacings: ``(dz, dy, dx)`` per item (after
@@ -290,6 +296,7 @@ class ACDCVolumes(Dataset):
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
         foreground: Sequence[int] | None = None,
+        train_patients: int | None = None,
     ) -> None:
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be train, val, test or all, got {split!r}")
@@ -308,6 +315,8 @@ class ACDCVolumes(Dataset):
         else:
             self.patient_split = seeded_case_split(patients, seed=seed)
         keep = set(patients) if split == "all" else set(self.patient_split.get(split, []))
+        if split == "train" and train_patients is not None:
+            keep = _patient_subset(keep, train_patients)
         chosen = [i for i, c in enumerate(cases) if c[0] in keep]
         if not chosen:
             raise FileNotFoundError(f"no ACDC volumes of split {split!r} found in {str(folder)!r}")
@@ -411,6 +420,15 @@ class ACDCSlices(Dataset):
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image, self.volumes._target(label, 0)
+
+
+def _patient_subset(patients: set[str], n: int) -> set[str]:
+    """``n`` of ``patients``, drawn with a fixed seed (0) from their sorted list."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(patients):
+        raise ValueError(f"train_patients must be an integer in [1, {len(patients)}], got {n!r}")
+    order = np.random.default_rng(0).permutation(len(patients))
+    ordered = sorted(patients)
+    return {ordered[i] for i in order[:n]}
 
 
 @DATASETS.register("acdc", task="segmentation", spatial_dims=2)
