@@ -145,12 +145,12 @@ class _Halt(Exception):
     pass
 
 
-def _loss_problem(rank, world_size):
+def _loss_problem(rank, world_size, n=16):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(24, 3, generator=g)
     y = (x[:, 0] > 0).long()
     x[::2] *= 4  # the two ranks see samples of different scale: their losses differ
-    data = torch.utils.data.TensorDataset(x[:16], y[:16])
+    data = torch.utils.data.TensorDataset(x[:n], y[:n])
     val = torch.utils.data.TensorDataset(x[16:], y[16:])
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
@@ -160,17 +160,17 @@ def _loss_problem(rank, world_size):
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=4 // world_size,
-        sampler=EpochSampler(len(data), seed=0, rank=rank, world_size=world_size),
-    )
+        sampler=EpochSampler(len(data), seed=0, rank=rank, world_size=world_size, pad=False),
+    )  # unpadded, as calibrant.experiment builds it
     sampler = EpochSampler(len(val), shuffle=False, rank=rank, world_size=world_size, pad=False)
     val_loader = torch.utils.data.DataLoader(val, batch_size=4, sampler=sampler)
     return model, opt, loader, val_loader
 
 
-def _fit(rank, world_size, ckpt, *, resume=False, halt_at=None):
+def _fit(rank, world_size, ckpt, *, resume=False, halt_at=None, n=16):
     import torchmetrics
 
-    model, opt, loader, val_loader = _loss_problem(rank, world_size)
+    model, opt, loader, val_loader = _loss_problem(rank, world_size, n)
 
     def step_log(step, total, running):
         if halt_at is not None and step == halt_at:
@@ -191,6 +191,15 @@ def _fit(rank, world_size, ckpt, *, resume=False, halt_at=None):
         resume=resume,
         step_log=step_log,
     )
+
+
+def _odd_worker(rank, world_size):
+    model, opt, loader, val_loader = _loss_problem(rank, world_size, 15)
+    out = []
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        out.append(train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt)["loss"])
+    return [p.detach().clone() for p in model.parameters()], out
 
 
 def _loss_worker(rank, world_size, tmp):
@@ -222,3 +231,27 @@ def test_recorded_training_loss_is_the_global_mean_and_resumes_exactly(tmp_path)
         for rec, ref, res in zip(whole, single, resumed, strict=True):
             assert rec["train"]["loss"] == pytest.approx(ref["train"]["loss"], rel=1e-6)
             assert res["train"]["loss"] == pytest.approx(rec["train"]["loss"], rel=1e-12)
+
+
+@pytest.mark.ddp
+def test_odd_dataset_two_processes_equal_one_process_no_sample_counts_twice():
+    """Issue 16 item 12: 15 samples, global batches of 4 (2 + 2), so the last one holds 3
+    (2 + 1). The padded sampler repeated a sample there (a real difference from one process,
+    which then grows under SGD momentum); unpadded, with each rank weighted by its share of
+    the short batch, DDP equals one process to rounding."""
+    ref_params, ref_losses = _odd_worker(0, 1)
+    for params, losses in run_ddp(_odd_worker, world_size=2):
+        assert losses == pytest.approx(ref_losses, rel=1e-6)
+        for p, q in zip(params, ref_params, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_a_rank_left_without_a_batch_is_an_error():
+    # 13 samples, 2 ranks x 2: the last global batch holds 1, so rank 1 would have one step
+    # fewer than rank 0 and DDP would wait for it forever
+    model, opt, _, val_loader = _loss_problem(0, 1, 13)
+    data = torch.utils.data.TensorDataset(torch.randn(13, 3), torch.zeros(13, dtype=torch.long))
+    sampler = EpochSampler(13, rank=0, world_size=2, pad=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=sampler)
+    with pytest.raises(ValueError, match="no batch.*train.batch_size"):
+        fit(model, loader, val_loader, nn.CrossEntropyLoss(), opt, epochs=1, metrics={}, select="x")

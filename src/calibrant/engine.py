@@ -60,9 +60,11 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     """Deterministic, resumable, rank-sharded sampler.
 
     The order of epoch ``e`` is a permutation drawn from a generator seeded with ``seed + e``.
-    With ``world_size > 1`` the order is padded (``pad=True``, for training, as
-    :class:`~torch.utils.data.DistributedSampler`) or left uneven (``pad=False``, for exact
-    evaluation) and rank ``r`` takes every ``world_size``-th index from ``r``.
+    With ``world_size > 1`` the order is padded (``pad=True``, as
+    :class:`~torch.utils.data.DistributedSampler`, repeating its first indices) or left uneven
+    (``pad=False``: calibrant's training and evaluation, so that no sample counts twice) and
+    rank ``r`` takes every ``world_size``-th index from ``r``. Then the ranks' batches ``k``
+    together hold exactly the 1-process batch ``k`` of ``world_size`` times their size.
 
     Args:
         n: dataset length.
@@ -194,6 +196,10 @@ def train_one_epoch(
         totals: running sums of the terms carried over from before a resume.
         on_step: called as ``on_step(step, totals)`` after each optimiser step (checkpointing).
 
+    Under DDP the terms of the epoch's last batch, which may be short and split unevenly,
+    are weighted by the rank's share of the global batch (one all-reduce per epoch), so the
+    averaged gradient is the global batch mean.
+
     Returns:
         Mean of each term over the epoch's steps, plus ``steps``; under DDP the mean over all
         ranks' steps (the global mean, identical on every rank).
@@ -208,12 +214,15 @@ def train_one_epoch(
         with autocast_context(device, amp):
             return model(x)
 
+    last = start_step + len(loader) - 1 if dist_utils.is_distributed() else -1
     for step, (inputs, target) in enumerate(loader, start=start_step):
         inputs, target = _to(inputs, device), _to(target, device)
         if callable(train_step):  # the criterion runs the forward pass(es) itself
             terms = train_step(forward, inputs, target)
         else:
             terms = loss_terms(criterion, forward(inputs), target)
+        if step == last:  # the epoch's last batch may be short, and uneven over the ranks
+            terms = _weight_by_share(terms, len(target), device)
         loss = sum(terms.values())
         if device.type == "cpu" or on_step is not None:  # no extra host sync on accelerators
             _check_finite_loss(loss, terms, step)
@@ -255,6 +264,36 @@ def _average_over_ranks(totals: dict[str, Any]) -> None:
     sums = torch.stack([torch.as_tensor(totals[k], dtype=torch.float64) for k in names])
     dist_utils.all_reduce_sum(sums).div_(dist_utils.world_size())
     totals.update(zip(names, sums.unbind(), strict=True))
+
+
+def _weight_by_share(
+    terms: dict[str, torch.Tensor], n: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Scale a rank's batch-mean terms by ``n · world_size / N`` (``N``: the global batch).
+
+    DDP averages the ranks' gradients with equal weights, which is the global batch mean only
+    when every rank holds ``N / world_size`` samples. With unequal shares (the last batch of
+    an unpadded epoch) the weights make it the mean over the ``N`` samples, as one process
+    computes it. One all-reduce; the terms are returned unchanged when the shares are equal.
+    """
+    total = dist_utils.all_reduce_sum(torch.tensor([float(n)], device=device))
+    scale = n * dist_utils.world_size() / float(total)
+    return terms if scale == 1.0 else {k: v * scale for k, v in terms.items()}
+
+
+def _check_equal_steps(sampler: EpochSampler, batch_size: int) -> None:
+    """Raise unless every rank gets the same number of batches (DDP would hang otherwise)."""
+    steps = {
+        math.ceil(len(range(r, sampler.n, sampler.world_size)) / batch_size)
+        for r in range(sampler.world_size)
+    }
+    if len(steps) > 1:
+        last = sampler.n % (batch_size * sampler.world_size)
+        raise ValueError(
+            f"the last global batch of an epoch holds {last} sample(s), fewer than the "
+            f"{sampler.world_size} ranks, so some rank would get no batch: {sampler.n} training "
+            f"samples, {batch_size} per rank; change train.batch_size"
+        )
 
 
 def _check_finite_loss(loss: torch.Tensor, terms: dict, step: int) -> None:
@@ -474,6 +513,8 @@ def fit(
     sampler = getattr(train_loader, "sampler", None)
     if not isinstance(sampler, EpochSampler):
         raise ValueError("fit needs a train_loader whose sampler is a calibrant EpochSampler")
+    if sampler.world_size > 1 and not sampler.pad:
+        _check_equal_steps(sampler, train_loader.batch_size or 1)
     bare = model.module if hasattr(model, "module") else model
     alms = alm_terms(criterion)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
