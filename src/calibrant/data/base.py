@@ -42,6 +42,7 @@ from calibrant._paths import data_root
 
 __all__ = [
     "CACHE_ENV",
+    "DataFileError",
     "DatasetInfo",
     "ArrayDataset",
     "binary_foreground",
@@ -60,6 +61,27 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "CALIBRANT_CACHE"
 _CACHE_VERSION = 1
+
+
+class DataFileError(OSError):
+    """A data file exists but cannot be read or decoded (truncated, corrupt, wrong format).
+
+    The message names the file; ``path`` holds it. A *missing* file or folder is a
+    :class:`FileNotFoundError` instead, so that callers (``calibrant data check``) can tell
+    the two apart.
+
+    Example:
+        >>> err = DataFileError("x.h5", "cannot read ACDC volume 'x.h5': truncated file")
+        >>> isinstance(err, OSError), err.path, str(err)
+        (True, 'x.h5', "cannot read ACDC volume 'x.h5': truncated file")
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -388,8 +410,10 @@ def read_nifti(path: Path, what: str = "NIfTI"):
     """``(nibabel image, array)`` of a NIfTI file; any read failure names the file."""
     import nibabel as nib
 
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} file {str(path)!r} not found")
     try:
         nii = nib.load(str(path))
         return nii, np.asarray(nii.dataobj)
     except Exception as err:
-        raise OSError(f"cannot read {what} {str(path)!r}: {err}") from err
+        raise DataFileError(path, f"cannot read {what} {str(path)!r}: {err}") from err

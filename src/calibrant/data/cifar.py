@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibrant.data.base import ArrayDataset, DatasetInfo, cached, dataset_dir
+from calibrant.data.base import ArrayDataset, DataFileError, DatasetInfo, cached, dataset_dir
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -77,7 +77,9 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
     except Exception as err:
-        raise OSError(f"cannot read CIFAR batch {str(path)!r}: {err}") from err
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise DataFileError(path, f"cannot read CIFAR batch {str(path)!r}: {err}") from err
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -116,7 +118,7 @@ def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), np.uint8)
     except Exception as err:
-        raise OSError(f"cannot decode JPEG {where!r}: {err}") from err
+        raise DataFileError(where, f"cannot decode JPEG {where!r}: {err}") from err
 
 
 def read_cifar_jpegs(folder: Path) -> dict:
@@ -133,9 +135,9 @@ def read_cifar_jpegs(folder: Path) -> dict:
                         img = _decode_jpeg(data, f"{tar}:{member.name}")
                         items[m.group(1)].append((m.group(2), m.group(3), img))
         except (tarfile.TarError, EOFError, OSError) as err:
-            if "cannot decode JPEG" in str(err):
+            if isinstance(err, DataFileError):
                 raise
-            raise OSError(f"cannot read CIFAR-10 tarball {str(tar)!r}: {err}") from err
+            raise DataFileError(tar, f"cannot read CIFAR-10 tarball {str(tar)!r}: {err}") from err
     else:
         for part in items:
             for p in sorted((folder / part).glob("*/*")):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibrant.data.base import ArrayDataset, DatasetInfo, cached
+from calibrant.data.base import ArrayDataset, DataFileError, DatasetInfo, cached
 from calibrant.registry import DATASETS
 
 __all__ = ["FASHION_MNIST_CLASSES", "SYSTEM_DIR", "read_idx", "fashion_mnist"]
@@ -62,7 +62,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:
-        raise OSError(f"cannot read idx file {str(path)!r}: {err}") from err
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise DataFileError(path, f"cannot read idx file {str(path)!r}: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise ValueError(f"{str(path)!r} is not an idx file (bad magic number)")
     ndim = raw[3]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from calibrant.data.base import DatasetInfo, cached, dataset_dir
+from calibrant.data.base import DataFileError, DatasetInfo, cached, dataset_dir
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -145,7 +145,9 @@ def read_newsgroups(folder: Path) -> dict[str, list]:
                     data = tf.extractfile(member).read()
                     posts[m.group(1)].append((m.group(2), m.group(3), data.decode("latin-1")))
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise OSError(f"cannot read 20 Newsgroups tarball {str(tar)!r}: {err}") from err
+            raise DataFileError(
+                tar, f"cannot read 20 Newsgroups tarball {str(tar)!r}: {err}"
+            ) from err
     else:
         for part in ("train", "test"):
             for p in sorted((folder / f"20news-bydate-{part}").glob("*/*")):
