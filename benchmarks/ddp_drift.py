@@ -1,14 +1,15 @@
 """Why ``fmnist_lt_ce`` under DDP (2 x 64) drifts from one process (128): issue 16 item 12.
 
-Three measurements on the preset with ``model.dropout=0`` (dropout draws each rank's masks from
+Two measurements on the preset with ``model.dropout=0`` (dropout draws each rank's masks from
 its own RNG, a difference by design), 2 epochs = 210 SGD steps (lr 0.05, momentum 0.9,
 weight decay 5e-4; 13 399 training images, so the last batch of an epoch holds 87):
 
-1. ``ddp``: rank 0 of a 2-process gloo run trains, in lockstep with two one-process copies
-   from the same initial weights: ``single`` (the full batch of 128, the 1-process run) and
-   ``halves`` (one process whose gradient is the mean of the gradients of the two rank halves
-   of the same batch, ``batch[0::2]`` and ``batch[1::2]``: DDP's arithmetic without its sampler
-   padding). Per step: the largest |weight difference| of each layer.
+1. ``ddp``: rank 0 of a 2-process gloo run trains (``calibrant.engine.train_one_epoch``), in
+   lockstep with two one-process copies from the same initial weights: ``single`` (the full
+   batch of 128, the 1-process run) and ``halves`` (one process whose gradient is the mean of
+   the gradients of the two rank halves of the same batch, ``batch[0::2]`` and ``batch[1::2]``,
+   weighted by their sizes when they differ: DDP's arithmetic). Per step: the largest
+   |weight difference| of each layer.
 2. ``rounding``: the 1-process run against itself with every batch reversed (the same mean
    gradient summed in another order: a pure rounding perturbation), with momentum 0.9 and 0.
 
@@ -51,51 +52,50 @@ def _gap(a: nn.Module, b: nn.Module) -> list[float]:
     ]
 
 
+class _Done(Exception):
+    pass
+
+
 def _ddp_worker(rank: int, world: int, steps: int):
+    from calibrant.engine import train_one_epoch
     from calibrant.experiment import build_optimizer
 
     _, exp = _build(world, [])
     ddp = nn.parallel.DistributedDataParallel(exp.model)
-    ce, rows = nn.CrossEntropyLoss(), []
+    ce, rows, count = nn.CrossEntropyLoss(), [], [0]
     if rank == 0:
         cfg, one = _build(1, [])
         single, halves = one.model, copy.deepcopy(one.model)
         opt_halves = build_optimizer(cfg["optim"], halves.parameters())
-    step = 0
+
+    def lockstep(step: int, totals: dict) -> None:  # after each DDP step of the engine
+        count[0] += 1
+        if rank == 0:
+            xg, yg = next(batches)
+            one.optimizer.zero_grad()
+            ce(single(xg), yg).backward()
+            one.optimizer.step()
+            opt_halves.zero_grad()
+            params = list(halves.parameters())
+            g = [torch.autograd.grad(ce(halves(xg[r::2]), yg[r::2]), params) for r in (0, 1)]
+            n0, n1 = len(yg[0::2]), len(yg[1::2])  # DDP weights a short batch by share
+            for p, g0, g1 in zip(params, *g, strict=True):
+                p.grad = (g0 + g1) / 2 if n0 == n1 else (n0 * g0 + n1 * g1) / (n0 + n1)
+            opt_halves.step()
+            gaps = (_gap(exp.model, single), _gap(halves, single), _gap(exp.model, halves))
+            rows.append((count[0], len(yg), n0, *gaps))
+        if count[0] >= steps:
+            raise _Done
+
     for epoch in range(steps):
         exp.train_loader.sampler.set_epoch(epoch)
         if rank == 0:
             one.train_loader.sampler.set_epoch(epoch)
             batches = iter(one.train_loader)
-        for x, y in exp.train_loader:
-            loss = ce(ddp(x), y)
-            exp.optimizer.zero_grad()
-            loss.backward()
-            exp.optimizer.step()
-            step += 1
-            if rank == 0:
-                xg, yg = next(batches)
-                one.optimizer.zero_grad()
-                ce(single(xg), yg).backward()
-                one.optimizer.step()
-                opt_halves.zero_grad()
-                params = list(halves.parameters())
-                g = [torch.autograd.grad(ce(halves(xg[r::2]), yg[r::2]), params) for r in (0, 1)]
-                for p, g0, g1 in zip(params, *g, strict=True):
-                    p.grad = (g0 + g1) / 2
-                opt_halves.step()
-                rows.append(
-                    (
-                        step,
-                        len(yg),
-                        len(y),
-                        _gap(exp.model, single),
-                        _gap(halves, single),
-                        _gap(exp.model, halves),
-                    )
-                )
-            if step >= steps:
-                return rows
+        try:
+            train_one_epoch(ddp, exp.train_loader, ce, exp.optimizer, on_step=lockstep)
+        except _Done:
+            return rows
     return rows
 
 
