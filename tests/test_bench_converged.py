@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from calibrant.bench import Column, Method, Suite, Task, plan, run_suite
+from calibrant.bench.paired import PairedClaim
 from calibrant.bench.runner import load_predictions, record_path
 from calibrant.bench.suite import Pilot
 from calibrant.bench.tables import render_suite
@@ -53,7 +54,14 @@ def _gated_suite(threshold: float, epochs: int = 2) -> Suite:
         seeds={"cpu": 1, "converged": 1},
         pilots={"converged": Pilot("bce", "oc", threshold)},
         profile_methods={"converged": ("bce", "focal", "focal_phi")},
-    )
+        paired_claims={
+            "converged": (
+                PairedClaim("BCE's ACE is below Focal's", "bce", ("focal",), "ace", "below"),
+                PairedClaim("φ lowers Focal's MCE", "focal_phi", ("focal",), "mce", "below",
+                            source="ours"),
+            )
+        },
+    )  # fmt: skip
 
 
 def test_a_no_go_pilot_stops_the_other_methods(data_root, tmp_path):
@@ -106,6 +114,11 @@ def test_a_go_pilot_runs_the_rest_and_records_keep_their_samples(data_root, tmp_
     assert phi["checkpoint"] == "last" and focal["best_epoch"] == 2
     page = render_suite(suite, results, "converged", figures=False).read_text()
     assert "**go**" in page
+    # the claims are decided on paired intervals from the records alone
+    row = next(line for line in page.splitlines() if line.startswith("| BCE's ACE is below"))
+    assert row.split(" | ")[2] in ("holds", "**fails**", "inconclusive")
+    assert "BCE − (Focal): " in row and "→" in row
+    assert "## Our questions (not claims of the papers)" in page and "φ lowers Focal's MCE" in page
 
 
 def _tensor(a):

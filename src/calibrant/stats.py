@@ -43,6 +43,7 @@ __all__ = [
     "bootstrap_indices",
     "bootstrap_ci",
     "paired_bootstrap_ci",
+    "percentile_interval",
     "decide",
     "VERDICTS",
 ]
@@ -100,7 +101,13 @@ def _as_items(values) -> np.ndarray:
     return x
 
 
-def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``samples`` (linear quantiles).
+
+    Example:
+        >>> percentile_interval(np.arange(101.0), 0.9)
+        (5.0, 95.0)
+    """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     alpha = (1.0 - level) / 2.0
@@ -139,7 +146,7 @@ def bootstrap_ci(
     stat = statistic or (lambda v: v.mean(axis=(-2, -1)))
     idx = bootstrap_indices(x.shape[1], n_resamples, seed)
     resampled = np.asarray(stat(x[:, idx].transpose(1, 0, 2)), dtype=np.float64)
-    low, high = _percentiles(resampled, level)
+    low, high = percentile_interval(resampled, level)
     return Interval(float(stat(x)), low, high, level, n_resamples, x.shape[1])
 
 

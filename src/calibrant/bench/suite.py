@@ -198,6 +198,7 @@ class Suite:
     profile_methods: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     pilots: Mapping[str, Pilot] = field(default_factory=dict)
     profile_notes: Mapping[str, str] = field(default_factory=dict)
+    paired_claims: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

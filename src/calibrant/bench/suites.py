@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from calibrant.bench import claims
+from calibrant.bench.paired import PairedClaim
 from calibrant.bench.suite import Claim, Column, Method, Pilot, Search, Suite, Task
 from calibrant.config import load_config
 from calibrant.registry import SUITES
@@ -217,6 +218,36 @@ _ACDC_CONVERGED_NOTE = (
 )
 
 
+_POSTER = ("focal", "ecp", "ls", "svls", "mbls", "nacl", "bwcr")  # the poster's other rows
+
+# The CRaC poster's ACDC table (METHODS §9.1, §9.5): CRaC best on DSC, HD and TACE, its ECE
+# (0.057) second to BWCR's (0.051), i.e. within the table's own margin of 0.006 of the best;
+# NACL below LS, MbLS and SVLS on ECE. MbLS's abstract: better calibrated than the
+# equality-constraint losses it generalises (LS, FL, ECP).
+CRAC_PAIRED = (
+    PairedClaim("CRaC has the best DSC", "crac", _POSTER, "dice", "above"),
+    PairedClaim("CRaC has the best HD95", "crac", _POSTER, "hd95", "below"),
+    PairedClaim("CRaC has the best TACE", "crac", _POSTER, "tace_paper", "below"),
+    PairedClaim(
+        "CRaC's ECE is within the poster's margin (0.006) of every method's",
+        "crac",
+        _POSTER,
+        "ece_paper",
+        "below",
+        0.006,
+    ),
+    PairedClaim("NACL's ECE is below LS's, MbLS's and SVLS's", "nacl", ("ls", "mbls", "svls"),
+                "ece_paper", "below"),
+    PairedClaim("MbLS's ECE is below LS's, FL's and ECP's (MbLS abstract)", "mbls",
+                ("ls", "focal", "ecp"), "ece_paper", "below"),
+    PairedClaim("CRaC's ECE is below CE's", "crac", ("ce",), "ece_paper", "below", source="ours"),
+    PairedClaim("CRaC's ECE is below CE+TS's", "crac", ("ce_ts",), "ece_paper", "below",
+                source="ours"),
+    PairedClaim("CRaC's DSC is within 1 point of CE's", "crac", ("ce",), "dice", "above", -0.01,
+                source="ours"),
+)  # fmt: skip
+
+
 @SUITES.register("crac-acdc")
 def crac_acdc() -> Suite:
     """CRaC's ACDC comparison (2D UNet), with the poster's numbers beside ours."""
@@ -242,6 +273,7 @@ def crac_acdc() -> Suite:
         profile_methods={CONVERGED: _COMPARED_2D},
         pilots={CONVERGED: Pilot("ce", "oc_paper", OVERCONFIDENCE_GATE)},
         profile_notes={CONVERGED: _ACDC_CONVERGED_NOTE},
+        paired_claims={CONVERGED: CRAC_PAIRED},
         reductions=(
             "Preset `acdc_ce`: slices cropped/padded to 192×192 and downsampled ×2 to 96×96 "
             "(HD95 is therefore in half-resolution voxels, about half the paper's scale), UNet "
@@ -328,6 +360,30 @@ _MULAN_METHODS = (
 )
 
 
+_SPA_OTHERS = ("bce", "focal", "focal_phi", "asy", "asy_phi", "twl", "spa", "bce_lpr")
+
+
+def _halfway(a: str, b: str) -> tuple[tuple[str, float], ...]:
+    return ((a, 0.5), (b, 0.5))
+
+
+# The SPA/LPR poster (METHODS §9.2, §9.5): SPA+LPR lowest ACE and MCE with mAP above BCE's;
+# Focal/ASY worse calibrated than BCE and +φ removing at least half of that gap
+# (φ − (½ base + ½ BCE) < 0); LPR lowers BCE's ACE (Table 4).
+SPA_PAIRED = (
+    PairedClaim("SPA+LPR has the lowest ACE", "spa_lpr", _SPA_OTHERS, "ace", "below"),
+    PairedClaim("SPA+LPR has the lowest MCE", "spa_lpr", _SPA_OTHERS, "mce", "below"),
+    PairedClaim("SPA+LPR's mAP@y is above BCE's", "spa_lpr", ("bce",), "map_y", "above"),
+    PairedClaim("Focal and ASY are worse calibrated than BCE", "bce", ("focal", "asy"), "ace",
+                "below"),
+    PairedClaim("φ removes at least half of ASY's ACE gap to BCE", "asy_phi",
+                (_halfway("asy", "bce"),), "ace", "below"),
+    PairedClaim("φ removes at least half of Focal's ACE gap to BCE", "focal_phi",
+                (_halfway("focal", "bce"),), "ace", "below"),
+    PairedClaim("LPR lowers BCE's ACE", "bce_lpr", ("bce",), "ace", "below"),
+)  # fmt: skip
+
+
 @SUITES.register("spa-mulan")
 def spa_mulan() -> Suite:
     """The SPA/LPR comparison on three MULAN sets with an MLP."""
@@ -357,6 +413,7 @@ def spa_mulan() -> Suite:
         seeds={"cpu": 5, CONVERGED: 5},
         profile_methods={CONVERGED: tuple(m.name for m in _MULAN_METHODS if m.search is None)},
         pilots={CONVERGED: Pilot("bce", "oc", OVERCONFIDENCE_GATE)},
+        paired_claims={CONVERGED: SPA_PAIRED},
         profile_notes={
             CONVERGED: (
                 "Preset `mulan_bce` trained for its 40 epochs and tested at the **last** epoch "
@@ -420,6 +477,23 @@ _LONG_TAILED = ("cifar10_lt", "fmnist_lt")
 _TRAINING_TIME_CLS = ("ce", "ls", "focal", "focal_adaptive", "mbls", "cals_hr", "cals_alm")
 
 
+# CALS (METHODS §9.5): CALS-ALM better calibrated than LS, FL and the margin loss, especially
+# long-tailed, with competitive accuracy (within 0.5 point of CE: ALM − CE > −0.005); ALM is
+# expected to beat the heuristic CALS-HR.
+CALS_PAIRED = (
+    PairedClaim("CALS-ALM has the lowest ECE of the training-time methods", "cals_alm",
+                ("ce", "ls", "focal", "focal_adaptive", "mbls", "cals_hr"), "ece", "below",
+                tasks=_LONG_TAILED),
+    PairedClaim("CALS-ALM's accuracy is within 0.5 point of CE's", "cals_alm", ("ce",),
+                "accuracy", "above", -0.005, tasks=_LONG_TAILED),
+    PairedClaim("CALS-ALM's ECE is below CALS-HR's", "cals_alm", ("cals_hr",), "ece", "below"),
+    PairedClaim("CALS-ALM's ECE is below CE+TS's (post-hoc)", "cals_alm", ("ce_ts",), "ece",
+                "below", source="ours"),
+    PairedClaim("CALS-ALM's ECE is below CE's", "cals_alm", ("ce",), "ece", "below",
+                source="ours"),
+)  # fmt: skip
+
+
 @SUITES.register("cals-classification")
 def cals_classification() -> Suite:
     """The CALS comparison on CIFAR-10(-LT), long-tailed Fashion-MNIST and 20 Newsgroups."""
@@ -470,6 +544,7 @@ def cals_classification() -> Suite:
         seeds={"cpu": 3, CONVERGED: 3},
         profile_tasks={CONVERGED: ("fmnist_lt", "cifar10")},
         pilots={CONVERGED: Pilot("ce", "oc", OVERCONFIDENCE_GATE)},
+        paired_claims={CONVERGED: CALS_PAIRED},
         profile_notes={
             CONVERGED: (
                 "Long-tailed Fashion-MNIST (preset `fmnist_lt_ce`) without dropout or weight "

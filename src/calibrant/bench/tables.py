@@ -270,6 +270,33 @@ def _pilot_section(suite: Suite, profile: str, records, task: str) -> list[str]:
     return lines
 
 
+def _paired_section(suite: Suite, results: Path, profile: str, records, claims) -> list[str]:
+    """The papers' claims, then our own questions, decided on paired intervals."""
+    from calibrant.bench.paired import claims_lines
+    from calibrant.bench.runner import record_path
+
+    pilot = suite.pilots.get(profile)
+    tasks = [
+        t.name
+        for t in suite.tasks
+        if pilot is None or pilot.go(pilot_value(suite, profile, records, t.name))
+    ]
+    runs: dict[str, dict] = {}
+    for r in records:
+        path = record_path(results, suite.name, profile, r["task"], r["method"], r["seed"])
+        runs.setdefault(r["task"], {})[(r["method"], r["seed"])] = (r, path)
+    labels = {m.name: m.label for m in suite.methods}
+    lines = ["## The papers' claims (paired intervals)", ""]
+    if len(tasks) < len(suite.tasks):
+        lines += ["Tasks whose pilot is not a go are not compared.", ""]
+    ours = [c for c in claims if c.source == "ours"]
+    lines += claims_lines([c for c in claims if c.source != "ours"], tasks, runs, labels)
+    if ours:
+        lines += ["## Our questions (not claims of the papers)", ""]
+        lines += claims_lines(ours, tasks, runs, labels)
+    return lines
+
+
 def _claims_section(suite: Suite, table: Table) -> list[str]:
     lines = ["## The papers' claims", ""]
     if not suite.claims:
@@ -395,7 +422,11 @@ def render_suite(
         for path in pictures.get(task.name, []):
             rel = path.relative_to(page.parent)
             lines += [f"![{path.stem}]({rel.as_posix()})", ""]
-    lines += _claims_section(suite, table)
+    paired = suite.paired_claims.get(profile)
+    if paired:
+        lines += _paired_section(suite, results, profile, records, paired)
+    else:
+        lines += _claims_section(suite, table)
     notes = Path(results) / suite.name / profile / "notes.md"
     if notes.is_file():  # hand-written findings (what was investigated where a claim fails)
         lines += [

@@ -11,6 +11,8 @@ from calibrant.metrics.calibration import *  # noqa: F403
 from calibrant.metrics.calibration import __all__ as _calibration_all
 from calibrant.metrics.classwise import *  # noqa: F403
 from calibrant.metrics.classwise import __all__ as _classwise_all
+from calibrant.metrics.items import *  # noqa: F403
+from calibrant.metrics.items import __all__ as _items_all
 from calibrant.metrics.multilabel import *  # noqa: F403
 from calibrant.metrics.multilabel import __all__ as _multilabel_all
 from calibrant.metrics.overconfidence import *  # noqa: F403
@@ -29,6 +31,7 @@ __all__ = [
     *_binary_all,
     *_calibration_all,
     *_classwise_all,
+    *_items_all,
     *_multilabel_all,
     *_overconfidence_all,
     *_ranking_all,

@@ -1,0 +1,326 @@
+r"""Claims decided on paired differences with bootstrap intervals, from the records alone.
+
+Every method of a suite is tested on the same test items (volumes or samples) with the same
+seeds, so a comparison is made on **paired** differences. A :class:`PairedClaim` names a
+metric, the method it is about and the methods it is compared with; its verdict comes from
+:mod:`calibrant.stats`:
+
+1. For each seed, the metric of each method is recomputed on every bootstrap resample of the
+   test items (the same resample for every method and seed): a per-volume metric is the
+   mean of the resampled per-volume values the record keeps; a pooled metric (ECE, ACE, MCE,
+   accuracy, mAP@y) is recomputed from the per-sample predictions stored beside the record.
+2. The difference (method − other, mean over seeds) gives a percentile interval per other
+   method, and :func:`calibrant.stats.decide` a verdict against the claim's threshold.
+3. The claim ``holds`` when it holds against every other method, ``fails`` when it fails against
+   at least one, and is ``inconclusive`` otherwise.
+
+Only seeds present for every method in the comparison are used (a row with fewer seeds is
+never compared with a mean over more seeds).
+
+Example:
+    >>> claim = PairedClaim("CRaC has the best DSC", "crac", ("ce", "ls"), "dice", "above")
+    >>> claim.side, claim.threshold
+    ('above', 0.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from calibrant.stats import Interval, bootstrap_indices, decide, percentile_interval
+
+__all__ = ["PairedClaim", "PairedVerdict", "item_statistic", "evaluate_claim"]
+
+N_RESAMPLES = 2000
+N_RESAMPLES_LOOPED = 200  # metrics recomputed one resample at a time (equal-mass ACE, mAP)
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class PairedClaim:
+    """A claim "``method``'s ``metric`` minus each other's is ``side`` ``threshold``".
+
+    Args:
+        text: the claim as the paper states it.
+        method: the method the claim is about.
+        others: the methods it is compared with; an entry may also be a weighted mix
+            ``(("asy", 0.5), ("bce", 0.5))`` ("half-way between ASY and BCE").
+        metric: a test-metric key of the records (``dice``, ``ece_paper``, ``ece``, ``ace``).
+        side: ``"below"`` (lower is claimed) or ``"above"``.
+        threshold: the claim's margin (0 for "better than"; e.g. 0.005 for "within half a
+            point", with the difference taken the other way round).
+        source: where the claim comes from (``"paper"`` or ``"ours"``).
+        tasks: the tasks it is checked on (``None``: every task of the profile).
+    """
+
+    text: str
+    method: str
+    others: tuple[str | tuple[tuple[str, float], ...], ...]
+    metric: str
+    side: str
+    threshold: float = 0.0
+    source: str = "paper"
+    tasks: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PairedVerdict:
+    """The verdict of a claim on one task, with each comparison's interval."""
+
+    verdict: str  # holds | fails | inconclusive | not yet run
+    seeds: int
+    comparisons: tuple[tuple[str, Interval, str], ...]  # (other, interval of the diff, verdict)
+    missing: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------- per-item statistics
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``(R, n)`` multiplicity of each item in each resample (rows of ``idx``)."""
+    counts = np.zeros((idx.shape[0], n), dtype=np.float64)
+    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
+    return counts
+
+
+def _pairs(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, T)`` probability and outcome: multi-label pairs, or one top-label pair per sample."""
+    if "probability" in p:
+        return p["probability"].astype(np.float32), (p["target"] == 1).astype(np.float64)
+    correct = (p["prediction"] == p["label"]).astype(np.float64)
+    return p["confidence"].astype(np.float32)[:, None], correct[:, None]
+
+
+def _binned(norm: str, n_bins: int = 15):
+    """ECE (``l1``) or MCE (``max``) of every resample at once, with the metrics' own kernels.
+
+    Each sample's per-bin sums (count, confidence, outcome) are fixed; a resample weights the
+    samples by their multiplicity, so its bins are one matrix product away.
+    """
+    from calibrant.metrics import _binning as K
+
+    def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        prob, outcome = _pairs(p)
+        n = prob.shape[0]
+        b = K.bin_index(torch.from_numpy(prob), n_bins).numpy()  # (n, T)
+        onehot = np.zeros((n, n_bins))
+        conf = np.zeros((n, n_bins))
+        acc = np.zeros((n, n_bins))
+        rows = np.repeat(np.arange(n), prob.shape[1])
+        np.add.at(onehot, (rows, b.ravel()), 1.0)
+        np.add.at(conf, (rows, b.ravel()), prob.astype(np.float64).ravel())
+        np.add.at(acc, (rows, b.ravel()), outcome.ravel())
+        c = _counts(idx, n)
+        bins = K.Bins(
+            torch.from_numpy(np.rint(c @ onehot)).long(),
+            torch.from_numpy(c @ conf),
+            torch.from_numpy(c @ acc),
+        )
+        return K.reduce_bins(bins, norm).numpy()
+
+    return f
+
+
+def _looped(norm: str):
+    """A metric whose bins depend on the resample (equal-mass ACE), one resample at a time."""
+    from calibrant.metrics import multilabel_calibration_error
+
+    def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        prob, outcome = _pairs(p)
+        prob_t, out_t = torch.from_numpy(prob), torch.from_numpy(outcome.astype(np.int64))
+        return np.array(
+            [
+                float(
+                    multilabel_calibration_error(prob_t[r], out_t[r], norm=norm, input_kind="probs")
+                )
+                for r in map(torch.from_numpy, idx)
+            ]
+        )
+
+    return f
+
+
+def _map_y(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    from calibrant.metrics import multilabel_classwise_map
+
+    prob, target = torch.from_numpy(p["probability"]), torch.from_numpy(p["target"])
+    return np.array(
+        [float(multilabel_classwise_map(prob[r], target[r])) for r in map(torch.from_numpy, idx)]
+    )
+
+
+def _mean_of(values: Callable[[Mapping[str, np.ndarray]], np.ndarray]):
+    def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        v = values(p)  # (n,) per-sample contribution
+        return v[idx].mean(axis=1)
+
+    return f
+
+
+def _accuracy(p: Mapping[str, np.ndarray]) -> np.ndarray:
+    return (p["prediction"] == p["label"]).astype(np.float64)
+
+
+def _overconfidence(p: Mapping[str, np.ndarray]) -> np.ndarray:
+    prob, outcome = _pairs(p)
+    prob = prob.astype(np.float64)
+    if "probability" in p:  # binary decisions: confidence max(p, 1-p), right when they agree
+        correct = (prob >= 0.5) == (outcome == 1)
+        return (np.maximum(prob, 1.0 - prob) - correct).mean(axis=1)
+    return prob[:, 0] - outcome[:, 0]
+
+
+# A pooled metric recomputed from per-sample predictions: (recompute(p, idx) -> (R,), looped).
+_POOLED = {
+    "ece": (_binned("l1"), False),
+    "mce": (_binned("max"), False),
+    "accuracy": (_mean_of(_accuracy), False),
+    "oc": (_mean_of(_overconfidence), False),
+    "ace": (_looped("adaptive"), True),
+    "adaptive_ece": (_looped("adaptive"), True),
+    "map_y": (_map_y, True),
+}
+
+
+def item_statistic(record: Mapping[str, Any], metric: str, record_file: Path | None = None):
+    """``(n_items, f, looped)``: ``f(idx)`` is the record's ``metric`` on each row of ``idx``.
+
+    ``idx`` is ``(R, n_items)`` item indices (one resample per row); ``f`` returns ``(R,)``.
+    Per-volume values (``record["items"]``) give the mean over the drawn volumes (volumes whose
+    value is NaN, e.g. no foreground, are skipped as the papers' mean skips them); per-sample
+    predictions (stored beside ``record_file``) give the pooled metric recomputed. ``looped``
+    says the metric is recomputed one resample at a time (equal-mass bins, mAP).
+
+    Raises:
+        KeyError: when the record keeps no per-item data for ``metric``.
+    """
+    items = (record.get("items") or {}).get(metric)
+    if items is not None:
+        values = np.asarray(items, dtype=np.float64)
+        return len(values), lambda idx: np.nanmean(values[idx], axis=1), False
+    if record.get("predictions") and record_file is not None and metric in _POOLED:
+        from calibrant.bench.runner import load_predictions
+
+        predictions = load_predictions(record_file)
+        if predictions is not None:
+            f, looped = _POOLED[metric]
+            n = len(next(iter(predictions.values())))
+            return n, lambda idx: f(predictions, idx), looped
+    raise KeyError(f"record keeps no per-item values of {metric!r}")
+
+
+# ------------------------------------------------------------------------------ the verdicts
+
+
+def evaluate_claim(
+    claim: PairedClaim,
+    runs: Mapping[tuple[str, int], tuple[Mapping[str, Any], Path | None]],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> PairedVerdict:
+    """Decide ``claim`` on one task from its records ``runs[(method, seed)] = (record, file)``.
+
+    Example:
+        >>> recs = {("a", 1): ({"items": {"m": [0.1, 0.2, 0.1, 0.2]}}, None),
+        ...         ("b", 1): ({"items": {"m": [0.3, 0.4, 0.3, 0.4]}}, None)}
+        >>> v = evaluate_claim(PairedClaim("a lower", "a", ("b",), "m", "below"), recs,
+        ...                    n_resamples=200)
+        >>> v.verdict, round(v.comparisons[0][1].estimate, 2)
+        ('holds', -0.2)
+    """
+    names = (claim.method, *(n for o in claim.others for n, _ in _mix(o)))
+    seeds = sorted(set.intersection(*({s for (m, s) in runs if m == name} for name in names)))
+    missing = tuple(m for m in names if not any(k[0] == m for k in runs))
+    if missing or not seeds:
+        return PairedVerdict("not yet run", 0, (), missing or names)
+    stats, n_items, looped = {}, None, False
+    try:
+        for m in names:
+            for s in seeds:
+                record, path = runs[(m, s)]
+                n, f, slow = item_statistic(record, claim.metric, path)
+                if n_items not in (None, n):
+                    raise ValueError(f"{m} seed {s} has {n} test items, others {n_items}")
+                n_items, looped = n, looped or slow
+                stats[(m, s)] = f
+    except KeyError:
+        return PairedVerdict("not yet run", len(seeds), (), ("per-item data",))
+    resamples = min(n_resamples, N_RESAMPLES_LOOPED) if looped else n_resamples
+    idx = bootstrap_indices(n_items, resamples, seed)
+    everything = np.arange(n_items)[None, :]
+    observed = {k: float(f(everything)[0]) for k, f in stats.items()}
+    resampled = {k: np.asarray(f(idx), dtype=np.float64) for k, f in stats.items()}
+    comparisons = []
+
+    def value(table, other, s):
+        return sum(w * table[(name, s)] for name, w in _mix(other))
+
+    for other in claim.others:
+        diff = np.mean(
+            [resampled[(claim.method, s)] - value(resampled, other, s) for s in seeds], 0
+        )
+        point = float(
+            np.mean([observed[(claim.method, s)] - value(observed, other, s) for s in seeds])
+        )
+        low, high = percentile_interval(diff, LEVEL)
+        interval = Interval(point, low, high, LEVEL, resamples, n_items)
+        comparisons.append((other, interval, decide(interval, claim.side, claim.threshold)))
+    verdicts = [v for _, _, v in comparisons]
+    if all(v == "holds" for v in verdicts):
+        overall = "holds"
+    elif any(v == "fails" for v in verdicts):
+        overall = "fails"
+    else:
+        overall = "inconclusive"
+    return PairedVerdict(overall, len(seeds), tuple(comparisons))
+
+
+def _mix(other) -> tuple[tuple[str, float], ...]:
+    """``"ce"`` -> ``(("ce", 1.0),)``; a weighted mix is returned as it is."""
+    return ((other, 1.0),) if isinstance(other, str) else tuple(other)
+
+
+def _label(other, labels: Mapping[str, str]) -> str:
+    return " + ".join(
+        labels.get(n, n) if w == 1.0 else f"{w:g}·{labels.get(n, n)}" for n, w in _mix(other)
+    )
+
+
+def claims_lines(
+    claims: Sequence[PairedClaim],
+    tasks: Sequence[str],
+    runs_by_task: Mapping[str, Mapping[tuple[str, int], tuple[Mapping[str, Any], Path | None]]],
+    labels: Mapping[str, str],
+) -> list[str]:
+    """Markdown: one row per (claim, task) and one sub-row per comparison with its interval."""
+    lines = [
+        "Each difference is the claim's method minus the other, mean over the seeds both have "
+        f"(paired by seed and test item), with its {LEVEL:.0%} bootstrap interval over test "
+        f"items ({N_RESAMPLES} resamples; {N_RESAMPLES_LOOPED} for equal-mass ACE and mAP, "
+        "recomputed one resample at a time). `holds` when every comparison's interval is on the "
+        "claimed side of the threshold, `fails` when one is wholly on the other side, "
+        "`inconclusive` otherwise.",
+        "",
+        "| claim | task | verdict | seeds | comparison: difference [95 % interval] → verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for claim in claims:
+        for task in claim.tasks or tasks:
+            if task not in tasks:
+                continue
+            v = evaluate_claim(claim, runs_by_task.get(task, {}))
+            mark = {"holds": "holds", "fails": "**fails**"}.get(v.verdict, v.verdict)
+            detail = "; ".join(
+                f"{labels.get(claim.method, claim.method)} − ({_label(o, labels)}): {iv} → {d}"
+                for o, iv, d in v.comparisons
+            ) or ("missing: " + ", ".join(v.missing))
+            rule = f"{claim.metric}, {claim.side} {claim.threshold:+g}"
+            lines.append(f"| {claim.text} ({rule}) | {task} | {mark} | {v.seeds} | {detail} |")
+    return [*lines, ""]
