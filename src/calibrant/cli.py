@@ -517,9 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only regenerate the page")
     p.add_argument("--no-figures", action="store_true", help="page without figures")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state")
-    p.add_argument(
-        "--force", action="store_true", help="run methods whose task's pilot is a no-go"
-    )
+    p.add_argument("--force", action="store_true", help="run methods whose task's pilot is a no-go")
     p.add_argument(
         "--allow-dirty",
         action="store_true",
