@@ -238,3 +238,101 @@ def test_save_figure_releases_the_figure(tmp_path):
     plot.save_figure(kept, tmp_path / "g.png", close=False)
     assert kept.number in plt.get_fignums()
     plt.close(kept)
+
+
+# ------------------------------------------------------------ named figures (issue 16, item 21)
+
+
+def _crac_history(epochs=3):
+    history = []
+    for e in range(1, epochs + 1):
+        lam = [[10.0 ** (-k) * e for k in range(4)], [3e-3 * e * (k + 1) for k in range(4)]]
+        history.append({"epoch": e, "alm": {"alm0": {"lambda": lam, "rho": [[0.1] * 4] * 2}}})
+    return history
+
+
+def _acdc_slots():
+    from calibrant.alm.presets import crac
+    from calibrant.data.acdc import ACDC_CLASSES
+    from calibrant.runlog import alm_slots
+
+    return alm_slots(crac(4), ACDC_CLASSES, "crac")
+
+
+def _labels(ax):
+    return [line.get_label() for line in ax.get_lines()]
+
+
+def test_multipliers_figure_names_regions_classes_and_every_axis():
+    fig = plot.alm_trajectories(_crac_history(), slots=_acdc_slots())
+    lam, rho = fig.axes
+    assert lam.get_title() == "CRaC multipliers λ"
+    assert rho.get_title() == "CRaC penalty coefficients ρ"
+    for ax in (lam, rho):
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
+    assert lam.get_ylabel() == "λ" and rho.get_ylabel() == "ρ"
+    assert _labels(lam)[:2] == ["inner / background", "inner / right ventricle"]
+    assert _labels(lam)[-1] == "boundary / left ventricle"
+    assert lam.get_legend() is not None
+    # region is the line style, class the colour
+    lines = {line.get_label(): line for line in lam.get_lines()}
+    inner, boundary = lines["inner / right ventricle"], lines["boundary / right ventricle"]
+    assert inner.get_linestyle() == "-" and boundary.get_linestyle() == "--"
+    assert inner.get_color() == boundary.get_color() != lines["inner / myocardium"].get_color()
+    assert lam.get_yscale() == "log"  # λ spans four decades
+    # ρ: the 8 identical trajectories are one line on a linear axis
+    assert _labels(rho) == ["all 8 slots"]
+    assert rho.get_yscale() == "linear"
+    low, high = rho.get_ylim()
+    assert low < 0.1 < high
+
+
+def test_multipliers_figure_keeps_distinct_rho_and_infers_names_of_old_runs():
+    history = _crac_history()
+    for r in history:
+        r["alm"]["alm0"]["rho"] = [[0.1, 0.1, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]]
+    # a metrics.json written before slot names were saved: names from the shape and classes
+    fig = plot.alm_trajectories(history, class_names=["bg", "RV", "MYO", "LV"])
+    lam, rho = fig.axes
+    assert lam.get_title() == "multipliers λ"
+    assert "inner / MYO" in _labels(lam)
+    assert sorted(_labels(rho)) == ["6 slots (inner / bg, …)", "inner / MYO, inner / LV"]
+
+
+def test_class_curves_are_titled_with_the_dataset_class_names(tmp_path, monkeypatch):
+    import json
+
+    from calibrant import report
+
+    c = _curve()
+    curve = {k: v.tolist() for k, v in c._asdict().items()}
+    names = ["background", "right_ventricle", "myocardium", "left_ventricle"]
+    payload = {
+        "curves": {f"reliability/class_{k}": curve for k in range(4)}
+        | {f"reliability/{r}": curve for r in ("all", "inner", "boundary")},
+        "info": {"task": "segmentation", "class_names": names},
+        "history": [],
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps(payload))
+    drawn = {}
+
+    def capture(fig, path, **kwargs):
+        drawn[path.name] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        return path
+
+    monkeypatch.setattr(plot, "save_figure", capture)
+    report.plot_run(tmp_path)
+    assert drawn["reliability_classwise.png"] == [
+        "background",
+        "right ventricle",
+        "myocardium",
+        "left ventricle",
+    ]
+    assert drawn["reliability.png"] == ["test, all pixels (top label)"]
+    assert drawn["reliability_regions.png"] == ["inner pixels", "boundary pixels"]
+
+
+def test_training_curves_label_both_axes():
+    hist = [{"epoch": e, "train": {"loss": 1 / e}, "val": {"dice": e / 4}} for e in (1, 2)]
+    for ax in plot.training_curves(hist).axes:
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel()

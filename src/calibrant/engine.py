@@ -42,6 +42,7 @@ from calibrant.alm.term import alm_terms
 from calibrant.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 __all__ = [
+    "Callback",
     "EpochSampler",
     "TrainStep",
     "autocast_context",
@@ -111,6 +112,56 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._order()) - self.start
+
+
+class Callback:
+    """Hooks that :func:`fit` and :func:`evaluate` call; override any subset (defaults do nothing).
+
+    Progress bars (:class:`calibrant.progress.Progress`) and the TensorBoard/CSV logger
+    (:class:`calibrant.runlog.RunLogger`) are callbacks; the command line passes them to
+    :func:`calibrant.experiment.train_run`, so the loop itself never prints or writes logs.
+    Under DDP every rank gets the same callbacks (a hook may hold a metric whose ``compute``
+    is collective); only rank 0 should print or write.
+
+    ``phase`` is ``"val"`` (validation inside :func:`fit`), ``"test"`` or any name the caller
+    of :func:`evaluate` gives.
+    """
+
+    def setup(self, experiment: Any) -> None:
+        """Called by :func:`calibrant.experiment.train_run` once the run is built."""
+
+    def on_train_step(self, step: int, total: int, loss: torch.Tensor) -> None:
+        """After every optimiser step.
+
+        Gets the step within the epoch (1-based), the epoch's number of steps and the epoch's
+        running mean loss as a 0-dim tensor (reading it syncs the accelerator: read it only
+        when needed).
+        """
+
+    def on_eval_start(self, phase: str, total: int | None) -> None:
+        """Before the first batch of an evaluation pass (``total``: its batches, if known)."""
+
+    def on_eval_batch(self, phase: str, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """After each evaluation batch, with the logits the metrics saw and the target.
+
+        The logits are those after any calibrator or output transform.
+        """
+
+    def on_eval_end(self, phase: str, results: Mapping[str, Any]) -> None:
+        """After an evaluation pass, with its computed metrics."""
+
+    def on_epoch_end(self, record: Mapping[str, Any]) -> None:
+        """After each epoch of :func:`fit` (validation, ALM steps and checkpoints done).
+
+        ``record`` is the epoch's log record (``epoch``, ``train``, ``val``, ``alm``, ``lr``).
+        """
+
+
+def _len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 @runtime_checkable
@@ -393,6 +444,8 @@ def evaluate(
     observers: Iterable[nn.Module] = (),
     infer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     calibrator: nn.Module | None = None,
+    callbacks: Iterable[Callback] = (),
+    phase: str = "val",
 ) -> dict[str, Any]:
     """Update every metric (and every ALM observer) on each batch, then compute.
 
@@ -407,6 +460,9 @@ def evaluate(
         infer: ``infer(model, inputs) -> logits``; default ``model(inputs)``
             (use :func:`predict_volume` for slice-wise volume evaluation).
         calibrator: optional post-hoc module applied to the logits before the metrics.
+        callbacks: :class:`Callback` objects (progress, logging); their ``on_eval_*`` hooks get
+            ``phase``.
+        phase: name of the pass given to the callbacks (``"val"``, ``"test"``...).
 
     Returns:
         name -> computed value (tensors as returned by the metrics).
@@ -414,8 +470,11 @@ def evaluate(
     model.eval()
     device = torch.device(device)
     observers = list(observers)
+    callbacks = list(callbacks)
     for metric in metrics.values():
         metric.reset()
+    for cb in callbacks:
+        cb.on_eval_start(phase, _len(loader))
     for inputs, target in loader:
         inputs, target = _to(inputs, device), _to(target, device)
         with autocast_context(device, amp):
@@ -427,7 +486,11 @@ def evaluate(
             logits = calibrator(logits)
         for metric in metrics.values():
             metric.update(logits, target)
+        for cb in callbacks:
+            cb.on_eval_batch(phase, logits, target)
     results = {name: metric.compute() for name, metric in metrics.items()}
+    for cb in callbacks:
+        cb.on_eval_end(phase, results)
     dist_utils.barrier()
     return results
 
@@ -459,6 +522,7 @@ def fit(
     step_log: Callable[[int, int, torch.Tensor], None] | None = None,
     patience: int | None = None,
     halt_after_step: int | None = None,
+    callbacks: Iterable[Callback] = (),
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs with validation, ALM steps, model selection and checkpoints.
 
@@ -504,6 +568,9 @@ def fit(
             is in the checkpoint).
         halt_after_step: testing hook that simulates a crash (``os._exit``) after that global
             step, without any save beyond the periodic ones.
+        callbacks: :class:`Callback` objects (progress bars, TensorBoard/CSV logging):
+            ``on_train_step`` after every step, the ``on_eval_*`` hooks of the validation pass
+            (phase ``"val"``), ``on_epoch_end`` after ``log``.
 
     Returns:
         The per-epoch log dicts (including those before a resume).
@@ -567,11 +634,16 @@ def fit(
         )
 
     steps_in_epoch = 0
+    callbacks = list(callbacks)
 
     def on_step(step: int, totals: dict) -> None:
         state.update(step=step, totals=totals, global_step=state["global_step"] + 1)
-        if step_log is not None:
-            step_log(step, steps_in_epoch, totals["loss"] / totals["steps"])
+        if step_log is not None or callbacks:
+            running = totals["loss"] / totals["steps"]
+            if step_log is not None:
+                step_log(step, steps_in_epoch, running)
+            for cb in callbacks:
+                cb.on_train_step(step, steps_in_epoch, running)
         if checkpoint_every and state["global_step"] % checkpoint_every == 0:
             save("last.pt")
         if halt_after_step is not None and state["global_step"] >= halt_after_step:
@@ -607,6 +679,8 @@ def fit(
             observers=observers,
             infer=infer,
             calibrator=output_transform,
+            callbacks=callbacks,
+            phase="val",
         )
         alm_logs = {}
         for i, term in enumerate(alms):
@@ -634,6 +708,8 @@ def fit(
         save("last.pt")
         if log is not None:
             log(record)
+        for cb in callbacks:
+            cb.on_epoch_end(record)
         if patience is not None and epoch + 1 - state["best_epoch"] >= patience:
             logging.getLogger(__name__).info(
                 "early stop after epoch %d: %s has not improved for %d epochs (best epoch %d)",

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "alm_trajectories",
+    "class_label",
     "reliability_grid",
     "curve_ece",
     "region_masks",
@@ -236,7 +237,10 @@ def reliability_grid(
 
 
 def region_reliability_diagram(
-    curves: dict[str, ReliabilityCurve], *, show_histogram: bool = True
+    curves: dict[str, ReliabilityCurve],
+    *,
+    show_histogram: bool = True,
+    titles: tuple[str, str] = REGIONS,
 ) -> Figure:
     """Side-by-side diagrams for the ``"inner"`` and ``"boundary"`` regions of a segmentation.
 
@@ -244,6 +248,7 @@ def region_reliability_diagram(
         curves: ``{"inner": curve, "boundary": curve}`` (e.g. from
             :func:`region_reliability_curves`).
         show_histogram: draw the histograms.
+        titles: the two panels' titles.
 
     Returns:
         The figure.
@@ -261,7 +266,11 @@ def region_reliability_diagram(
     missing = [r for r in REGIONS if r not in curves]
     if missing:
         raise ValueError(f"region curves need keys {REGIONS}, missing {missing}")
-    return reliability_grid({r: curves[r] for r in REGIONS}, ncols=2, show_histogram=show_histogram)
+    return reliability_grid(
+        {t: curves[r] for t, r in zip(titles, REGIONS, strict=True)},
+        ncols=2,
+        show_histogram=show_histogram,
+    )
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150, close: bool = True) -> Path:
@@ -347,6 +356,7 @@ def training_curves(history: list[dict]) -> Figure:
         ['training loss', 'validation']
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
     epochs = [r["epoch"] for r in history]
@@ -356,19 +366,114 @@ def training_curves(history: list[dict]) -> Figure:
         values = [r["val"].get(key) for r in history]
         if all(isinstance(v, (int, float)) for v in values):
             ax_val.plot(epochs, values, marker="o", label=key)
-    for ax, title in ((ax_train, "training loss"), (ax_val, "validation")):
+    for ax, title, ylabel in (
+        (ax_train, "training loss", "loss (epoch mean)"),
+        (ax_val, "validation", "score"),
+    ):
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def alm_trajectories(history: list[dict]) -> Figure | None:
-    """λ and ρ of every multiplier slot per epoch (log scale); ``None`` without ALM terms.
+def class_label(k: int, class_names: list[str] | tuple[str, ...] | None = None) -> str:
+    """Display name of class ``k``: the dataset's name (underscores as spaces), else ``class k``.
 
-    Slots are labelled by their index in the term's slot shape (``[region, class]`` for CRaC,
-    region 0 = inner), so class and region difficulty can be read off the curves.
+    Example:
+        >>> class_label(1, ["background", "right_ventricle"]), class_label(3)
+        ('right ventricle', 'class 3')
+    """
+    if class_names is not None and 0 <= k < len(class_names):
+        return str(class_names[k]).replace("_", " ")
+    return f"class {k}"
+
+
+def _infer_slots(shape: tuple[int, ...], class_names) -> list[str]:
+    """Slot names from the λ shape alone (metrics.json written before slot names were saved)."""
+    from calibrant.alm.constraints import Layout
+
+    k = len(class_names) if class_names else None
+    if len(shape) == 2 and shape[0] == 2:
+        return Layout("region_class", shape[1]).slot_names(class_names)
+    n = int(torch.Size(shape).numel())
+    if n == 1:
+        return ["all"]
+    if k == n:
+        return Layout("class", n).slot_names(class_names)
+    return [f"slot {j}" for j in range(n)]
+
+
+def _slot_label(name: str) -> str:
+    """``inner/right_ventricle`` -> ``inner / right ventricle`` (class names keep their ``/``)."""
+    region, sep, rest = name.partition("/")
+    if sep and region in REGIONS:
+        name = f"{region} / {rest}"
+    return name.replace("_", " ")
+
+
+_KEYS = {"lambda": ("multipliers λ", "λ"), "rho": ("penalty coefficients ρ", "ρ")}
+
+
+def _distinct(series: torch.Tensor, names: list[str]) -> list[tuple[str, list[int]]]:
+    """Group the columns of ``series`` (epochs × slots) whose trajectories are identical."""
+    groups: list[tuple[torch.Tensor, list[int]]] = []
+    for j in range(series.shape[1]):
+        for ref, members in groups:
+            if torch.allclose(series[:, j], ref, rtol=1e-9, atol=0.0):
+                members.append(j)
+                break
+        else:
+            groups.append((series[:, j], [j]))
+    out = []
+    for _, members in groups:
+        if len(members) == 1:
+            label = names[members[0]]
+        elif len(members) == series.shape[1]:
+            label = f"all {len(members)} slots"
+        elif len(members) <= 3:
+            label = ", ".join(names[j] for j in members)
+        else:
+            label = f"{len(members)} slots ({names[members[0]]}, …)"
+        out.append((label, members))
+    return out
+
+
+def _value_axis(ax: Axes, values: torch.Tensor) -> None:
+    """Log scale when the positive values span more than two decades, else linear."""
+    from matplotlib.ticker import LogFormatterSciNotation, ScalarFormatter
+
+    finite = values[torch.isfinite(values)]
+    positive = finite[finite > 0]
+    if len(positive) == len(finite) and len(positive) and positive.max() / positive.min() > 100:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatterSciNotation())
+    else:
+        fmt = ScalarFormatter(useOffset=False)
+        fmt.set_powerlimits((-3, 4))
+        ax.yaxis.set_major_formatter(fmt)
+        if len(finite) and float(finite.max() - finite.min()) == 0:  # a flat line: centre it
+            v = float(finite[0])
+            pad = abs(v) * 0.5 or 1.0
+            ax.set_ylim(v - pad, v + pad)
+
+
+def alm_trajectories(
+    history: list[dict],
+    *,
+    slots: dict[str, dict] | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+) -> Figure | None:
+    """λ and ρ of every multiplier slot per epoch; ``None`` without ALM terms.
+
+    One row per ALM term: λ on the left, ρ on the right. Slots are named by region and class
+    (``inner / right ventricle``: ``slots`` from ``metrics.json``, else inferred from the slot
+    shape and ``class_names``); on the λ panel colour is the class and the line style the
+    region (solid inner, dashed boundary). Slots whose trajectories are identical (ρ often is)
+    share one line. An axis is logarithmic only when its values span more than two decades.
 
     Example:
         >>> import matplotlib
@@ -376,29 +481,54 @@ def alm_trajectories(history: list[dict]) -> Figure | None:
         >>> rec = lambda e: {"epoch": e, "alm": {"alm0": {"lambda": [[e, 2 * e]], "rho": [[1, 1]]}}}
         >>> fig = alm_trajectories([rec(1), rec(2)])
         >>> [a.get_title() for a in fig.axes]
-        ['alm0 lambda', 'alm0 rho']
+        ['multipliers λ', 'penalty coefficients ρ']
+        >>> [line.get_label() for line in fig.axes[1].get_lines()]
+        ['all 2 slots']
         >>> alm_trajectories([{"epoch": 1, "alm": {}}]) is None
         True
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     terms = sorted({t for r in history for t in r.get("alm", {})})
     if not terms:
         return None
-    fig, axes = plt.subplots(len(terms), 2, figsize=(10, 3.5 * len(terms)), squeeze=False)
-    epochs = [r["epoch"] for r in history if r.get("alm")]
+    fig, axes = plt.subplots(len(terms), 2, figsize=(12, 3.8 * len(terms)), squeeze=False)
+    records = [r for r in history if r.get("alm")]
+    epochs = [r["epoch"] for r in records]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for row, term in zip(axes, terms, strict=True):
+        info = (slots or {}).get(term, {})
+        method = info.get("method")
         for ax, key in zip(row, ("lambda", "rho"), strict=True):
-            series = [torch.as_tensor(r["alm"][term][key]) for r in history if r.get("alm")]
-            stacked = torch.stack(series).reshape(len(series), -1)
-            shape = series[0].shape
-            for j in range(stacked.shape[1]):
-                index = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), shape))
-                ax.plot(epochs, stacked[:, j].tolist(), marker=".", label=str(list(index)))
-            ax.set_yscale("log")
-            ax.set_title(f"{term} {key}")
+            values = [torch.as_tensor(r["alm"][term][key], dtype=torch.float64) for r in records]
+            shape = tuple(values[0].shape)
+            series = torch.stack(values).reshape(len(values), -1)
+            names = info.get("slots") or _infer_slots(shape, class_names)
+            if len(names) != series.shape[1]:
+                names = [f"slot {j}" for j in range(series.shape[1])]
+            names = [_slot_label(n) for n in names]
+            classes = shape[-1] if len(shape) == 2 else series.shape[1]
+            for label, members in _distinct(series, names):
+                j = members[0]
+                style = "--" if len(shape) == 2 and j >= classes else "-"
+                colour = colours[(j % classes) % len(colours)] if len(members) == 1 else "black"
+                ax.plot(
+                    epochs,
+                    series[:, j].tolist(),
+                    marker=".",
+                    linestyle=style,
+                    color=colour,
+                    label=label,
+                )
+            title, symbol = _KEYS[key]
+            ax.set_title(f"{method} {title}" if method else title)
             ax.set_xlabel("epoch")
-            if stacked.shape[1] <= 16:
-                ax.legend(fontsize=7, ncol=2)
+            ax.set_ylabel(symbol)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _value_axis(ax, series)
+            ax.grid(True, alpha=0.3)
+            if len(ax.get_lines()) <= 16:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig

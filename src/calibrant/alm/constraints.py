@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -122,6 +123,30 @@ class Layout:
     def needs_region(self) -> bool:
         """Whether the layout indexes slots by region."""
         return self.name in ("region", "region_class")
+
+    def slot_names(self, class_names: Sequence[str] | None = None, sep: str = "/") -> list[str]:
+        """One readable name per slot, in the (row-major) order of :attr:`shape`.
+
+        Regions are ``inner`` and ``boundary``; classes take ``class_names`` when given (else
+        ``class <k>``); the global slot is ``all``. Loggers and figures use these names.
+
+        Example:
+            >>> Layout("region_class", 2).slot_names(["background", "LV"])
+            ['inner/background', 'inner/LV', 'boundary/background', 'boundary/LV']
+            >>> Layout("class", 2).slot_names(), Layout("global", 3).slot_names()
+            (['class 0', 'class 1'], ['all'])
+        """
+        k = self.num_classes
+        if class_names is None or len(class_names) != k:
+            class_names = [f"class {i}" for i in range(k)]
+        regions = ("inner", "boundary")
+        if self.name == "global":
+            return ["all"]
+        if self.name == "class":
+            return [str(c) for c in class_names]
+        if self.name == "region":
+            return list(regions)
+        return [f"{r}{sep}{c}" for r in regions for c in class_names]
 
 
 def margin_violation(

@@ -68,7 +68,7 @@ def _neighbor_preset(num_classes, with_ce, defaults, constraint_defaults, overri
     return _finish(ALMPenalty(num_classes, NeighborConstraint(**ckw), **kw), with_ce)
 
 
-@ALM_PRESETS.register("cals_alm", paper="CALS", task="multiclass")
+@ALM_PRESETS.register("cals_alm", paper="CALS", label="CALS-ALM", task="multiclass")
 def cals_alm(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CALS-ALM: per-class multipliers on the normalised logit-margin constraint.
 
@@ -83,7 +83,7 @@ def cals_alm(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.
     )
 
 
-@ALM_PRESETS.register("cals_hr", paper="CALS", task="multiclass")
+@ALM_PRESETS.register("cals_hr", paper="CALS", label="CALS-HR", task="multiclass")
 def cals_hr(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CALS-HR: per-class λ on the unnormalised margin hinge, heuristic ×γ / ÷γ rule.
 
@@ -115,7 +115,7 @@ def _crac(layout: str, num_classes: int, with_ce: bool, overrides: dict[str, Any
     return _neighbor_preset(num_classes, with_ce, defaults, constraint, overrides)
 
 
-@ALM_PRESETS.register("crac", paper="CRaC", task="segmentation")
+@ALM_PRESETS.register("crac", paper="CRaC", label="CRaC", task="segmentation")
 def crac(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC: one multiplier per (region, class) on the neighbourhood constraint.
 
@@ -128,25 +128,31 @@ def crac(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Modu
     return _crac("region_class", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register("crac_global", paper="CRaC", task="segmentation", ablation=True)
+@ALM_PRESETS.register(
+    "crac_global", paper="CRaC", label="CRaC (global λ)", task="segmentation", ablation=True
+)
 def crac_global(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC ablation with one global multiplier (NACL + ALM); arguments as :func:`crac`."""
     return _crac("global", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register("crac_class", paper="CRaC", task="segmentation", ablation=True)
+@ALM_PRESETS.register(
+    "crac_class", paper="CRaC", label="CRaC (class λ)", task="segmentation", ablation=True
+)
 def crac_class(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC ablation with one multiplier per class; arguments as :func:`crac`."""
     return _crac("class", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register("crac_region", paper="CRaC", task="segmentation", ablation=True)
+@ALM_PRESETS.register(
+    "crac_region", paper="CRaC", label="CRaC (region λ)", task="segmentation", ablation=True
+)
 def crac_region(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC ablation with one multiplier per region (inner, boundary); arguments as :func:`crac`."""
     return _crac("region", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register("nacl", paper="MbLS/NACL", task="segmentation")
+@ALM_PRESETS.register("nacl", paper="MbLS/NACL", label="NACL", task="segmentation")
 def nacl(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """NACL as the fixed-λ special case: ``CE + λ·mean|τ − l|`` with λ = 0.1, never updated.
 

@@ -152,7 +152,13 @@ def binary_segmentation_scores(
     return binary_scores_from_confusion(binary_confusion(logits, target, threshold=threshold))
 
 
-@METRICS.register("binary_scores", task="binary")
+@METRICS.register(
+    "binary_scores",
+    task="binary",
+    better="higher",
+    legend="recall, specificity, precision, F and Jaccard of the foreground at σ > 0.5, "
+    "confusion counts pooled over all pixels (the ALL paper's protocol, METHODS §9.3)",
+)
 class BinarySegmentationScores(Metric):
     """Streaming ALL-paper scores: int64 ``confusion`` state ``[TP, FP, TN, FN]`` (exact).
 
@@ -237,7 +243,12 @@ def _auroc_from_hist(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u / denom, tie / denom
 
 
-@METRICS.register("binary_auroc", task="binary")
+@METRICS.register(
+    "binary_auroc",
+    task="binary",
+    better="higher",
+    legend="AUC-ROC of the foreground probability over all pixels pooled",
+)
 class BinaryAUROC(Metric):
     r"""Streaming AUC-ROC from a fixed histogram of :math:`\sigma(v)` (float64), per class.
 

@@ -57,6 +57,12 @@ from calibrant.metrics._base import CalMetric, prepare_batch
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.registry import METRICS
 
+# the protocols named in the registry legends (``METRICS.meta(name)["legend"]``)
+_POOLED = "all samples pooled (for segmentation every pixel, so the background weighs most)"
+_PAPER = (  # the segmentation papers' test protocol, for the registry legends
+    "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)"
+)
+
 __all__ = [
     "expected_calibration_error",
     "rms_calibration_error",
@@ -520,12 +526,41 @@ class PerVolumeMean(Metric):
 # ----------------------------------------------------------------------------------------------
 
 
-METRICS.register("ece", task="multiclass")(lambda **kw: CalibrationError(norm="l1", **kw))
-METRICS.register("rmsce", task="multiclass")(lambda **kw: CalibrationError(norm="l2", **kw))
-METRICS.register("mce", task="multiclass")(lambda **kw: CalibrationError(norm="max", **kw))
-METRICS.register("average_ce", task="multiclass")(lambda **kw: CalibrationError(norm="avg", **kw))
-METRICS.register("adaptive_ece", task="multiclass")(AdaptiveCalibrationError)
+METRICS.register(
+    "ece",
+    task="multiclass",
+    better="lower",
+    legend=f"top-label ECE, 15 equal-width confidence bins, {_POOLED}",
+)(lambda **kw: CalibrationError(norm="l1", **kw))
+METRICS.register(
+    "rmsce",
+    task="multiclass",
+    better="lower",
+    legend=f"root-mean-square calibration error (top-label, 15 bins), {_POOLED}",
+)(lambda **kw: CalibrationError(norm="l2", **kw))
+METRICS.register(
+    "mce",
+    task="multiclass",
+    better="lower",
+    legend=f"maximum calibration error: the largest bin gap (top-label, 15 bins), {_POOLED}",
+)(lambda **kw: CalibrationError(norm="max", **kw))
+METRICS.register(
+    "average_ce",
+    task="multiclass",
+    better="lower",
+    legend=f"average calibration error: unweighted mean gap of the non-empty bins, {_POOLED}",
+)(lambda **kw: CalibrationError(norm="avg", **kw))
+METRICS.register(
+    "adaptive_ece",
+    task="multiclass",
+    better="lower",
+    legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}",
+)(AdaptiveCalibrationError)
 # The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values.
-METRICS.register("paper_ece", task="multiclass", protocol="per_volume")(
-    lambda **kw: PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kw))
-)
+METRICS.register(
+    "paper_ece",
+    task="multiclass",
+    protocol="per_volume",
+    better="lower",
+    legend=f"top-label ECE (15 bins) on {_PAPER}",
+)(lambda **kw: PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kw)))

@@ -33,7 +33,7 @@ from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import CalMetric, prepare_batch
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.calibration import PerVolumeMean
+from calibrant.metrics.calibration import _PAPER, _POOLED, PerVolumeMean
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -553,15 +553,38 @@ class TACE(_PerClassHistogram):
 # ----------------------------------------------------------------------------------------------
 
 
-METRICS.register("classwise_ece", task="multiclass")(ClasswiseCalibrationError)
-METRICS.register("tace", task="multiclass")(TACE)
+METRICS.register(
+    "classwise_ece",
+    task="multiclass",
+    better="lower",
+    legend="class-wise ECE: each class's probability against that label's frequency (15 bins), "
+    f"mean over classes, {_POOLED}",
+)(ClasswiseCalibrationError)
+METRICS.register(
+    "tace",
+    task="multiclass",
+    better="lower",
+    legend=f"thresholded adaptive calibration error (class-wise; binning by mode), {_POOLED}",
+)(TACE)
 # The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values.
-METRICS.register("paper_classwise_ece", task="multiclass", protocol="per_volume")(
+METRICS.register(
+    "paper_classwise_ece",
+    task="multiclass",
+    protocol="per_volume",
+    better="lower",
+    legend=f"class-wise ECE over the classes present, on {_PAPER}",
+)(
     lambda num_classes, **kw: PerVolumeMean(
         ClasswiseCalibrationError(num_classes, class_range="present", pixel_subset="gt_fg", **kw)
     )
 )
-METRICS.register("paper_tace", task="multiclass", protocol="per_volume")(
+METRICS.register(
+    "paper_tace",
+    task="multiclass",
+    protocol="per_volume",
+    better="lower",
+    legend=f"TACE (the CRaC code's equal-width variant) on {_PAPER}",
+)(
     lambda num_classes, mode="crac", **kw: PerVolumeMean(
         TACE(num_classes, mode, pixel_subset="gt_fg", **kw)
     )

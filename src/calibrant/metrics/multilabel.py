@@ -259,14 +259,15 @@ class MultilabelCalibrationError(Metric):
         return b if self.per_label else b[0]
 
 
-def _reg(name: str, norm: str) -> None:
-    METRICS.register(name, task="multilabel")(
+def _reg(name: str, norm: str, what: str) -> None:
+    legend = f"{what} of σ(v) against the 0/1 label, every (sample, label) pair pooled"
+    METRICS.register(name, task="multilabel", better="lower", legend=legend)(
         lambda **kw: MultilabelCalibrationError(norm=norm, **kw)
     )
 
 
-_reg("multilabel_ece", "l1")
-_reg("multilabel_ace", "adaptive")
-_reg("multilabel_average_ce", "avg")
-_reg("multilabel_mce", "max")
-_reg("multilabel_rmsce", "l2")
+_reg("multilabel_ece", "l1", "ECE (15 equal-width bins)")
+_reg("multilabel_ace", "adaptive", "adaptive ECE (equal-mass bins; the SPA paper's ACE)")
+_reg("multilabel_average_ce", "avg", "average calibration error (unweighted mean bin gap)")
+_reg("multilabel_mce", "max", "maximum calibration error (largest bin gap)")
+_reg("multilabel_rmsce", "l2", "root-mean-square calibration error")

@@ -213,9 +213,26 @@ class MultilabelOverConfidence(CalMetric):
         return K.reduce_bins(self._bins(), "signed")
 
 
-METRICS.register("overconfidence", task="multiclass")(OverConfidence)
+METRICS.register(
+    "overconfidence",
+    task="multiclass",
+    better="zero",
+    legend="signed over-confidence: mean top-label confidence minus accuracy (> 0: "
+    "over-confident), all samples pooled (for segmentation every pixel)",
+)(OverConfidence)
 # The segmentation papers' protocol, as paper_ece: GT-foreground pixels, mean of per-volume values.
-METRICS.register("paper_overconfidence", task="multiclass", protocol="per_volume")(
-    lambda **kw: PerVolumeMean(OverConfidence(pixel_subset="gt_fg", **kw))
-)
-METRICS.register("multilabel_overconfidence", task="multilabel")(MultilabelOverConfidence)
+METRICS.register(
+    "paper_overconfidence",
+    task="multiclass",
+    protocol="per_volume",
+    better="zero",
+    legend="signed over-confidence (confidence minus accuracy, > 0: over-confident) on "
+    "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)",
+)(lambda **kw: PerVolumeMean(OverConfidence(pixel_subset="gt_fg", **kw)))
+METRICS.register(
+    "multilabel_overconfidence",
+    task="multilabel",
+    better="zero",
+    legend="signed over-confidence of every (sample, label) decision at σ ≥ 0.5 (> 0: "
+    "over-confident), all pairs pooled",
+)(MultilabelOverConfidence)

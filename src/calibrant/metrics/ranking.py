@@ -143,7 +143,7 @@ def accuracy(
     return correct.double() / total.double()  # 0 / 0 = NaN when everything is ignored
 
 
-@METRICS.register("accuracy", task="multiclass")
+@METRICS.register("accuracy", task="multiclass", better="higher", legend="top-1 accuracy")
 class Accuracy(Metric):
     """Streaming top-1 accuracy with int64 ``correct`` / ``total`` states (exact).
 
@@ -282,7 +282,12 @@ def multilabel_instancewise_map(logits: torch.Tensor, target: torch.Tensor) -> t
     return total / count if count > 0 else total.new_tensor(float("nan"))
 
 
-@METRICS.register("map_instancewise", task="multilabel")
+@METRICS.register(
+    "map_instancewise",
+    task="multilabel",
+    better="higher",
+    legend="mAP@x: average precision of each sample over its labels, mean over samples",
+)
 class MultilabelInstancewiseMAP(Metric):
     """Streaming instance-wise mAP (mAP@x): fixed-size sum of per-sample AP and a count (exact).
 
@@ -316,7 +321,12 @@ class MultilabelInstancewiseMAP(Metric):
         return self.ap_sum / self.count.double()
 
 
-@METRICS.register("map_classwise", task="multilabel")
+@METRICS.register(
+    "map_classwise",
+    task="multilabel",
+    better="higher",
+    legend="mAP@y: average precision of each label over the samples, mean over labels",
+)
 class MultilabelClasswiseMAP(Metric):
     """Streaming class-wise mAP (mAP@y), exact, with O(N x T) ``cat`` states (documented exception).
 
@@ -540,7 +550,12 @@ def retrieval_map(
     return total / count if count > 0 else total.new_tensor(float("nan"))
 
 
-@METRICS.register("retrieval_map", task="multilabel")
+@METRICS.register(
+    "retrieval_map",
+    task="multilabel",
+    better="higher",
+    legend="retrieval mAP: average precision of the fixed query set, mean over queries",
+)
 class RetrievalMAP(Metric):
     """Streaming retrieval mAP, exact, with O(N x Q) ``cat`` states (documented exception).
 

@@ -48,6 +48,7 @@ from calibrant._checks import check_choice
 from calibrant._tensor import float32, neighbor_proportions, valid_mask
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import CalMetric, prepare_batch
+from calibrant.metrics.calibration import _POOLED
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -415,6 +416,22 @@ class NeighborhoodBrierScore(CalMetric):
 # Registry (the CLI's names)
 # ----------------------------------------------------------------------------------------------
 
-METRICS.register("brier", task="multiclass")(BrierScore)
-METRICS.register("nll", task="multiclass")(NegativeLogLikelihood)
-METRICS.register("neighborhood_brier", task="multiclass")(NeighborhoodBrierScore)
+METRICS.register(
+    "brier",
+    task="multiclass",
+    better="lower",
+    legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}",
+)(BrierScore)
+METRICS.register(
+    "nll",
+    task="multiclass",
+    better="lower",
+    legend=f"negative log-likelihood of the true label, mean over {_POOLED}",
+)(NegativeLogLikelihood)
+METRICS.register(
+    "neighborhood_brier",
+    task="multiclass",
+    better="lower",
+    legend="CRaC's neighbourhood Brier score: squared distance to the label proportions of each "
+    "pixel's neighbourhood",
+)(NeighborhoodBrierScore)

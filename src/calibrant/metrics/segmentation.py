@@ -349,7 +349,12 @@ def average_symmetric_surface_distance(
 # --------------------------------------------------------------------------------------------
 # Streaming classes
 # --------------------------------------------------------------------------------------------
-@METRICS.register("overlap_distance", task="segmentation")
+@METRICS.register(
+    "overlap_distance",
+    task="segmentation",
+    better="",
+    legend="per-class means over the test cases of Dice and IoU (↑) and HD, HD95, ASSD (↓)",
+)
 class OverlapDistance(Metric):
     r"""Streaming per-class means of per-case Dice/IoU/HD/HD95/ASSD (NaN cases excluded).
 
@@ -479,7 +484,19 @@ def _single_metric_class(name: str, cls_name: str, better: bool, doc: str) -> ty
     cls = type(cls_name, (OverlapDistance,), {"__init__": __init__, "__doc__": doc})
     cls.higher_is_better = better
     cls.__module__ = __name__
-    return METRICS.register(name, task="segmentation")(cls)
+    legend = _LEGENDS[name] + ", mean over the classes and the test cases (volumes)"
+    return METRICS.register(
+        name, task="segmentation", better="higher" if better else "lower", legend=legend
+    )(cls)
+
+
+_LEGENDS = {  # the registry legends (``METRICS.meta(name)["legend"]``)
+    "dice": "Dice overlap per class",
+    "iou": "IoU (Jaccard) per class",
+    "hd": "Hausdorff distance per class (in spacing units: mm for medical volumes)",
+    "hd95": "95th-percentile Hausdorff distance per class (in spacing units: mm for volumes)",
+    "assd": "average symmetric surface distance per class (in spacing units)",
+}
 
 
 DiceScore = _single_metric_class(
