@@ -25,20 +25,22 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+	$(VENV)/bin/ruff format src tests benchmarks examples
 
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
-# Main job: train CE and CRaC on ACDC at CPU scale, then print the comparison table.
+# Main job: train CE and CRaC on ACDC in a regime where CE is over-confident (acdc_demo_ce: 12
+# training patients, 30 epochs, the last checkpoint), then print the comparison with its reading.
+# The demo's folders are scratch: a new demo replaces the last one (--overwrite).
 demo: $(STAMP)
-	$(VENV)/bin/calibrant train acdc_ce --out $(DEMO_OUT)/ce --device cpu
-	$(VENV)/bin/calibrant train acdc_crac --out $(DEMO_OUT)/crac --device cpu
+	$(VENV)/bin/calibrant train acdc_demo_ce --out $(DEMO_OUT)/ce --device cpu --overwrite
+	$(VENV)/bin/calibrant train acdc_demo_crac --out $(DEMO_OUT)/crac --device cpu --overwrite
 	$(VENV)/bin/calibrant compare $(DEMO_OUT)/ce $(DEMO_OUT)/crac --out $(DEMO_OUT)/comparison.md
 	@echo "reports: $(DEMO_OUT)/ce/report.md $(DEMO_OUT)/crac/report.md; figures in */figures/"
 
