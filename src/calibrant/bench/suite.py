@@ -135,7 +135,7 @@ class Column:
     higher_is_better: bool
     scale: float = 1.0
     digits: int = 3
-    bold: bool = True  # False for a signed diagnostic (over-confidence: 0 is best, not min)
+    bold: bool = True  # False: a signed diagnostic (over-confidence), best at 0, never bold
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,11 @@ def _best(table: Table, task: str, methods: Sequence[str], column) -> str | None
 
 
 def _task_table(suite: Suite, table: Table, task: str) -> list[str]:
-    cols = suite.columns
-    arrows = ["↑" if c.higher_is_better else "↓" for c in cols]
+    measured = [
+        c for c in suite.columns if any(table.get(task, m.name, c.key) for m in suite.methods)
+    ]
+    cols = measured or suite.columns  # a column no record has (a newer metric) is left out
+    arrows = ["→ 0" if not c.bold else "↑" if c.higher_is_better else "↓" for c in cols]
     lines = [
         "| method | seeds | "
         + " | ".join(f"{c.label} {a}" for c, a in zip(cols, arrows, strict=True))
