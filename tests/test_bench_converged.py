@@ -198,3 +198,18 @@ def test_bench_refuses_a_dirty_source_tree(monkeypatch, tmp_path, capsys):
     assert main(["bench", "spa-mulan", "--seeds", "1", "--tasks", "scene", *where]) == 2
     assert "uncommitted changes" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_row_with_fewer_seeds_is_never_bold_against_more():
+    from calibrant.bench import Table
+    from calibrant.bench.tables import _task_table
+
+    suite = _gated_suite(threshold=0.0)
+    table = Table(
+        {
+            ("scene", "bce"): {"ace": [0.05, 0.06, 0.07]},
+            ("scene", "focal"): {"ace": [0.01]},  # lower, but one seed against three
+        }
+    )
+    rows = {line.split(" | ")[0]: line for line in _task_table(suite, table, "scene")}
+    assert "**6.00 ± 1.00**" in rows["| BCE"] and "**" not in rows["| Focal"]

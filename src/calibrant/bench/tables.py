@@ -120,6 +120,8 @@ def _best(table: Table, task: str, methods: Sequence[str], column) -> str | None
     means = {m: v for m, v in means.items() if v is not None}
     if not means:
         return None
+    most = max(table.n(task, m) for m in means)  # never a mean over fewer seeds against more
+    means = {m: v for m, v in means.items() if table.n(task, m) == most}
     pick = max if column.higher_is_better else min
     return pick(means, key=means.get)
 
