@@ -213,3 +213,13 @@ def test_a_row_with_fewer_seeds_is_never_bold_against_more():
     )
     rows = {line.split(" | ")[0]: line for line in _task_table(suite, table, "scene")}
     assert "**6.00 ± 1.00**" in rows["| BCE"] and "**" not in rows["| Focal"]
+
+
+def test_hd95_is_shown_beside_the_paper_in_the_papers_unit():
+    from calibrant.bench.tables import _unit_factors
+
+    suite = SUITES.build("crac-acdc")
+    task = suite.task("acdc")
+    assert _unit_factors(suite, task, "cpu") == {"hd95": (2.0, "data.downsample")}
+    assert _unit_factors(suite, task, "converged") == {"hd95": (2.0, "data.downsample")}
+    assert _unit_factors(suite, task, "paper") == {"hd95": (1.0, "data.downsample")}

@@ -116,6 +116,9 @@ class Task:
         paper: published numbers ``{method name: {column key: value}}`` in the column's scale,
             shown beside ours when the dataset and protocol match.
         paper_source: where ``paper`` comes from.
+        paper_units: column key -> dotted config key whose value converts our number into the
+            paper's unit (``{"hd95": "data.downsample"}``: HD95 in voxels of a ×2-downsampled
+            image, times 2, is in the paper's full-resolution voxels).
     """
 
     name: str
@@ -124,6 +127,7 @@ class Task:
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     paper: Mapping[str, Mapping[str, float]] | None = None
     paper_source: str = ""
+    paper_units: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,33 @@ def _task_table(suite: Suite, table: Table, task: str) -> list[str]:
     return lines
 
 
-def _paper_section(suite: Suite, table: Table, task) -> list[str]:
+def _unit_factors(suite: Suite, task, profile: str) -> dict[str, tuple[float, str]]:
+    """Column key -> (factor, config key) that puts our value in the paper's unit."""
+    first = next(m.name for m in suite.methods if m.trained)
+    cfg = suite.config(task.name, first, profile, suite.seed_list(profile)[0])
+    factors = {}
+    for key, dotted in task.paper_units.items():
+        value: Any = cfg
+        for part in dotted.split("."):
+            value = value.get(part, 1) if isinstance(value, Mapping) else 1
+        factors[key] = (float(value), dotted)
+    return factors
+
+
+def _paper_section(suite: Suite, table: Table, task, profile: str) -> list[str]:
     paper = task.paper or {}
     methods = [m for m in suite.methods if m.name in paper]
     cols = [c for c in suite.columns if any(c.key in paper[m.name] for m in methods)]
+    units = _unit_factors(suite, task, profile)
+    converted = "; ".join(
+        f"our {c.label} × {units[c.key][0]:g} (`{units[c.key][1]}`; distances within a "
+        "slice, so an approximation where the nearest surface point lies in another slice)"
+        for c in cols
+        if c.key in units and units[c.key][0] != 1.0
+    )
     lines = [
-        f"Published numbers ({task.paper_source}) beside ours (mean over seeds, same scale).",
+        f"Published numbers ({task.paper_source}) beside ours (mean over seeds, in the paper's "
+        "units" + (f": {converted}" if converted else "") + ").",
         "",
         "| method | " + " | ".join(f"{c.label} ours | {c.label} paper" for c in cols) + " |",
         "|---|" + "---|---|" * len(cols),
@@ -165,7 +186,8 @@ def _paper_section(suite: Suite, table: Table, task) -> list[str]:
         for c in cols:
             ours = table.mean(task.name, m.name, c.key)
             theirs = paper[m.name].get(c.key)
-            cells.append("–" if ours is None else f"{ours * c.scale:.{c.digits}f}")
+            factor = units.get(c.key, (1.0, ""))[0]
+            cells.append("–" if ours is None else f"{ours * c.scale * factor:.{c.digits}f}")
             cells.append("–" if theirs is None else f"{theirs:.{c.digits}f}")
         lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
     lines += [
@@ -423,7 +445,7 @@ def render_suite(
         lines += [*_task_table(suite, table, task.name), ""]
         lines += _search_section(suite, Path(results), profile, task.name)
         if task.paper:
-            lines += [*_paper_section(suite, table, task), ""]
+            lines += [*_paper_section(suite, table, task, profile), ""]
         for path in pictures.get(task.name, []):
             rel = path.relative_to(page.parent)
             lines += [f"![{path.stem}]({rel.as_posix()})", ""]
