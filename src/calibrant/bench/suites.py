@@ -276,19 +276,19 @@ def crac_acdc() -> Suite:
         profile_notes={CONVERGED: _ACDC_CONVERGED_NOTE},
         paired_claims={CONVERGED: CRAC_PAIRED},
         reductions=(
-            "Preset `acdc_ce`: slices cropped/padded to 192×192 and downsampled ×2 to 96×96 "
-            "(HD95 is therefore in half-resolution voxels; beside the poster's it is multiplied "
-            "by 2), UNet with 16 base channels, depth 4 and batch norm instead of the 32-channel paper UNet "
-            "without normalisation, 10 epochs instead of 75, batch 16 instead of 4, Adam 2e-3 "
-            "with StepLR(8, 0.1) instead of Adam 1e-3 with StepLR(50, 0.1). BWCR: the "
-            "consistency weight l2 = 1 (not given in the paper), views drawn with p = 0.5 per "
-            "part (rotation ±15°, zoom ±10 %, shift ±10 %, intensity ±10 %; the ranges are ours). "
-            "Two extra rows investigate the short profile and are not methods of the papers: "
-            "`CRaC (ρ step 1)` lets ρ grow after every validation pass instead of every 10 "
-            "epochs (the published schedule's number of updates per run length), and `CRaC "
-            "(ρ₀ = 1)` starts ρ at the official config's 1 instead of the published runs' 0.1 "
-            "(METHODS §10 B7). The `(tuned)` rows choose MbLS's margin and NACL's weight on "
-            "the validation split by the papers' ECE (seed 1; grids and scores on the page)."
+            "Preset `acdc_ce`: slices cropped/padded to 192×192 and downsampled ×2 to 96×96 (HD95 "
+            "is therefore in half-resolution voxels; beside the poster's it is multiplied by 2), "
+            "UNet with 16 base channels, depth 4 and batch norm instead of the 32-channel paper "
+            "UNet without normalisation, 10 epochs instead of 75, batch 16 instead of 4, Adam 2e-3 "
+            "with StepLR(8, 0.1) instead of Adam 1e-3 with StepLR(50, 0.1). BWCR: the consistency "
+            "weight l2 = 1 (not given in the paper), views drawn with p = 0.5 per part (rotation "
+            "±15°, zoom ±10 %, shift ±10 %, intensity ±10 %; the ranges are ours). Two extra rows "
+            "investigate the short profile and are not methods of the papers: `CRaC (ρ step 1)` "
+            "lets ρ grow after every validation pass instead of every 10 epochs (the published "
+            "schedule's number of updates per run length), and `CRaC (ρ₀ = 1)` starts ρ at the "
+            "official config's 1 instead of the published runs' 0.1 (METHODS §10 B7). The `(tuned)`"
+            " rows choose MbLS's margin and NACL's weight on the validation split by the papers' "
+            "ECE (seed 1; grids and scores on the page)."
         ),
     )
 
