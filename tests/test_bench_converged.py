@@ -14,6 +14,7 @@ from calibrant.bench.runner import load_predictions, record_path
 from calibrant.bench.suite import Pilot
 from calibrant.bench.tables import render_suite
 from calibrant.cli import main
+from calibrant.config import load_config
 from calibrant.metrics import multilabel_calibration_error
 from calibrant.registry import METRICS, SUITES
 
@@ -184,8 +185,12 @@ def test_converged_profiles_are_defined_with_their_pilots():
             val = [m.get("as", m["name"]) for m in cfg["eval"]["val_metrics"]]
             test = [m.get("as", m["name"]) for m in cfg["eval"]["test_metrics"]]
             assert pilot.metric in val and pilot.metric in test
+    # crac-acdc's converged profile is the demo's regime: `make demo` is one seed of it
     acdc = SUITES.build("crac-acdc").config("acdc", "ce", "converged", 1)
-    assert acdc["model"]["norm"] == "none" and acdc["data"]["train_patients"] == 24
+    demo = load_config("acdc_demo_ce")
+    for section in ("data", "model", "optim", "sched", "train"):
+        assert acdc[section] == demo[section], section
+    assert acdc["data"]["train_patients"] == 12 and acdc["train"]["epochs"] == 30
     # the cpu records stay current: the profile changed nothing of the cpu configs
     assert all(r.done for r in plan(SUITES.build("spa-mulan"), "docs/results", "cpu"))
 

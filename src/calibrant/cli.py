@@ -507,7 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="reproduce a paper's comparison (resumable; writes docs/results/<suite>.md)",
     )
     p.add_argument("suite", help="a registered suite (see `calibrant list suites`)")
-    p.add_argument("--profile", default="cpu", help="cpu (this machine) | paper (GPU)")
+    p.add_argument(
+        "--profile",
+        default="cpu",
+        help="cpu (short, this machine) | converged (CE/BCE over-confident) | paper (GPU)",
+    )
     p.add_argument("--results", default="docs/results", help="JSON records and results pages")
     p.add_argument("--work", default="runs/bench", help="scratch run folders (checkpoints)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
