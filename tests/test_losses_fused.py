@@ -1,4 +1,7 @@
-"""The fused "CE + penalty" path (MbLS, NACL, CRaC) against the term-by-term composition."""
+"""The fused "CE + penalty" path (MbLS, NACL, CRaC) against the term-by-term composition.
+
+The chunk kernels live beside their terms; the runner (:mod:`calibrant.losses.fusion`) knows none.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,10 @@ import pytest
 import torch
 
 import calibrant.losses  # noqa: F401  (registers every loss)
-from calibrant.losses import _fused
+from calibrant.alm.term import _NeighborPHRChunks
+from calibrant.losses.classification import _MarginChunks
+from calibrant.losses.fusion import _CEPlus
+from calibrant.losses.spatial import _ScaledL1Chunks
 from calibrant.registry import ALM_PRESETS, LOSSES
 
 
@@ -93,12 +99,12 @@ def _kernels(x, y, generator):
     b = bnd.unsqueeze(1).double()
     f = f.double()
     return {
-        "margin_l1": lambda: _fused._Margin(0.5, "l1"),
-        "margin_l2": lambda: _fused._Margin(0.5, "l2"),
-        "margin_legacy_l2": lambda: _fused._Margin(0.5, "legacy_l2"),
-        "nacl": lambda: _fused._ScaledL1(tau, 1 / 9),
-        "phr_split": lambda: _fused._NeighborPHR(counts, f, b, lam, rho, 7.0),
-        "phr_shared": lambda: _fused._NeighborPHR(
+        "margin_l1": lambda: _MarginChunks(0.5, "l1"),
+        "margin_l2": lambda: _MarginChunks(0.5, "l2"),
+        "margin_legacy_l2": lambda: _MarginChunks(0.5, "legacy_l2"),
+        "nacl": lambda: _ScaledL1Chunks(tau, 1 / 9),
+        "phr_split": lambda: _NeighborPHRChunks(counts, f, b, lam, rho, 7.0),
+        "phr_shared": lambda: _NeighborPHRChunks(
             counts, f, b, lam[:1].expand(2, k), rho[:1].expand(2, k), 7.0
         ),
     }
@@ -113,7 +119,7 @@ def test_fused_function_gradcheck(kernel, generator):
     make = _kernels(x, y, generator)[kernel]
 
     def fn(t):
-        ce, pen = _fused._CEPlus.apply(t, y, make())
+        ce, pen = _CEPlus.apply(t, y, make())
         return ce, pen
 
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
@@ -153,7 +159,7 @@ def test_fused_crac_gradient_paths(shape, split, generator):
 def test_fused_ce_part_is_cross_entropy_sum(generator):
     x = (3 * torch.randn(2, 4, 6, 5, generator=generator, dtype=torch.float64)).requires_grad_()
     y = torch.randint(0, 4, (2, 6, 5), generator=generator)
-    ce, _ = _fused._CEPlus.apply(x, y, _fused._Margin(10.0, "l1"))
+    ce, _ = _CEPlus.apply(x, y, _MarginChunks(10.0, "l1"))
     want = torch.nn.functional.cross_entropy(x, y, reduction="sum")
     torch.testing.assert_close(ce, want)
     torch.testing.assert_close(torch.autograd.grad(ce, x)[0], torch.autograd.grad(want, x)[0])

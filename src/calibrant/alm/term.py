@@ -65,6 +65,7 @@ from calibrant.alm.constraints import (
 )
 from calibrant.alm.penalties import PenaltyFn, get_penalty
 from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
+from calibrant.losses.fusion import FusedPlan
 
 __all__ = ["ALMPenalty", "alm_terms"]
 
@@ -145,6 +146,80 @@ class _NeighborPHR(torch.autograd.Function):
             out = torch.mul(d, rho_map, out=g3[b, c, n])
             out.addcmul_(d.sign_(), lam_map)
         return gx, None, None, None, None, None, None, None
+
+
+class _NeighborPHRChunks:
+    r"""The fused-CE chunk kernel of the CRaC PHR penalty (see :class:`_NeighborPHR`).
+
+    With ``d = l − counts·f`` and λ, ρ per [region, class] (scaled by ``1/denom``), the forward
+    writes ``G = λ·sign(d) + ρ·d`` (``∂P/∂l`` for g = 1) and takes the value from it:
+    ``P = λ|d| + ρd²/2 = d·G − d·(ρd)/2`` (two dot products per chunk, no per-class sums).
+    ``backward`` (the recomputing path, used only by a second backward of the same graph)
+    rebuilds ``G`` from ``d``.
+    """
+
+    needs_max = False
+
+    def __init__(self, counts, f, bnd, lam, rho, denom: float) -> None:
+        self.counts, self.f, self.bnd = counts, f, bnd
+        self.lam, self.rho, self.denom = lam, rho, denom
+
+    def begin(self, xv: torch.Tensor) -> None:
+        b, k, n = xv.shape
+        self.c3 = self.counts.reshape(b, k, n)
+        self.f3, self.b3 = self.f.reshape(b, 1, n), self.bnd.reshape(b, 1, n)
+        self.sums = []  # per chunk: Σ d·G, Σ d·ρd (float32, dot products)
+        self.dtype = xv.dtype
+        self.coef = self._coef(xv, 1.0)
+
+    def _coef(self, xs: torch.Tensor, g) -> list:
+        """λ0, ρ0, Δλ, Δρ as ``(1, K, 1)`` (times ``g / denom``), and whether regions differ."""
+        k = xs.shape[1]
+        lam = self.lam.to(xs.dtype) * (g / self.denom)
+        rho = self.rho.to(xs.dtype) * (g / self.denom)
+        split = bool((lam[0] != lam[1]).any() or (rho[0] != rho[1]).any())
+        coef = [v.view(1, k, 1) for v in (lam[0], rho[0], lam[1] - lam[0], rho[1] - rho[0])]
+        return [*coef, split]
+
+    def _d(self, xs, bs, ps) -> torch.Tensor:
+        return torch.addcmul(xs, self.c3[bs, :, ps], self.f3[bs, :, ps], value=-1.0)
+
+    def _grad(self, d, bs, ps, coef, out) -> torch.Tensor:
+        """``out = λ·sign(d) + ρ·d`` (λ, ρ looked up by region); returns ``ρ·d``."""
+        lam0, rho0, dlam, drho, split = coef
+        if split:  # λ = λ0 + Δλ·bnd, ρ = ρ0 + Δρ·bnd (bnd broadcast over classes)
+            b = self.b3[bs, :, ps]
+            e = torch.mul(d, rho0)
+            sd = d.sign()
+            t = torch.mul(d, drho)
+            e.addcmul_(t, b)
+            torch.addcmul(e, sd, lam0, out=out)
+            out.addcmul_(torch.mul(sd, dlam, out=t), b)
+        else:
+            e = torch.mul(d, rho0)
+            torch.addcmul(e, d.sign(), lam0, out=out)
+        return e
+
+    def forward(self, xs, m, bs, ps) -> None:
+        self.forward_grad(xs, bs, ps, torch.empty_like(xs))
+
+    def forward_grad(self, xs, bs, ps, out) -> None:
+        d = self._d(xs, bs, ps)
+        e = self._grad(d, bs, ps, self.coef, out)
+        dv = d.view(-1)
+        self.sums.append(torch.stack([torch.dot(dv, out.view(-1)), torch.dot(dv, e.view(-1))]))
+
+    def value(self) -> torch.Tensor:
+        t = torch.stack(self.sums).double().sum(0)
+        self.sums = None
+        return (t[0] - 0.5 * t[1]).to(self.dtype)
+
+    def backward(self, xs, m, bs, ps, out, g) -> None:
+        if self.coef is None:  # once per backward: the coefficients times g
+            self.coef = self._coef(xs, g)
+        grad = torch.empty_like(xs)
+        self._grad(self._d(xs, bs, ps), bs, ps, self.coef, grad)
+        out.add_(grad)
 
 
 def _flat(x, counts, f, bnd, mask):
@@ -309,6 +384,33 @@ class ALMPenalty(nn.Module):
         lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
         bnd = boundary.unsqueeze(1)  # float32 {0, 1}
         return _NeighborPHR.apply(x, counts, f, bnd, m, lam, rho, float(denom))
+
+    def ce_kernel(
+        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
+    ) -> FusedPlan | None:
+        """The fused-CE plan (:mod:`calibrant.losses.fusion`) of PHR on the label-0 constraint.
+
+        Float32 logits with nothing ignored only (this term computes in float32).
+        """
+        if ignore_index != self.ignore_index or not self._fused_label0_phr(logits):
+            return None
+        con = self.constraint
+        check_logits_target(logits, target)
+        safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
+        if mask is not None or logits.dtype == torch.float64:
+            return None
+        counts, f, boundary = neighbor_parts(
+            safe,
+            None,
+            self.num_classes,
+            kernel_size=con.kernel_size,
+            inner_target_scale=con.inner_target_scale,
+        )
+        n = safe.numel()
+        denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
+        lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
+        kernel = _NeighborPHRChunks(counts, f, boundary.unsqueeze(1), lam, rho, float(denom))
+        return FusedPlan(logits.float(), safe, kernel, lambda value: value)
 
     def _params(self, v: Violations) -> tuple[torch.Tensor, torch.Tensor]:
         dim = v.h.dim()

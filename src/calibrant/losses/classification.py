@@ -39,6 +39,7 @@ from calibrant._checks import (
 )
 from calibrant._tensor import finite_or_raise, float32, labels_and_mask, reduce, row_chunks
 from calibrant.losses.combine import WeightedSum
+from calibrant.losses.fusion import FusedPlan, ce_plus
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -345,6 +346,43 @@ class _MarginPenalty(torch.autograd.Function):
 _MARGIN_CHUNK = 1 << 17
 
 
+class _MarginChunks:
+    """Fused-CE chunk kernel of ``Σ_i Σ_k φ(max_j l_ij − l_ik − m)`` (see ``_MarginPenalty``)."""
+
+    needs_max = True
+
+    def __init__(self, margin: float, norm: str) -> None:
+        self.margin, self.norm = margin, norm
+
+    def begin(self, xv: torch.Tensor) -> None:
+        self.total = xv.new_zeros(())
+
+    def _hinge(self, xs: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        h = torch.sub(m - self.margin, xs)
+        if self.norm != "legacy_l2":
+            h.clamp_min_(0.0)
+        return h
+
+    def forward(self, xs, m, bs, ps) -> None:
+        h = self._hinge(xs, m)
+        self.total += (h.square_() if self.norm != "l1" else h).sum()
+
+    def value(self) -> torch.Tensor:
+        return self.total
+
+    def backward(self, xs, m, bs, ps, out, g) -> None:
+        if self.norm == "l1":  # h > 0 exactly; comparisons written as floats (bool ops are slow)
+            dh = torch.lt(xs, m - self.margin, out=torch.empty_like(xs))
+        else:
+            dh = self._hinge(xs, m).mul_(2.0)
+        s = dh.sum(1, keepdim=True)
+        out.addcmul_(dh, g, value=-1.0)
+        # the max column: ∂max/∂l splits evenly over tied maxima, as autograd's amax does
+        at_max = torch.eq(xs, m, out=dh)
+        ties = at_max.sum(1, keepdim=True)
+        out.addcmul_(at_max, s.mul_(g).div_(ties))
+
+
 def _class_max(xs: torch.Tensor, out: torch.Tensor) -> None:
     """``out = xs.amax(1)`` for few classes, as a loop of element-wise maxima on slices."""
     out.copy_(xs[:, 0])
@@ -413,6 +451,29 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
         super().__init__()
         self.ignore_index, self.reduction = ignore_index, reduction
+
+    def fused_with(
+        self, other: nn.Module, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(CE, other's value)`` from one pass, if ``other`` offers a chunk kernel.
+
+        The hook :class:`~calibrant.losses.combine.WeightedSum` asks for: ``other`` may define
+        ``ce_kernel(logits, target, ignore_index) -> FusedPlan | None``
+        (:mod:`calibrant.losses.fusion`). Returns ``None`` (evaluate term by term) where either
+        term declines.
+        """
+        offer = getattr(other, "ce_kernel", None)
+        if offer is None or self.reduction not in ("mean", "sum"):
+            return None
+        if not (torch.is_tensor(logits) and logits.dim() >= 2 and logits.is_floating_point()):
+            return None
+        with float32(logits):
+            plan = offer(logits, target, self.ignore_index)
+            if plan is None:
+                return None
+            ce_sum, value = ce_plus(plan)
+        n = plan.labels.numel()
+        return (ce_sum if self.reduction == "sum" else ce_sum / max(n, 1)), value
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """See :func:`cross_entropy_loss`."""
@@ -512,6 +573,26 @@ class LogitMarginPenalty(nn.Module):
         check_choice("norm", norm, MARGIN_NORMS)
         self.margin, self.norm, self.class_reduction = margin, norm, class_reduction
         self.ignore_index, self.reduction = ignore_index, reduction
+
+    def ce_kernel(
+        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
+    ) -> FusedPlan | None:
+        """The fused-CE plan (:mod:`calibrant.losses.fusion`): every norm, nothing ignored."""
+        if ignore_index != self.ignore_index or self.reduction not in ("mean", "sum"):
+            return None
+        check_logits_target(logits, target, min_dims=2)
+        safe, mask = labels_and_mask(target, logits.shape[1], self.ignore_index)
+        if mask is not None:
+            return None
+        x = _as_float(logits)
+        k, n = x.shape[1], safe.numel()
+
+        def finish(total: torch.Tensor) -> torch.Tensor:
+            if self.class_reduction == "mean":
+                total = total / k
+            return total if self.reduction == "sum" else total / max(n, 1)
+
+        return FusedPlan(x, safe, _MarginChunks(float(self.margin), self.norm), finish)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """See :func:`logit_margin_penalty`."""

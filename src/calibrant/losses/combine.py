@@ -7,9 +7,9 @@ MbLS, NACL, ECP, LPR and the ALM penalties are all "task loss + weighted term"; 
 here means no class per combination and no tuple returns. ``terms`` gives the weighted parts by
 name for logging; ``forward`` gives their sum.
 
-A sum of exactly ``{"ce": CrossEntropyLoss, name: penalty}`` whose penalty has a fused kernel
-(MbLS margin, NACL, CRaC; see :mod:`calibrant.losses._fused`) is evaluated in one pass over the
-logits that returns both parts, so ``terms`` still reports them separately.
+A sum of two terms of which one offers a ``fused_with`` hook for the other (cross-entropy with
+the MbLS margin, NACL or CRaC penalty; see :mod:`calibrant.losses.fusion`) is evaluated in one
+pass over the logits that returns both parts, so ``terms`` still reports them separately.
 
 Example:
     >>> import torch
@@ -70,17 +70,22 @@ class WeightedSum(nn.Module):
         }
 
     def _fused(self, logits, target) -> dict[str, torch.Tensor] | None:
-        """Both terms of a fusable "CE + penalty" pair from one pass, else ``None``."""
-        if len(self.parts) != 2 or "ce" not in self.parts or 0.0 in self.weights.values():
-            return None
-        from calibrant.losses._fused import fused_terms  # lazy: _fused imports the losses
+        """Both terms of a two-term sum from one pass, if one term fuses with the other.
 
-        name = next(n for n in self.parts if n != "ce")
-        out = fused_terms(self.parts["ce"], self.parts[name], logits, target)
-        if out is None:
+        A term offers the fast path through a ``fused_with(other, logits, target)`` hook that
+        returns both unweighted values or ``None`` (:mod:`calibrant.losses.fusion`); the sum
+        knows nothing else about its terms.
+        """
+        if len(self.parts) != 2 or 0.0 in self.weights.values():
             return None
-        values = {"ce": out[0], name: out[1]}
-        return {n: self.weights[n] * values[n] for n in self.parts}
+        a, b = self.parts
+        for first, second in ((a, b), (b, a)):
+            hook = getattr(self.parts[first], "fused_with", None)
+            out = None if hook is None else hook(self.parts[second], logits, target)
+            if out is not None:
+                values = {first: out[0], second: out[1]}
+                return {n: self.weights[n] * values[n] for n in self.parts}
+        return None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Sum of the weighted terms."""

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import check_choice, check_positive
+from calibrant._checks import check_choice, check_logits_target, check_positive
 from calibrant._tensor import (
     PADDINGS,
     float32,
+    labels_and_mask,
     neighbor_proportions,
     reduce,
     row_chunks,
@@ -39,9 +40,11 @@ from calibrant._tensor import (
 from calibrant.losses.classification import (
     CLASS_REDUCTIONS,
     CrossEntropyLoss,
+    _as_float,
     prepare,
 )
 from calibrant.losses.combine import WeightedSum
+from calibrant.losses.fusion import FusedPlan
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -452,6 +455,29 @@ class _ScaledL1Sum(torch.autograd.Function):
         return gx, None, None, None
 
 
+class _ScaledL1Chunks:
+    """Fused-CE chunk kernel of ``Σ |l − s·τ|`` (NACL's mean-kernel L1; see ``_ScaledL1Sum``)."""
+
+    needs_max = False
+
+    def __init__(self, tau: torch.Tensor, scale: float) -> None:
+        self.tau, self.scale = tau, scale
+
+    def begin(self, xv: torch.Tensor) -> None:
+        self.t3 = self.tau.reshape(xv.shape)
+        self.total = xv.new_zeros(())
+
+    def forward(self, xs, m, bs, ps) -> None:
+        self.total += torch.sub(xs, self.t3[bs, :, ps], alpha=self.scale).abs_().sum()
+
+    def value(self) -> torch.Tensor:
+        return self.total
+
+    def backward(self, xs, m, bs, ps, out, g) -> None:
+        d = torch.sub(xs, self.t3[bs, :, ps], alpha=self.scale)
+        out.addcmul_(d.sign_(), g)
+
+
 def _nacl_fast(x, target, mask, *, kernel_size, padding, ignore_index, class_reduction, reduction):
     """Mean-kernel L1 NACL on logits through :class:`_ScaledL1Sum` (``mean``/``sum`` only)."""
     k = x.shape[1]
@@ -622,6 +648,41 @@ class NeighborPenalty(nn.Module):
             "ignore_index": ignore_index,
             "reduction": reduction,
         }
+
+    def ce_kernel(
+        self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
+    ) -> FusedPlan | None:
+        """The fused-CE plan (:mod:`calibrant.losses.fusion`).
+
+        Only for the mean kernel, L1 on logits, ``label0``/``zeros`` padding and nothing
+        ignored.
+        """
+        kw = self.kwargs
+        if not (
+            kw["ignore_index"] == ignore_index
+            and kw["kernel"] == "mean"
+            and kw["distance"] == "l1"
+            and kw["on"] == "logits"
+            and kw["padding"] in ("label0", "zeros")
+            and kw["reduction"] in ("mean", "sum")
+        ):
+            return None
+        check_logits_target(logits, target, min_dims=3)
+        k = logits.shape[1]
+        safe, mask = labels_and_mask(target, k, kw["ignore_index"])
+        if mask is not None:
+            return None
+        x = _as_float(logits)
+        tau = window_counts(safe, k, kernel_size=kw["kernel_size"], padding=kw["padding"])
+        scale = 1.0 / kw["kernel_size"] ** (x.dim() - 2)
+        n = safe.numel()
+
+        def finish(total: torch.Tensor) -> torch.Tensor:
+            if kw["class_reduction"] == "mean":
+                total = total / k
+            return total if kw["reduction"] == "sum" else total / max(n, 1)
+
+        return FusedPlan(x, safe, _ScaledL1Chunks(tau, scale), finish)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """See :func:`neighbor_penalty`."""
