@@ -1,10 +1,15 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import calibrant
 from calibrant._checks import check_labels_in_range, check_logits_target
 from calibrant._tensor import boundary_mask, neighbor_proportions, reduce, valid_mask
-from calibrant.registry import Registry
+from calibrant.registry import SUITES, Registry
 
 
 def test_registry_close_match_and_meta():
@@ -19,7 +24,18 @@ def test_registry_close_match_and_meta():
 
 
 def test_version():
-    assert calibrant.__version__
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    declared = re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.MULTILINE)
+    assert declared and calibrant.__version__ == declared.group(1)
+
+
+def test_the_public_import_does_not_load_the_benchmarks():
+    code = "import sys, calibrant; print('calibrant.bench' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    # the suites load on their first lookup
+
+    assert "crac-acdc" in SUITES.names()
 
 
 def test_checks_messages():

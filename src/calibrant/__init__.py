@@ -2,10 +2,12 @@
 
 Losses, augmented-Lagrangian constraints, streaming calibration and segmentation metrics,
 post-hoc calibrators, dataset loaders, models and a training engine. Importing the package
-registers every method, metric, model and dataset by name (see :mod:`calibrant.registry`).
+registers every method, metric, model and dataset by name (see :mod:`calibrant.registry`); the
+benchmark suites (:mod:`calibrant.bench`) load on their first lookup in ``SUITES``.
 """
 
-from calibrant import alm, bench, data, losses, metrics, models, posthoc  # noqa: F401  (registers)
+from calibrant import alm, data, losses, metrics, models, posthoc  # noqa: F401  (registers)
+from calibrant._version import __version__
 from calibrant.registry import (
     ALM_PRESETS,
     CALIBRATORS,
@@ -15,8 +17,6 @@ from calibrant.registry import (
     MODELS,
     SUITES,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALM_PRESETS",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import re
 
+from calibrant._version import __version__
+
 __all__ = [
     "MissingExtraError",
     "extra_for_module",
@@ -47,8 +49,6 @@ def version() -> str:
     try:
         return md.version("calibrant")
     except md.PackageNotFoundError:
-        from calibrant import __version__
-
         return __version__
 
 

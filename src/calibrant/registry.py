@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,11 +56,23 @@ class Registry:
 
     Args:
         kind: what the registry holds, used in error messages ("loss", "dataset", ...).
+        providers: modules whose import registers the entries, imported on the first lookup
+            (for entries that live in a higher layer that ``import calibrant`` does not load,
+            such as the benchmark suites).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, providers: tuple[str, ...] = ()) -> None:
         self.kind = kind
-        self._entries: dict[str, Entry] = {}
+        self.providers = providers
+        self._registered: dict[str, Entry] = {}
+
+    @property
+    def _entries(self) -> dict[str, Entry]:
+        """The table, after importing the providers once."""
+        while self.providers:
+            module, self.providers = self.providers[0], self.providers[1:]
+            importlib.import_module(module)
+        return self._registered
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[Callable], Callable]:
         """Decorator registering ``factory`` under ``name`` (default: its ``__name__``).
@@ -74,9 +87,9 @@ class Registry:
 
         def decorator(factory: Callable) -> Callable:
             key = name or factory.__name__
-            if key in self._entries:
+            if key in self._registered:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
-            self._entries[key] = Entry(key, factory, dict(meta))
+            self._registered[key] = Entry(key, factory, dict(meta))
             return factory
 
         return decorator
@@ -126,4 +139,4 @@ CALIBRATORS = Registry("calibrator")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
 ALM_PRESETS = Registry("ALM preset")
-SUITES = Registry("benchmark suite")
+SUITES = Registry("benchmark suite", providers=("calibrant.bench.suites",))  # bench is not public
