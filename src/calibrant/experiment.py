@@ -34,7 +34,7 @@ from torch.optim import lr_scheduler
 from calibrant.distributed import sync_batchnorm
 from calibrant.engine import EpochSampler, fit, predict_volume
 from calibrant.models import to_channels_last
-from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS
+from calibrant.registry import ALM_PRESETS, CALIBRATORS, DATASETS, LOSSES, METRICS, MODELS
 
 __all__ = [
     "Experiment",
@@ -185,17 +185,17 @@ def build_metrics(specs: Iterable[Mapping[str, Any]], info: Any) -> dict[str, An
     return metrics
 
 
-SPA_PARAMS = ("zeta_pos", "k_pos", "b_pos", "zeta_neg", "k_neg", "b_neg")
-
-
 def build_output_transform(loss_cfg: Mapping[str, Any]) -> nn.Module | None:
-    """The prediction-time map a loss implies: the SPA inverse link for SPA losses, else None."""
-    name, kw = _kwargs(loss_cfg)
-    if name in ("spa", "spa_lpr"):
-        from calibrant.posthoc.links import SPALink
+    """The prediction-time map a loss implies, or None.
 
-        return SPALink(**{k: v for k, v in kw.items() if k in SPA_PARAMS})
-    return None
+    A loss whose registration names a ``link`` (SPA: ``"spa_link"``, its inverse link) is read
+    through that calibrator, built from the loss's own keyword arguments.
+    """
+    name, kw = _kwargs(loss_cfg)
+    link = LOSSES.meta(name).get("link") if name in LOSSES else None
+    if link is None:
+        return None
+    return CALIBRATORS.get(link).factory.from_loss_kwargs(**kw)
 
 
 def build_data(cfg: Mapping[str, Any], root: Any, split: str) -> Any:

@@ -394,16 +394,16 @@ def class_label(k: int, class_names: list[str] | tuple[str, ...] | None = None) 
 
 def _infer_slots(shape: tuple[int, ...], class_names) -> list[str]:
     """Slot names from the λ shape alone (metrics.json written before slot names were saved)."""
-    from calibrant.alm.constraints import Layout
+    from calibrant.alm.layouts import make_layout
 
     k = len(class_names) if class_names else None
     if len(shape) == 2 and shape[0] == 2:
-        return Layout("region_class", shape[1]).slot_names(class_names)
+        return make_layout("region_class", shape[1]).slot_names(class_names)
     n = int(torch.Size(shape).numel())
     if n == 1:
         return ["all"]
     if k == n:
-        return Layout("class", n).slot_names(class_names)
+        return make_layout("class", n).slot_names(class_names)
     return [f"slot {j}" for j in range(n)]
 
 

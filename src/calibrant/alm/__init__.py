@@ -2,19 +2,19 @@
 
 Four small parts (STYLE.md §1.6 and §1.7): a pure constraint (:mod:`.constraints`), a pure
 penalty with its derivative (:mod:`.penalties`), pure update rules (:mod:`.rules`) and one
-stateful module, :class:`ALMPenalty` (:mod:`.term`). Named presets (CALS-ALM, CALS-HR, CRaC and
+stateful module, :class:`ALMPenalty` (:mod:`.term`); slot layouts are objects
+(:mod:`.layouts`). Named presets (CALS-ALM, CALS-HR, CRaC and
 its ablations, NACL) are registered in :data:`calibrant.registry.ALM_PRESETS` (:mod:`.presets`).
 """
 
 from calibrant.alm.constraints import (
-    LAYOUTS,
-    Layout,
     MarginConstraint,
     NeighborConstraint,
     Violations,
     margin_violation,
     neighbor_violation,
 )
+from calibrant.alm.layouts import LAYOUTS, Layout, make_layout
 from calibrant.alm.penalties import PENALTIES, get_penalty, p2, p3, phr, relu
 from calibrant.alm.presets import (
     cals_alm,
@@ -47,6 +47,7 @@ __all__ = [
     "crac_global",
     "crac_region",
     "get_penalty",
+    "make_layout",
     "margin_violation",
     "nacl",
     "neighbor_violation",

@@ -1,31 +1,14 @@
-r"""Constraints of the ALM methods: ``(logits, target) -> violations`` and their slot layout.
+r"""Constraints of the ALM methods: ``(logits, target) -> violations``.
 
 A constraint maps logits ``(B, K, *spatial)`` and labels ``(B, *spatial)`` to one violation per
 element and class, ``h`` of shape ``(B, K, *spatial)`` (``h <= 0`` is satisfied), plus the
 validity mask (ignored pixels never enter) and, for the neighbourhood constraint, each pixel's
-region (inner or boundary). A *layout* then says which multiplier (slot) each entry uses:
-
-==================  ============  ===========================  =======================
-layout              slots shape   slot of entry (i, k)         used by
-==================  ============  ===========================  =======================
-``"global"``        ``(1,)``      0                            NACL, ``crac_global``
-``"class"``         ``(K,)``      k                            CALS, ``crac_class``
-``"region"``        ``(2,)``      r(i)                         ``crac_region``
-``"region_class"``  ``(2, K)``    ``[r(i), k]``                CRaC
-==================  ============  ===========================  =======================
-
-Regions are stored ``[region, class]`` with region 0 = inner (one label in the window) and
-region 1 = boundary (two or more labels); the research code orders ``[outer, inner]``
-(METHODS.md B4).
-
-Each slot stands for ``columns_per_slot`` columns of the research code's per-pixel constraint
-matrix (``K`` for one global or per-region multiplier, 1 otherwise), so that the penalty mean runs
-over ``N · num_slots · columns_per_slot`` entries exactly like the code (``N · 2K`` for CRaC,
-whose entries from the other region are 0).
+region (inner or boundary). Which multiplier each entry uses is the business of a slot layout
+(:mod:`calibrant.alm.layouts`).
 
 Example:
     >>> import torch
-    >>> from calibrant.alm.constraints import NeighborConstraint, Layout
+    >>> from calibrant.alm.constraints import NeighborConstraint
     >>> y = torch.tensor([[[0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 1]]])
     >>> v = NeighborConstraint(inner_target_scale=5.0)(torch.zeros(1, 2, 3, 4), y)
     >>> v.region.int()  # 1 = boundary
@@ -34,13 +17,10 @@ Example:
              [0, 0, 1, 1]]], dtype=torch.int32)
     >>> round(v.h[0, 0, 1, 0].item(), 4), round(v.h[0, 0, 1, 2].item(), 4)  # |5·1 - 0|, |6/9 - 0|
     (5.0, 0.6667)
-    >>> Layout("region_class", 2).shape
-    (2, 2)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,19 +36,12 @@ from calibrant._tensor import (
 )
 
 __all__ = [
-    "LAYOUTS",
-    "Layout",
     "Violations",
     "margin_violation",
     "neighbor_violation",
     "MarginConstraint",
     "NeighborConstraint",
-    "slot_values",
-    "slot_sums",
-    "slot_counts",
 ]
-
-LAYOUTS = ("global", "class", "region", "region_class")
 
 
 class Violations(NamedTuple):
@@ -84,69 +57,6 @@ class Violations(NamedTuple):
     h: torch.Tensor
     mask: torch.Tensor
     region: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which multiplier slot each violation entry uses.
-
-    Args:
-        name: one of ``"global"``, ``"class"``, ``"region"``, ``"region_class"``.
-        num_classes: number of classes ``K``.
-    """
-
-    name: str
-    num_classes: int
-
-    def __post_init__(self) -> None:
-        check_choice("layout", self.name, LAYOUTS)
-        if int(self.num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the λ and ρ buffers."""
-        k = self.num_classes
-        return {"global": (1,), "class": (k,), "region": (2,), "region_class": (2, k)}[self.name]
-
-    @property
-    def num_slots(self) -> int:
-        """Number of multipliers."""
-        return int(torch.Size(self.shape).numel())
-
-    @property
-    def columns_per_slot(self) -> int:
-        """Per-pixel constraint columns that share one slot (``K`` or 1)."""
-        return self.num_classes if self.name in ("global", "region") else 1
-
-    @property
-    def needs_region(self) -> bool:
-        """Whether the layout indexes slots by region."""
-        return self.name in ("region", "region_class")
-
-    def slot_names(self, class_names: Sequence[str] | None = None, sep: str = "/") -> list[str]:
-        """One readable name per slot, in the (row-major) order of :attr:`shape`.
-
-        Regions are ``inner`` and ``boundary``; classes take ``class_names`` when given (else
-        ``class <k>``); the global slot is ``all``. Loggers and figures use these names.
-
-        Example:
-            >>> Layout("region_class", 2).slot_names(["background", "LV"])
-            ['inner/background', 'inner/LV', 'boundary/background', 'boundary/LV']
-            >>> Layout("class", 2).slot_names(), Layout("global", 3).slot_names()
-            (['class 0', 'class 1'], ['all'])
-        """
-        k = self.num_classes
-        if class_names is None or len(class_names) != k:
-            class_names = [f"class {i}" for i in range(k)]
-        regions = ("inner", "boundary")
-        if self.name == "global":
-            return ["all"]
-        if self.name == "class":
-            return [str(c) for c in class_names]
-        if self.name == "region":
-            return list(regions)
-        return [f"{r}{sep}{c}" for r in regions for c in class_names]
 
 
 def margin_violation(
@@ -383,76 +293,3 @@ class NeighborConstraint:
             ignore_index=ignore_index,
         )
         return Violations(h, mask, boundary)
-
-
-def _view_classes(values: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``(K,)`` -> ``(1, K, 1, ...)`` with ``ndim`` dims in total."""
-    return values.reshape(1, -1, *([1] * (ndim - 2)))
-
-
-def slot_values(
-    values: torch.Tensor, layout: Layout, region: torch.Tensor | None, ndim: int
-) -> torch.Tensor:
-    """Expand per-slot values (λ or ρ, shaped ``layout.shape``) to broadcast against ``h``.
-
-    Args:
-        values: ``layout.shape`` tensor.
-        layout: the slot layout.
-        region: bool ``(B, *spatial)`` (True = boundary) for region layouts, else ignored.
-        ndim: ``h.dim()``.
-
-    Returns:
-        A tensor broadcastable to ``h`` (``(B, K, *spatial)``).
-    """
-    if layout.name == "global":
-        return values.reshape([1] * ndim)
-    if layout.name == "class":
-        return _view_classes(values, ndim)
-    r = region.unsqueeze(1)
-    if layout.name == "region":
-        return torch.where(r, values[1], values[0])
-    return torch.where(r, _view_classes(values[1], ndim), _view_classes(values[0], ndim))
-
-
-def slot_sums(x: torch.Tensor, layout: Layout, region: torch.Tensor | None) -> torch.Tensor:
-    """Sum of per-entry values by slot, in float64.
-
-    Args:
-        x: ``(B, K, *spatial)`` values, already zero where masked.
-        layout: the slot layout.
-        region: bool ``(B, *spatial)`` for region layouts.
-
-    Returns:
-        float64 tensor of ``layout.shape``.
-    """
-    x = x.double()
-    dims = [0, *range(2, x.dim())]
-    if layout.name == "global":
-        return x.sum().reshape(1)
-    if layout.name == "class":
-        return x.sum(dims)
-    r = region.unsqueeze(1)
-    zero = x.new_zeros(())
-    inner = torch.where(r, zero, x).sum(dims)
-    outer = torch.where(r, x, zero).sum(dims)
-    out = torch.stack([inner, outer])
-    return out.sum(1) if layout.name == "region" else out
-
-
-def slot_counts(mask: torch.Tensor, layout: Layout, region: torch.Tensor | None) -> torch.Tensor:
-    """Number of valid violation entries per slot (int64, ``layout.shape``).
-
-    Args:
-        mask: bool ``(B, *spatial)`` of valid pixels.
-        layout: the slot layout.
-        region: bool ``(B, *spatial)`` for region layouts.
-    """
-    k = layout.num_classes
-    n = mask.sum()
-    if layout.name == "global":
-        return (n * k).reshape(1)
-    if layout.name == "class":
-        return n.expand(k).clone()
-    n_outer = (mask & region).sum()
-    pair = torch.stack([n - n_outer, n_outer])
-    return pair * k if layout.name == "region" else pair.unsqueeze(1).expand(2, k).clone()

@@ -52,6 +52,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -72,8 +73,6 @@ __all__ = [
     "heuristic_update",
     "update",
 ]
-
-RULES = ("alm", "heuristic", "fixed")
 
 
 @dataclass(frozen=True)
@@ -253,19 +252,39 @@ def update(state: ALMState, stats: Statistics, cfg: RuleConfig) -> ALMState:
     Returns:
         The new state.
     """
-    epoch = int(state.epoch)
-    lam, rho, prev, has_prev = state.lam, state.rho, state.prev, state.has_prev
-    if cfg.rule == "fixed":
-        return state._replace(epoch=state.epoch + 1)
-    if cfg.rule == "heuristic":
-        n = stats.count if cfg.per_region_mean else stats.rows
-        score = _mean(stats.value_sum, n, torch.zeros_like(stats.value_sum))
-        if is_due(epoch, cfg.lambda_step) and bool(prev.ne(0).any()):
-            lam = heuristic_update(lam, score, prev, cfg)
-        return ALMState(lam, rho, score, torch.tensor(True), state.epoch + 1)
+    return _RULES[cfg.rule](state, stats, cfg)
+
+
+def _fixed_step(state: ALMState, stats: Statistics, cfg: RuleConfig) -> ALMState:
+    """NACL: λ and ρ never change; only the epoch counts."""
+    return state._replace(epoch=state.epoch + 1)
+
+
+def _heuristic_step(state: ALMState, stats: Statistics, cfg: RuleConfig) -> ALMState:
+    """CALS-HR: λ ×γ or ÷γ from this epoch's mean penalty against the last one."""
+    lam, prev = state.lam, state.prev
+    n = stats.count if cfg.per_region_mean else stats.rows
+    score = _mean(stats.value_sum, n, torch.zeros_like(stats.value_sum))
+    if is_due(int(state.epoch), cfg.lambda_step) and bool(prev.ne(0).any()):
+        lam = heuristic_update(lam, score, prev, cfg)
+    return ALMState(lam, state.rho, score, torch.tensor(True), state.epoch + 1)
+
+
+def _alm_step(state: ALMState, stats: Statistics, cfg: RuleConfig) -> ALMState:
+    """CALS-ALM and CRaC: the λ update with the old ρ, then the ρ growth test."""
+    epoch, lam, rho = int(state.epoch), state.lam, state.rho
     curr = mean_violation(stats, cfg)
     if is_due(epoch, cfg.lambda_step):
         lam = lambda_update(lam, rho, stats, cfg)
-    if cfg.rho_step > 0 and is_due(epoch, cfg.rho_step) and bool(has_prev):
-        rho = rho_update(rho, curr, prev, cfg)
+    if cfg.rho_step > 0 and is_due(epoch, cfg.rho_step) and bool(state.has_prev):
+        rho = rho_update(rho, curr, state.prev, cfg)
     return ALMState(lam, rho, curr, torch.tensor(True), state.epoch + 1)
+
+
+_RULES: dict[str, Callable[[ALMState, Statistics, RuleConfig], ALMState]] = {
+    "alm": _alm_step,
+    "heuristic": _heuristic_step,
+    "fixed": _fixed_step,
+}
+#: The rule names a configuration may give.
+RULES = tuple(_RULES)

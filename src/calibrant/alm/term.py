@@ -54,15 +54,8 @@ from torch import nn
 
 from calibrant._checks import check_logits_target
 from calibrant._tensor import finite_or_raise, float32, labels_and_mask, row_chunks
-from calibrant.alm.constraints import (
-    Layout,
-    NeighborConstraint,
-    Violations,
-    neighbor_parts,
-    slot_counts,
-    slot_sums,
-    slot_values,
-)
+from calibrant.alm.constraints import NeighborConstraint, Violations, neighbor_parts
+from calibrant.alm.layouts import Layout, make_layout
 from calibrant.alm.penalties import PenaltyFn, get_penalty
 from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
 from calibrant.losses.fusion import FusedPlan
@@ -230,13 +223,6 @@ def _flat(x, counts, f, bnd, mask):
     return flat
 
 
-def _pair_table(values: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Per-slot values as a ``(2, K)`` ``[region, class]`` table."""
-    k = layout.num_classes
-    shape = {"global": (1, 1), "class": (1, k), "region": (2, 1), "region_class": (2, k)}
-    return values.reshape(shape[layout.name]).expand(2, k).float()
-
-
 class ALMPenalty(nn.Module):
     """Augmented-Lagrangian penalty term with per-slot multipliers λ and coefficients ρ.
 
@@ -245,7 +231,8 @@ class ALMPenalty(nn.Module):
         constraint: a :class:`~calibrant.alm.constraints.MarginConstraint`,
             :class:`~calibrant.alm.constraints.NeighborConstraint` or any callable
             ``(logits, target, ignore_index) -> Violations``.
-        layout: ``"global" | "class" | "region" | "region_class"`` (slots ``1 | K | 2 | 2×K``).
+        layout: a :class:`~calibrant.alm.layouts.Layout` or its name, ``"global" | "class" |
+            "region" | "region_class"`` (slots ``1 | K | 2 | 2×K``).
         rule: ``"alm"`` (CALS/CRaC), ``"heuristic"`` (CALS-HR) or ``"fixed"`` (NACL).
         penalty: ``"phr" | "p2" | "p3" | "relu"``.
         lambda_init: initial λ (default ``lambda_min``); must lie in ``[lambda_min, lambda_max]``.
@@ -279,7 +266,7 @@ class ALMPenalty(nn.Module):
         num_classes: int,
         constraint: Constraint,
         *,
-        layout: str = "class",
+        layout: str | Layout = "class",
         rule: str = "alm",
         penalty: str = "phr",
         lambda_init: float | None = None,
@@ -296,7 +283,7 @@ class ALMPenalty(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        self.layout = Layout(layout, num_classes)
+        self.layout = make_layout(layout, num_classes)
         self.cfg = RuleConfig(
             rule=rule,
             penalty=penalty,
@@ -381,7 +368,7 @@ class ALMPenalty(nn.Module):
         n = safe.numel() if mask is None else int(mask.sum())
         denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
         m = None if mask is None else mask.unsqueeze(1).float()
-        lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
+        lam, rho = self.layout.pair_table(self.lam), self.layout.pair_table(self.rho)
         bnd = boundary.unsqueeze(1)  # float32 {0, 1}
         return _NeighborPHR.apply(x, counts, f, bnd, m, lam, rho, float(denom))
 
@@ -408,14 +395,14 @@ class ALMPenalty(nn.Module):
         )
         n = safe.numel()
         denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
-        lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
+        lam, rho = self.layout.pair_table(self.lam), self.layout.pair_table(self.rho)
         kernel = _NeighborPHRChunks(counts, f, boundary.unsqueeze(1), lam, rho, float(denom))
         return FusedPlan(logits.float(), safe, kernel, lambda value: value)
 
     def _params(self, v: Violations) -> tuple[torch.Tensor, torch.Tensor]:
         dim = v.h.dim()
-        lam = slot_values(self.lam.float(), self.layout, v.region, dim)
-        rho = slot_values(self.rho.float(), self.layout, v.region, dim)
+        lam = self.layout.expand(self.lam.float(), v.region, dim)
+        rho = self.layout.expand(self.rho.float(), v.region, dim)
         return lam, rho
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -459,7 +446,7 @@ class ALMPenalty(nn.Module):
             inner_target_scale=con.inner_target_scale,
         )
         counts, f, bnd = counts.reshape(b, k, -1), f.reshape(b, -1), boundary.reshape(b, -1)
-        lam, rho = _pair_table(self.lam, self.layout), _pair_table(self.rho, self.layout)
+        lam, rho = self.layout.pair_table(self.lam), self.layout.pair_table(self.rho)
         lo, hi = self.cfg.lambda_min, self.cfg.lambda_max
         lam_l, rho_l = lam.tolist(), rho.tolist()
         n = x.shape[2]
@@ -484,29 +471,11 @@ class ALMPenalty(nn.Module):
         n_b = int(boundary.sum(dtype=torch.float64))  # exact count
         n_in = b * n - n_b
         lam64, rho64 = lam.double(), rho.double()
-        table = {"viol": s1, "value": lam64 * s1 + 0.5 * rho64 * s2, "grad": sg}
-        name = self.layout.name
-        for key, t in table.items():
-            if name == "global":
-                t = t.sum().reshape(1)
-            elif name == "class":
-                t = t.sum(0)
-            elif name == "region":
-                t = t.sum(1)
-            table[key] = t
-        self.acc_grad += table["grad"]
-        self.acc_viol += table["viol"]
-        self.acc_value += table["value"]
+        self.acc_grad += self.layout.from_pairs(sg)
+        self.acc_viol += self.layout.from_pairs(s1)
+        self.acc_value += self.layout.from_pairs(lam64 * s1 + 0.5 * rho64 * s2)
         pix = torch.tensor([n_in, n_b], dtype=torch.int64, device=x.device)
-        if name == "global":
-            cnt = (pix.sum() * k).reshape(1)
-        elif name == "class":
-            cnt = pix.sum().expand(k).clone()
-        elif name == "region":
-            cnt = pix * k
-        else:
-            cnt = pix.unsqueeze(1).expand(2, k).clone()
-        self.acc_count += cnt
+        self.acc_count += self.layout.pair_counts(pix)
         self.acc_pixels += b * n
         return True
 
@@ -523,10 +492,10 @@ class ALMPenalty(nn.Module):
             m = v.mask.unsqueeze(1)
             zero = v.h.new_zeros(())
             lay, reg = self.layout, v.region
-            self.acc_grad += slot_sums(torch.where(m, grad, zero), lay, reg)
-            self.acc_viol += slot_sums(torch.where(m, v.h, zero), lay, reg)
-            self.acc_value += slot_sums(torch.where(m, value, zero), lay, reg)
-            self.acc_count += slot_counts(v.mask, lay, reg)
+            self.acc_grad += lay.sums(torch.where(m, grad, zero), reg)
+            self.acc_viol += lay.sums(torch.where(m, v.h, zero), reg)
+            self.acc_value += lay.sums(torch.where(m, value, zero), reg)
+            self.acc_count += lay.counts(v.mask, reg)
             self.acc_pixels += v.mask.sum()
 
     # -- dual step ---------------------------------------------------------------------------

@@ -414,7 +414,7 @@ class SampleMean(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-@LOSSES.register("spa", task="multilabel", granularity="element", spatial=False)
+@LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
 def _build_spa(**kwargs: Any) -> SPALoss:
     return SPALoss(**kwargs)
 
@@ -439,7 +439,7 @@ def _with_lpr(
     )
 
 
-@LOSSES.register("spa_lpr", task="multilabel", granularity="sample", spatial=False)
+@LOSSES.register("spa_lpr", task="multilabel", granularity="sample", spatial=False, link="spa_link")
 def _build_spa_lpr(
     *, lam: float = 1.0, ignore_index: int | None = -100, reduction: str = "mean", **spa: float
 ) -> WeightedSum:

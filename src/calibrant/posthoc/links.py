@@ -52,6 +52,17 @@ class SPALink(_FixedMap):
         super().__init__()
         self.params = {**SPA_DEFAULTS, **params}
 
+    @classmethod
+    def from_loss_kwargs(cls, **loss_kwargs: Any) -> SPALink:
+        """The link of a loss configured with ``loss_kwargs`` (its SPA parameters; the rest,
+        such as ``reduction`` or the LPR weight, is not the link's business).
+
+        Example:
+            >>> SPALink.from_loss_kwargs(zeta_pos=2.0, reduction="mean").params["zeta_pos"]
+            2.0
+        """
+        return cls(**{k: v for k, v in loss_kwargs.items() if k in SPA_DEFAULTS})
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated log-odds ``spa_logit(v)``."""
         return spa_logit(logits.float(), **self.params)
