@@ -143,7 +143,11 @@ def accuracy(
     return correct.double() / total.double()  # 0 / 0 = NaN when everything is ignored
 
 
-@METRICS.register("accuracy", task="multiclass", better="higher", legend="top-1 accuracy")
+# checks_finite=False: accuracy needs only the argmax, which is defined for any input (NaN counts
+# as the maximum), so it skips the extra pass over the logits that a finiteness check costs.
+@METRICS.register(
+    "accuracy", task="multiclass", better="higher", legend="top-1 accuracy", checks_finite=False
+)
 class Accuracy(Metric):
     """Streaming top-1 accuracy with int64 ``correct`` / ``total`` states (exact).
 
@@ -384,6 +388,13 @@ def _indicator(queries: Sequence[Query], num_labels: int, device) -> tuple[torch
     return pos, neg
 
 
+def _check_retrieval_target(scores: torch.Tensor, target: torch.Tensor) -> None:
+    if scores.shape != target.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} must equal {tuple(scores.shape)}")
+    if bool(((target != 0) & (target != 1)).any()):
+        raise ValueError("multi-label target must hold only 0 and 1")
+
+
 def retrieval_score(
     scores: torch.Tensor,
     queries: Sequence[Query],
@@ -538,10 +549,7 @@ def retrieval_map(
         >>> retrieval_map(v, y, [([0], [1]), ([0, 1], [])])
         tensor(1., dtype=torch.float64)
     """
-    if scores.shape != target.shape:
-        raise ValueError(f"target shape {tuple(target.shape)} must equal {tuple(scores.shape)}")
-    if bool(((target != 0) & (target != 1)).any()):
-        raise ValueError("multi-label target must hold only 0 and 1")
+    _check_retrieval_target(scores, target)
     s = retrieval_score(scores, queries, probs=probs)
     ap = _ap_columns(s, retrieval_relevance(target, queries))
     if not average:
@@ -587,8 +595,7 @@ class RetrievalMAP(Metric):
 
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         """Store the batch's query scores and relevance."""
-        if scores.shape != target.shape:
-            raise ValueError(f"target shape {tuple(target.shape)} must equal {tuple(scores.shape)}")
+        _check_retrieval_target(scores, target)
         self.scores.append(retrieval_score(scores.detach(), self.queries, probs=self.probs))
         self.relevant.append(retrieval_relevance(target, self.queries))
 
