@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 from torchmetrics import Metric
 
 from calibrant._checks import check_choice
@@ -26,17 +27,19 @@ __all__ = ["CalMetric", "Inputs", "MeanMetric", "ratio"]
 
 
 class Inputs(NamedTuple):
-    """Which elements a calibration metric reads, and whether they are logits or probabilities.
+    """What a batch must look like, and which of its elements a calibration metric reads.
 
     Attributes:
         ignore_index: label excluded from the metric (``None``: none).
         pixel_subset: ``"all"`` or ``"gt_fg"`` (only elements whose label is not 0).
         input_kind: ``"logits"`` or ``"probs"``.
+        num_classes: if given, the number of classes the logits must have on dim 1.
     """
 
     ignore_index: int | None = -100
     pixel_subset: str = "all"
     input_kind: str = "logits"
+    num_classes: int | None = None
 
     def check(self) -> Inputs:
         """Raise on an unknown ``pixel_subset`` or ``input_kind``; return ``self``."""
@@ -44,38 +47,24 @@ class Inputs(NamedTuple):
         check_choice("input_kind", self.input_kind, K.INPUT_KINDS)
         return self
 
-    def check_batch(
-        self,
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        mask: torch.Tensor | None,
-        *,
-        num_classes: int | None = None,
-    ) -> None:
+    def check_batch(self, logits: Tensor, target: Tensor, mask: Tensor | None) -> None:
         """Shape, dtype and option checks of a batch (values are checked as they are read)."""
         K.check_inputs(
             logits,
             target,
-            num_classes=num_classes,
+            num_classes=self.num_classes,
             mask=mask,
             input_kind=self.input_kind,
             pixel_subset=self.pixel_subset,
         )
 
-    def chunks(
-        self,
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        mask: torch.Tensor | None,
-        *,
-        num_classes: int | None = None,
-    ) -> Iterator[K.Chunk]:
+    def chunks(self, logits: Tensor, target: Tensor, mask: Tensor | None) -> Iterator[K.Chunk]:
         """Check a batch now and return its ``(C, L)`` chunks (:func:`~._binning.iter_chunks`).
 
         Values (finite logits, labels in range) are checked chunk by chunk as they are read.
         Iterate under ``torch.no_grad()`` and :func:`calibrant._tensor.float32`.
         """
-        self.check_batch(logits, target, mask, num_classes=num_classes)
+        self.check_batch(logits, target, mask)
         return K.iter_chunks(
             logits,
             target,
@@ -101,8 +90,14 @@ class CalMetric(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def _set_inputs(self, ignore_index: int | None, pixel_subset: str, input_kind: str) -> None:
-        self.inputs = Inputs(ignore_index, pixel_subset, input_kind).check()
+    def _set_inputs(
+        self,
+        ignore_index: int | None,
+        pixel_subset: str,
+        input_kind: str,
+        num_classes: int | None = None,
+    ) -> None:
+        self.inputs = Inputs(ignore_index, pixel_subset, input_kind, num_classes).check()
 
     def _add_bins(self, shape: tuple[int, ...]) -> None:
         """Register per-bin ``count`` (int64), ``conf`` and ``acc`` (float64) sums of ``shape``."""

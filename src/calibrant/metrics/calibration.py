@@ -359,16 +359,16 @@ def adaptive_calibration_error(
     :class:`AdaptiveCalibrationError` (fine histogram with an error bound).
 
     Args:
-        logits: ``(B, C, *spatial)``; see :func:`expected_calibration_error` for the others.
-        target: ``(B, *spatial)``.
-        n_bins: number of equal-mass bins.
-        ignore_index: ignored label.
-        mask: optional bool subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        logits: ``(B, C, *spatial)`` scores (probabilities with ``input_kind="probs"``).
+        target: ``(B, *spatial)`` labels.
+        n_bins: number of equal-mass bins (each holds about ``M / n_bins`` elements).
+        ignore_index: ignored label; its elements take no part in the ranking.
+        mask: optional bool ``(B, *spatial)``; the bins share out the True elements only.
+        pixel_subset: ``"all"`` or ``"gt_fg"``; the bins share out the kept elements only.
         input_kind: ``"logits"`` or ``"probs"``.
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar in ``[0, 1]`` (NaN with no valid element).
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5], [1.0, 0.0]])

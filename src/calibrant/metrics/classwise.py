@@ -62,19 +62,9 @@ FINE_BINS_CLASSWISE = 1 << 12
 # ----------------------------------------------------------------------------------------------
 
 
-def _classwise_bins(
-    logits,
-    target,
-    mask,
-    inputs: Inputs,
-    n_bins: int,
-    num_classes: int,
-    threshold: float,
-    *,
-    keep: bool = False,
-):
+def _classwise_bins(logits, target, mask, inputs: Inputs, n_bins, threshold, *, keep=False):
     """Per-class binned sums ``(C, n_bins)``, label counts ``(C,)``; with ``keep`` raw values."""
-    chunks = inputs.chunks(logits, target, mask, num_classes=num_classes)
+    chunks = inputs.chunks(logits, target, mask)
     C = logits.shape[1]
     bins = K.empty_bins((C, n_bins), logits.device)
     labels = torch.zeros(C, dtype=torch.int64, device=logits.device)
@@ -177,13 +167,14 @@ def classwise_calibration_error(
             ``0..max(target)`` over the evaluated elements).
         include_background: keep class 0 in the mean.
         threshold: keep only ``s_ic > threshold`` per class (0: keep all).
-        ignore_index: ignored label.
-        mask: optional bool subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        ignore_index: ignored label (its elements count for no class).
+        mask: optional bool ``(B, *spatial)``; only True elements count, for every class.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (label 0 then never occurs, so class 0 measures
+            only the background probability given to foreground elements).
+        input_kind: ``"logits"`` or ``"probs"`` (per-class probabilities, used as given).
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar, the mean over the selected classes (NaN with no valid element).
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
@@ -197,8 +188,8 @@ def classwise_calibration_error(
     K.check_n_bins(n_bins)
     _check_class_args(class_range, include_background)
     _check_threshold(threshold)
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    bins, labels = _classwise_bins(logits, target, mask, inputs, n_bins, num_classes, threshold)
+    inputs = Inputs(ignore_index, pixel_subset, input_kind, num_classes)
+    bins, labels = _classwise_bins(logits, target, mask, inputs, n_bins, threshold)
     return _classwise_value(
         bins, labels, class_range=class_range, include_background=include_background
     )
@@ -276,13 +267,11 @@ def tace(
         mode, n_bins, include_background, class_range
     )
     _check_threshold(threshold)
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    inputs = Inputs(ignore_index, pixel_subset, input_kind, num_classes)
     if scheme == "uniform":
-        bins, labels = _classwise_bins(logits, target, mask, inputs, n_bins, num_classes, threshold)
+        bins, labels = _classwise_bins(logits, target, mask, inputs, n_bins, threshold)
     else:
-        _, labels, p, t = _classwise_bins(
-            logits, target, mask, inputs, 1, num_classes, threshold, keep=True
-        )
+        _, labels, p, t = _classwise_bins(logits, target, mask, inputs, 1, threshold, keep=True)
         per = [
             K.adaptive_exact(p[c][p[c] > threshold], t[p[c] > threshold] == c, n_bins, scheme)
             for c in range(p.shape[0])
@@ -321,7 +310,7 @@ class _PerClassHistogram(CalMetric):
     ) -> None:
         K.check_n_bins(num_classes, "num_classes")
         _check_threshold(threshold)
-        self._set_inputs(ignore_index, pixel_subset, input_kind)
+        self._set_inputs(ignore_index, pixel_subset, input_kind, num_classes)
         self.num_classes, self.hist_bins, self.threshold = num_classes, hist_bins, threshold
         self._add_bins((num_classes, hist_bins))
         self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
@@ -331,7 +320,7 @@ class _PerClassHistogram(CalMetric):
     ) -> None:
         """Add a batch."""
         bins, labels = _classwise_bins(
-            logits, target, mask, self.inputs, self.hist_bins, self.num_classes, self.threshold
+            logits, target, mask, self.inputs, self.hist_bins, self.threshold
         )
         self._add_to_bins(bins)
         self.labels += labels

@@ -149,7 +149,7 @@ class OverConfidence(CalibrationError):
 
     Args:
         ignore_index: ignored label.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        pixel_subset: ``"all"``, or ``"gt_fg"`` as in the registered ``paper_overconfidence``.
         input_kind: ``"logits"`` or ``"probs"``.
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 

@@ -116,15 +116,15 @@ def brier_score(
     r"""Multi-class Brier score, :math:`\frac1M\sum_i\sum_k (s_{ik} - 1[y_i=k])^2`.
 
     Args:
-        logits: ``(B, C, *spatial)``.
-        target: ``(B, *spatial)``.
-        ignore_index: ignored label.
-        mask: optional bool subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        logits: ``(B, C, *spatial)`` scores (softmax link), or probabilities.
+        target: ``(B, *spatial)`` labels.
+        ignore_index: label left out of the mean.
+        mask: optional bool ``(B, *spatial)``; only True elements count.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
+        input_kind: ``"logits"`` or ``"probs"`` (used as given, not renormalised).
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar in ``[0, 2]``; NaN with no valid element.
 
     Example:
         >>> round(float(brier_score(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))), 4)
@@ -149,15 +149,16 @@ def negative_log_likelihood(
     r"""Mean negative log-likelihood :math:`-\frac1M\sum_i \log s_{i,y_i}` (cross-entropy).
 
     Args:
-        logits: ``(B, C, *spatial)``.
+        logits: ``(B, C, *spatial)``; the log-softmax is taken stably from the logits.
         target: ``(B, *spatial)``.
         ignore_index: ignored label.
-        mask: optional bool subset.
+        mask: optional bool subset of the elements.
         pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        input_kind: ``"logits"``, or ``"probs"`` for the log of the label's given probability.
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar ``>= 0`` (``inf`` where a label has probability 0 under ``"probs"``);
+        NaN with no valid element.
 
     Example:
         >>> round(float(negative_log_likelihood(torch.tensor([[0.0, 0.0]]),
@@ -285,9 +286,9 @@ class BrierScore(_ScoreMetric):
     """Streaming multi-class Brier score (see :func:`brier_score`).
 
     Args:
-        ignore_index: ignored label.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        ignore_index: label left out of the mean.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
+        input_kind: ``"logits"`` or ``"probs"`` (used as given, not renormalised).
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 
     Example:
