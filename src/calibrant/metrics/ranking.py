@@ -41,6 +41,7 @@ from calibrant._checks import (
     check_multilabel_target,
 )
 from calibrant._tensor import float32, valid_mask
+from calibrant.metrics._base import ratio
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -94,6 +95,11 @@ def _nanmean_with_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     ok = ~torch.isnan(values)
     total = torch.where(ok, values, values.new_zeros(())).sum()
     return total, ok.sum()
+
+
+def _nanmean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of the entries that are not NaN (NaN if there is none)."""
+    return ratio(*_nanmean_with_count(values))
 
 
 def _check_multilabel(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -180,9 +186,7 @@ class Accuracy(Metric):
 
     def compute(self) -> torch.Tensor:
         """Accuracy over everything seen (NaN if nothing was counted)."""
-        if self.total == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.total.device)
-        return self.correct.double() / self.total.double()
+        return ratio(self.correct.double(), self.total)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +251,7 @@ def multilabel_classwise_map(
         ap = _ap_columns(logits.float(), target.bool())
     if not average:
         return ap
-    total, count = _nanmean_with_count(ap)
-    return total / count if count > 0 else total.new_tensor(float("nan"))
+    return _nanmean(ap)
 
 
 def _instancewise_update(
@@ -282,8 +285,7 @@ def multilabel_instancewise_map(logits: torch.Tensor, target: torch.Tensor) -> t
         >>> multilabel_instancewise_map(v, y)
         tensor(0.6667, dtype=torch.float64)
     """
-    total, count = _instancewise_update(logits, target)
-    return total / count if count > 0 else total.new_tensor(float("nan"))
+    return ratio(*_instancewise_update(logits, target))
 
 
 @METRICS.register(
@@ -320,9 +322,7 @@ class MultilabelInstancewiseMAP(Metric):
 
     def compute(self) -> torch.Tensor:
         """Mean AP over samples with a positive label."""
-        if self.count == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.ap_sum.device)
-        return self.ap_sum / self.count.double()
+        return ratio(self.ap_sum, self.count)
 
 
 @METRICS.register(
@@ -554,8 +554,7 @@ def retrieval_map(
     ap = _ap_columns(s, retrieval_relevance(target, queries))
     if not average:
         return ap
-    total, count = _nanmean_with_count(ap)
-    return total / count if count > 0 else total.new_tensor(float("nan"))
+    return _nanmean(ap)
 
 
 @METRICS.register(
@@ -604,5 +603,4 @@ class RetrievalMAP(Metric):
         if len(self.scores) == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
         ap = _ap_columns(dim_zero_cat(self.scores), dim_zero_cat(self.relevant))
-        total, count = _nanmean_with_count(ap)
-        return total / count if count > 0 else total.new_tensor(float("nan"))
+        return _nanmean(ap)
