@@ -127,6 +127,10 @@ def test_every_metric_declares_a_known_task():
         meta = METRICS.meta(name)
         assert meta.get("task") in ("multiclass", "segmentation", "multilabel", "binary"), name
         assert meta.get("protocol") in (None, "per_volume"), name
+        # one registration style: a decorator on a named class or factory, never a lambda
+        factory = METRICS.get(name).factory
+        assert factory.__name__ != "<lambda>", name
+        assert factory.__module__.startswith("calibrant.metrics."), name
 
 
 @pytest.mark.parametrize("name", NAMES)
