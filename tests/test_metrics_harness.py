@@ -217,3 +217,14 @@ def test_ddp_two_processes_equal_single_process():
         assert_informative(want, name)
         for rank, got in enumerate(results):
             assert_same(got[name], want, rtol=RTOL, atol=ATOL, what=f"{name} rank {rank}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_equals_cuda(name):
+    x, y = make_data(name)
+    metric = build(name).to("cuda")
+    for xb, yb in batches(x, y):
+        metric.update(xb.cuda(), yb.cuda())
+    got = [t.cpu() for t in _flat(metric.compute())]
+    assert_same(got, run(name, batches(x, y)), rtol=1e-5, atol=1e-7, what=f"{name} cuda")
