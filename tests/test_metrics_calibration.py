@@ -854,3 +854,28 @@ def test_state_sizes_are_fixed_and_small(generator):
     after = [sum(v.numel() for v in m.metric_state.values()) for m in metrics]
     assert before == after
     assert all(v.dtype in (torch.int64, torch.float64) for v in metrics[0].metric_state.values())
+
+
+def test_top_label_predictions_record_what_the_ece_bins(generator):
+    """The recorder's confidences are the ECE kernel's, bit for bit (one body for both)."""
+    from calibrant.metrics import TopLabelPredictions
+
+    logits = 3 * torch.randn(5, 4, 7, 7, generator=generator)
+    target = torch.randint(0, 4, (5, 7, 7), generator=generator)
+    target[:, 0] = -100
+    rec = TopLabelPredictions()
+    rec.update(logits[:2], target[:2])
+    rec.update(logits[2:], target[2:])
+    got = rec.compute()
+    keep = target.reshape(-1) != -100
+    z = logits.movedim(1, -1).reshape(-1, 4)[keep]
+    assert torch.equal(got["label"], target.reshape(-1)[keep])
+    assert torch.equal(got["prediction"], z.argmax(1))
+    torch.testing.assert_close(got["confidence"], z.softmax(1).amax(1), rtol=3e-7, atol=0)
+    bins = torch.zeros(15, dtype=torch.float64)
+    correct = (got["prediction"] == got["label"]).double()
+    b = (got["confidence"] * 15).long().clamp(max=14)
+    conf_sum = bins.index_add(0, b, got["confidence"].double())
+    acc_sum = bins.index_add(0, b, correct)
+    ece = (acc_sum - conf_sum).abs().sum() / len(b)
+    assert float(ece) == float(expected_calibration_error(logits, target))

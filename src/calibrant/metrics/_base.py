@@ -1,58 +1,116 @@
-"""The streaming base shared by the calibration metrics and the proper scores (private).
+"""The plumbing shared by the calibration metrics and the proper scores (private).
 
-:class:`CalMetric` keeps fixed-size sum states (float64 sums, int64 counts,
-``dist_reduce_fx="sum"``), so streaming over batches and DDP ranks gives the one-shot value;
-:func:`prepare_batch` is the input check every calibration metric runs first.
+* :class:`Inputs` is the element selection that every metric of
+  :mod:`~calibrant.metrics.calibration`, :mod:`~calibrant.metrics.classwise`,
+  :mod:`~calibrant.metrics.scores` and :mod:`~calibrant.metrics.overconfidence` takes: the ignored
+  label, the pixel subset and whether the scores are logits or probabilities. It validates a
+  batch and cuts it into the chunks of :mod:`~calibrant.metrics._binning`.
+* :class:`CalMetric` keeps fixed-size sum states (float64 sums, int64 counts,
+  ``dist_reduce_fx="sum"``), so streaming over batches and DDP ranks gives the one-shot value;
+  :class:`MeanMetric` is the case of one float64 total over an int64 count.
+* :func:`ratio` is the mean of a total over a count, NaN when nothing was counted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import torch
+from torch import Tensor
 from torchmetrics import Metric
 
+from calibrant._checks import check_choice
 from calibrant.metrics import _binning as K
 
-__all__ = ["CalMetric", "prepare_batch"]
+__all__ = ["CalMetric", "Inputs", "MeanMetric", "ratio"]
 
 
-def prepare_batch(logits, target, mask, *, num_classes, input_kind, pixel_subset):
-    """Validate a batch: finite logits, matching shapes and dtypes, labels in range."""
-    K.check_inputs(
-        logits,
-        target,
-        num_classes=num_classes,
-        mask=mask,
-        input_kind=input_kind,
-        pixel_subset=pixel_subset,
-    )
+class Inputs(NamedTuple):
+    """What a batch must look like, and which of its elements a calibration metric reads.
+
+    Attributes:
+        ignore_index: label excluded from the metric (``None``: none).
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (only elements whose label is not 0).
+        input_kind: ``"logits"`` or ``"probs"``.
+        num_classes: if given, the number of classes the logits must have on dim 1.
+    """
+
+    ignore_index: int | None = -100
+    pixel_subset: str = "all"
+    input_kind: str = "logits"
+    num_classes: int | None = None
+
+    def check(self) -> Inputs:
+        """Raise on an unknown ``pixel_subset`` or ``input_kind``; return ``self``."""
+        check_choice("pixel_subset", self.pixel_subset, K.PIXEL_SUBSETS)
+        check_choice("input_kind", self.input_kind, K.INPUT_KINDS)
+        return self
+
+    def check_batch(self, logits: Tensor, target: Tensor, mask: Tensor | None) -> None:
+        """Shape, dtype and option checks of a batch (values are checked as they are read)."""
+        K.check_inputs(
+            logits,
+            target,
+            num_classes=self.num_classes,
+            mask=mask,
+            input_kind=self.input_kind,
+            pixel_subset=self.pixel_subset,
+        )
+
+    def chunks(self, logits: Tensor, target: Tensor, mask: Tensor | None) -> Iterator[K.Chunk]:
+        """Check a batch now and return its ``(C, L)`` chunks (:func:`~._binning.iter_chunks`).
+
+        Values (finite logits, labels in range) are checked chunk by chunk as they are read.
+        Iterate under ``torch.no_grad()`` and :func:`calibrant._tensor.float32`.
+        """
+        self.check_batch(logits, target, mask)
+        return K.iter_chunks(
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            pixel_subset=self.pixel_subset,
+        )
+
+
+def ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / count``, or NaN (of ``total``'s dtype) when ``count`` is 0."""
+    return total / count if int(count) else total.new_tensor(float("nan"))
 
 
 class CalMetric(Metric):
     """Base: fixed-size sum states; ``_value()`` computes from local state without syncing.
 
-    Also the base of the scores in :mod:`calibrant.metrics.scores`, so :class:`PerVolumeMean`
-    wraps any of them.
+    Also the base of the scores in :mod:`calibrant.metrics.scores`, so
+    :class:`~calibrant.metrics.calibration.PerVolumeMean` wraps any of them.
     """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
-    def _add_bins(self, prefix: str, shape: tuple[int, ...]) -> None:
-        self.add_state(f"{prefix}count", torch.zeros(shape, dtype=torch.int64), "sum")
-        self.add_state(f"{prefix}conf", torch.zeros(shape, dtype=torch.float64), "sum")
-        self.add_state(f"{prefix}acc", torch.zeros(shape, dtype=torch.float64), "sum")
+    def _set_inputs(
+        self,
+        ignore_index: int | None,
+        pixel_subset: str,
+        input_kind: str,
+        num_classes: int | None = None,
+    ) -> None:
+        self.inputs = Inputs(ignore_index, pixel_subset, input_kind, num_classes).check()
 
-    def _bins(self, prefix: str = "") -> K.Bins:
-        return K.Bins(
-            getattr(self, f"{prefix}count"),
-            getattr(self, f"{prefix}conf"),
-            getattr(self, f"{prefix}acc"),
-        )
+    def _add_bins(self, shape: tuple[int, ...]) -> None:
+        """Register per-bin ``count`` (int64), ``conf`` and ``acc`` (float64) sums of ``shape``."""
+        self.add_state("count", torch.zeros(shape, dtype=torch.int64), "sum")
+        self.add_state("conf", torch.zeros(shape, dtype=torch.float64), "sum")
+        self.add_state("acc", torch.zeros(shape, dtype=torch.float64), "sum")
 
-    def _add_to(self, prefix: str, new: K.Bins) -> None:
-        for name, v in zip(("count", "conf", "acc"), new, strict=True):
-            getattr(self, f"{prefix}{name}").add_(v)
+    def _bins(self) -> K.Bins:
+        return K.Bins(self.count, self.conf, self.acc)
+
+    def _add_to_bins(self, new: K.Bins) -> None:
+        for state, v in zip(self._bins(), new, strict=True):
+            state.add_(v)
 
     def compute(self) -> torch.Tensor:
         """Metric value over everything seen (synchronised across ranks by torchmetrics)."""
@@ -60,3 +118,22 @@ class CalMetric(Metric):
 
     def _value(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class MeanMetric(CalMetric):
+    """Base of the metrics that are a mean over elements: a float64 ``total``, an int64 ``count``.
+
+    A subclass calls :meth:`_add_mean_state` once and :meth:`_add_to_mean` in ``update``; the
+    value is :func:`ratio` of the two.
+    """
+
+    def _add_mean_state(self) -> None:
+        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+
+    def _add_to_mean(self, total: torch.Tensor, count: torch.Tensor) -> None:
+        self.total += total
+        self.count += count
+
+    def _value(self) -> torch.Tensor:
+        return ratio(self.total, self.count)

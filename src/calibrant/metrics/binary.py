@@ -61,8 +61,6 @@ def _check_binary(logits: torch.Tensor, target: torch.Tensor) -> None:
             f"binary target shape {tuple(target.shape)} must equal logits shape "
             f"{tuple(logits.shape)} (use (B, 1, *) for both or (B, *) for both)"
         )
-    if target.dtype.is_floating_point and not bool(((target == 0) | (target == 1)).all()):
-        raise ValueError("binary target must hold only 0 and 1")
     if bool(((target != 0) & (target != 1)).any()):
         raise ValueError("binary target must hold only 0 and 1")
     check_finite("logits", logits)

@@ -53,7 +53,7 @@ from torchmetrics import Metric
 from calibrant._checks import check_choice
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, prepare_batch
+from calibrant.metrics._base import CalMetric, Inputs, ratio
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.registry import METRICS
 
@@ -84,21 +84,15 @@ FINE_BINS = 1 << 14
 # ----------------------------------------------------------------------------------------------
 
 
-def _top_label_bins(
-    logits, target, *, n_bins, ignore_index, mask, input_kind, pixel_subset, keep=False
-):
+def _top_label_bins(logits, target, mask, inputs: Inputs, n_bins: int, *, keep: bool = False):
     """Binned top-label sums; with ``keep`` also the raw (conf, correct) of valid elements."""
-    prepare_batch(
-        logits, target, mask, num_classes=None, input_kind=input_kind, pixel_subset=pixel_subset
-    )
+    chunks = inputs.chunks(logits, target, mask)
     bins = K.empty_bins((n_bins,), logits.device)
     kept_conf, kept_acc = [], []
     ws = K.Workspace()
     with torch.no_grad(), float32(logits):
-        for ch in K.iter_chunks(
-            logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
-        ):
-            conf, correct, _ = K.top_label(ch.z, ch.t, input_kind, ws.like(ch.z))
+        for ch in chunks:
+            conf, correct, _ = K.top_label(ch.z, ch.t, inputs.input_kind, ws.like(ch.z))
             K.bin_values(bins, conf, correct, ch.valid, n_bins)
             if keep:
                 kept_conf.append(conf[ch.valid])
@@ -111,46 +105,36 @@ def _top_label_bins(
     return bins
 
 
+def _top_label_error(logits, target, mask, inputs: Inputs, n_bins: int, norm: str):
+    """The body of every equal-width top-label function: bin, then reduce with ``norm``."""
+    K.check_n_bins(n_bins)
+    return K.reduce_bins(_top_label_bins(logits, target, mask, inputs, n_bins), norm)
+
+
 # ----------------------------------------------------------------------------------------------
 # Top-label functions
 # ----------------------------------------------------------------------------------------------
 
 
-def _top_label(norm: str):
-    def fn(
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        *,
-        n_bins: int = 15,
-        ignore_index: int | None = -100,
-        mask: torch.Tensor | None = None,
-        pixel_subset: str = "all",
-        input_kind: str = "logits",
-    ) -> torch.Tensor:
-        K.check_n_bins(n_bins)
-        bins = _top_label_bins(
-            logits,
-            target,
-            n_bins=n_bins,
-            ignore_index=ignore_index,
-            mask=mask,
-            input_kind=input_kind,
-            pixel_subset=pixel_subset,
-        )
-        return K.reduce_bins(bins, norm)
-
-    return fn
-
-
-_ECE_DOC = r"""Top-label {title} with {n} equal-width bins.
+def expected_calibration_error(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    n_bins: int = 15,
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "all",
+    input_kind: str = "logits",
+) -> torch.Tensor:
+    r"""Top-label expected calibration error (ECE, L1) with ``n`` equal-width bins.
 
     .. math::
-        {math}
+        \mathrm{ECE} = \sum_b \frac{n_b}{M} |\mathrm{acc}_b - \mathrm{conf}_b|
 
-    where bin :math:`b` holds the valid elements whose top-label confidence
-    :math:`\hat p_i = \max_k \mathrm{{softmax}}(z_i)_k` has ``min(floor(p n), n-1) = b``
-    (``[b/n, (b+1)/n)``; 1.0 in the last bin), :math:`\mathrm{{acc}}_b` is the fraction with
-    ``argmax == target`` and :math:`\mathrm{{conf}}_b` the mean confidence.
+    where bin :math:`b` holds the :math:`n_b` valid elements (of :math:`M`) whose top-label
+    confidence :math:`\hat p_i = \max_k \mathrm{softmax}(z_i)_k` has ``min(floor(p n), n-1) = b``
+    (``[b/n, (b+1)/n)``; 1.0 in the last bin), :math:`\mathrm{acc}_b` is the fraction with
+    ``argmax == target`` and :math:`\mathrm{conf}_b` the mean confidence.
 
     Args:
         logits: scores ``(B, C, *spatial)`` (any float dtype; computed in float32), or
@@ -173,50 +157,140 @@ _ECE_DOC = r"""Top-label {title} with {n} equal-width bins.
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
-        >>> round(float({name}(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
-        {example}
+        >>> round(float(expected_calibration_error(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
+        0.3755
 
     Reference:
         Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
     """
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    return _top_label_error(logits, target, mask, inputs, n_bins, "l1")
 
-expected_calibration_error = _top_label("l1")
-expected_calibration_error.__name__ = "expected_calibration_error"
-expected_calibration_error.__doc__ = _ECE_DOC.format(
-    title="expected calibration error (ECE, L1)",
-    n="``n``",
-    math=r"\mathrm{ECE} = \sum_b \frac{n_b}{M} |\mathrm{acc}_b - \mathrm{conf}_b|",
-    name="expected_calibration_error",
-    example="0.3755",
-)
-rms_calibration_error = _top_label("l2")
-rms_calibration_error.__name__ = "rms_calibration_error"
-rms_calibration_error.__doc__ = _ECE_DOC.format(
-    title="root-mean-square calibration error (RMSCE, L2)",
-    n="``n``",
-    math=r"\mathrm{RMSCE} = \sqrt{\sum_b \frac{n_b}{M} (\mathrm{acc}_b - \mathrm{conf}_b)^2}",
-    name="rms_calibration_error",
-    example="0.4752",
-)
-maximum_calibration_error = _top_label("max")
-maximum_calibration_error.__name__ = "maximum_calibration_error"
-maximum_calibration_error.__doc__ = _ECE_DOC.format(
-    title="maximum calibration error (MCE) over non-empty bins",
-    n="``n``",
-    math=r"\mathrm{MCE} = \max_{b: n_b > 0} |\mathrm{acc}_b - \mathrm{conf}_b|",
-    name="maximum_calibration_error",
-    example="0.7311",
-)
-average_calibration_error = _top_label("avg")
-average_calibration_error.__name__ = "average_calibration_error"
-average_calibration_error.__doc__ = _ECE_DOC.format(
-    title="average calibration error (unweighted mean over non-empty bins; not adaptive ECE)",
-    n="``n``",
-    math=r"\mathrm{AvgCE} = \frac{1}{|\{b: n_b>0\}|} \sum_{b: n_b > 0}"
-    r" |\mathrm{acc}_b - \mathrm{conf}_b|",
-    name="average_calibration_error",
-    example="0.3755",
-)
+
+def rms_calibration_error(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    n_bins: int = 15,
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "all",
+    input_kind: str = "logits",
+) -> torch.Tensor:
+    r"""Top-label root-mean-square calibration error (RMSCE, L2) with ``n`` equal-width bins.
+
+    .. math::
+        \mathrm{RMSCE} = \sqrt{\sum_b \frac{n_b}{M} (\mathrm{acc}_b - \mathrm{conf}_b)^2}
+
+    over the bins of :func:`expected_calibration_error`; it weighs large bin gaps more.
+
+    Args:
+        logits: ``(B, C, *spatial)`` scores, or probabilities with ``input_kind="probs"``.
+        target: ``(B, *spatial)`` labels.
+        n_bins: equal-width bins.
+        ignore_index: ignored label (``None``: none).
+        mask: optional bool ``(B, *spatial)`` subset.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+
+    Returns:
+        float64 scalar; NaN when no element is valid.
+
+    Example:
+        >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
+        >>> round(float(rms_calibration_error(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
+        0.4752
+
+    Reference:
+        Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
+    """
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    return _top_label_error(logits, target, mask, inputs, n_bins, "l2")
+
+
+def maximum_calibration_error(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    n_bins: int = 15,
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "all",
+    input_kind: str = "logits",
+) -> torch.Tensor:
+    r"""Top-label maximum calibration error (MCE): the largest gap of a non-empty bin.
+
+    .. math::
+        \mathrm{MCE} = \max_{b: n_b > 0} |\mathrm{acc}_b - \mathrm{conf}_b|
+
+    over the equal-width bins of :func:`expected_calibration_error` (an empty bin has no gap).
+
+    Args:
+        logits: class scores ``(B, C, *spatial)`` or, with ``input_kind="probs"``, probabilities.
+        target: integer labels ``(B, *spatial)``.
+        n_bins: how many bins.
+        ignore_index: the label to skip, or ``None``.
+        mask: bool ``(B, *spatial)`` selecting elements, or ``None`` for all.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
+        input_kind: ``"logits"`` or ``"probs"``.
+
+    Returns:
+        float64 scalar; NaN when no element is valid.
+
+    Example:
+        >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
+        >>> round(float(maximum_calibration_error(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
+        0.7311
+
+    Reference:
+        Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
+    """
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    return _top_label_error(logits, target, mask, inputs, n_bins, "max")
+
+
+def average_calibration_error(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    n_bins: int = 15,
+    ignore_index: int | None = -100,
+    mask: torch.Tensor | None = None,
+    pixel_subset: str = "all",
+    input_kind: str = "logits",
+) -> torch.Tensor:
+    r"""Top-label average calibration error: the unweighted mean gap of the non-empty bins.
+
+    .. math::
+        \mathrm{AvgCE} = \frac{1}{|\{b: n_b>0\}|} \sum_{b: n_b > 0}
+        |\mathrm{acc}_b - \mathrm{conf}_b|
+
+    over the equal-width bins of :func:`expected_calibration_error`. Every non-empty bin weighs
+    the same, however few elements it holds. This is not the adaptive (equal-mass) ECE, which is
+    :func:`adaptive_calibration_error`.
+
+    Args:
+        logits: ``(B, C, *spatial)``; probabilities need ``input_kind="probs"``.
+        target: ``(B, *spatial)``.
+        n_bins: bins of width ``1 / n_bins``.
+        ignore_index: label that does not count (``None``: every label counts).
+        mask: optional bool subset of the elements, shaped like ``target``.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+
+    Returns:
+        float64 scalar; NaN when no element is valid.
+
+    Example:
+        >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
+        >>> round(float(average_calibration_error(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
+        0.3755
+
+    Reference:
+        Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
+    """
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    return _top_label_error(logits, target, mask, inputs, n_bins, "avg")
 
 
 def reliability_curve(
@@ -233,6 +307,18 @@ def reliability_curve(
 
     Same bins and arguments as :func:`expected_calibration_error`; empty bins have NaN means.
 
+    Args:
+        logits: ``(B, C, *spatial)`` (or probabilities with ``input_kind="probs"``).
+        target: ``(B, *spatial)``.
+        n_bins: equal-width bins.
+        ignore_index: ignored label.
+        mask: optional bool subset.
+        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        input_kind: ``"logits"`` or ``"probs"``.
+
+    Returns:
+        A :class:`~calibrant.metrics.ReliabilityCurve`.
+
     Shape:
         ``edges (n_bins+1,)``, the others ``(n_bins,)``.
 
@@ -246,16 +332,8 @@ def reliability_curve(
         DeGroot & Fienberg, The comparison and evaluation of forecasters, 1983.
     """
     K.check_n_bins(n_bins)
-    bins = _top_label_bins(
-        logits,
-        target,
-        n_bins=n_bins,
-        ignore_index=ignore_index,
-        mask=mask,
-        input_kind=input_kind,
-        pixel_subset=pixel_subset,
-    )
-    return K.curve_from_bins(bins)
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    return K.curve_from_bins(_top_label_bins(logits, target, mask, inputs, n_bins))
 
 
 def adaptive_calibration_error(
@@ -281,16 +359,16 @@ def adaptive_calibration_error(
     :class:`AdaptiveCalibrationError` (fine histogram with an error bound).
 
     Args:
-        logits: ``(B, C, *spatial)``; see :func:`expected_calibration_error` for the others.
-        target: ``(B, *spatial)``.
-        n_bins: number of equal-mass bins.
-        ignore_index: ignored label.
-        mask: optional bool subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        logits: ``(B, C, *spatial)`` scores (probabilities with ``input_kind="probs"``).
+        target: ``(B, *spatial)`` labels.
+        n_bins: number of equal-mass bins (each holds about ``M / n_bins`` elements).
+        ignore_index: ignored label; its elements take no part in the ranking.
+        mask: optional bool ``(B, *spatial)``; the bins share out the True elements only.
+        pixel_subset: ``"all"`` or ``"gt_fg"``; the bins share out the kept elements only.
         input_kind: ``"logits"`` or ``"probs"``.
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar in ``[0, 1]`` (NaN with no valid element).
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5], [1.0, 0.0]])
@@ -302,16 +380,8 @@ def adaptive_calibration_error(
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
     K.check_n_bins(n_bins)
-    _, conf, acc = _top_label_bins(
-        logits,
-        target,
-        n_bins=1,
-        ignore_index=ignore_index,
-        mask=mask,
-        input_kind=input_kind,
-        pixel_subset=pixel_subset,
-        keep=True,
-    )
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    _, conf, acc = _top_label_bins(logits, target, mask, inputs, 1, keep=True)
     return K.reduce_bins(K.adaptive_exact(conf, acc, n_bins, "interp"), "l1")
 
 
@@ -320,7 +390,28 @@ def adaptive_calibration_error(
 # ----------------------------------------------------------------------------------------------
 
 
-class CalibrationError(CalMetric):
+class _TopLabelHistogram(CalMetric):
+    """Shared state and update of the top-label classes (private).
+
+    State: ``count``/``conf``/``acc`` sums over ``hist_bins`` equal-width confidence bins; a
+    subclass calls :meth:`_add_histogram` and reduces the bins in ``_value``.
+    """
+
+    def _add_histogram(
+        self, hist_bins: int, ignore_index: int | None, pixel_subset: str, input_kind: str
+    ) -> None:
+        self._set_inputs(ignore_index, pixel_subset, input_kind)
+        self.hist_bins = hist_bins
+        self._add_bins((hist_bins,))
+
+    def update(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch ``(B, C, *spatial)`` / ``(B, *spatial)``."""
+        self._add_to_bins(_top_label_bins(logits, target, mask, self.inputs, self.hist_bins))
+
+
+class CalibrationError(_TopLabelHistogram):
     """Streaming top-label calibration error (ECE, RMSCE, MCE or average CE).
 
     States: ``count`` (int64), ``conf`` and ``acc`` (float64) per bin, so the state is
@@ -357,32 +448,8 @@ class CalibrationError(CalMetric):
         super().__init__(**kwargs)
         K.check_n_bins(n_bins)
         check_choice("norm", norm, K.NORMS)
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
-        check_choice("input_kind", input_kind, K.INPUT_KINDS)
         self.n_bins, self.norm = n_bins, norm
-        self.ignore_index, self.pixel_subset, self.input_kind = (
-            ignore_index,
-            pixel_subset,
-            input_kind,
-        )
-        self._add_bins("", (n_bins,))
-
-    def update(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> None:
-        """Add a batch ``(B, C, *spatial)`` / ``(B, *spatial)``."""
-        self._add_to(
-            "",
-            _top_label_bins(
-                logits,
-                target,
-                n_bins=self.n_bins,
-                ignore_index=self.ignore_index,
-                mask=mask,
-                input_kind=self.input_kind,
-                pixel_subset=self.pixel_subset,
-            ),
-        )
+        self._add_histogram(n_bins, ignore_index, pixel_subset, input_kind)
 
     def _value(self) -> torch.Tensor:
         return K.reduce_bins(self._bins(), self.norm)
@@ -392,7 +459,13 @@ class CalibrationError(CalMetric):
         return K.curve_from_bins(self._bins())
 
 
-class AdaptiveCalibrationError(CalMetric):
+@METRICS.register(
+    "adaptive_ece",
+    task="multiclass",
+    better="lower",
+    legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}",
+)
+class AdaptiveCalibrationError(_TopLabelHistogram):
     """Streaming adaptive (equal-mass) top-label ECE from a fine equal-width histogram.
 
     The state is ``fine_bins`` equal-width sub-bins (default ``2**14``: 384 KiB). At
@@ -432,32 +505,8 @@ class AdaptiveCalibrationError(CalMetric):
         super().__init__(**kwargs)
         K.check_n_bins(n_bins)
         K.check_n_bins(fine_bins, "fine_bins")
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
-        check_choice("input_kind", input_kind, K.INPUT_KINDS)
         self.n_bins, self.fine_bins = n_bins, fine_bins
-        self.ignore_index, self.pixel_subset, self.input_kind = (
-            ignore_index,
-            pixel_subset,
-            input_kind,
-        )
-        self._add_bins("", (fine_bins,))
-
-    def update(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> None:
-        """Add a batch."""
-        self._add_to(
-            "",
-            _top_label_bins(
-                logits,
-                target,
-                n_bins=self.fine_bins,
-                ignore_index=self.ignore_index,
-                mask=mask,
-                input_kind=self.input_kind,
-                pixel_subset=self.pixel_subset,
-            ),
-        )
+        self._add_histogram(fine_bins, ignore_index, pixel_subset, input_kind)
 
     def _value(self) -> torch.Tensor:
         bins, _ = K.adaptive_from_fine(self._bins(), self.n_bins, "interp")
@@ -516,9 +565,7 @@ class PerVolumeMean(Metric):
 
     def compute(self) -> torch.Tensor:
         """Unweighted mean over the volumes seen (NaN if none)."""
-        if int(self.volumes) == 0:
-            return self.total.new_tensor(float("nan"))
-        return self.total / self.volumes
+        return ratio(self.total, self.volumes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,41 +573,53 @@ class PerVolumeMean(Metric):
 # ----------------------------------------------------------------------------------------------
 
 
-METRICS.register(
+@METRICS.register(
     "ece",
     task="multiclass",
     better="lower",
     legend=f"top-label ECE, 15 equal-width confidence bins, {_POOLED}",
-)(lambda **kw: CalibrationError(norm="l1", **kw))
-METRICS.register(
+)
+def _ece(**kwargs: Any) -> CalibrationError:
+    return CalibrationError(norm="l1", **kwargs)
+
+
+@METRICS.register(
     "rmsce",
     task="multiclass",
     better="lower",
     legend=f"root-mean-square calibration error (top-label, 15 bins), {_POOLED}",
-)(lambda **kw: CalibrationError(norm="l2", **kw))
-METRICS.register(
+)
+def _rmsce(**kwargs: Any) -> CalibrationError:
+    return CalibrationError(norm="l2", **kwargs)
+
+
+@METRICS.register(
     "mce",
     task="multiclass",
     better="lower",
     legend=f"maximum calibration error: the largest bin gap (top-label, 15 bins), {_POOLED}",
-)(lambda **kw: CalibrationError(norm="max", **kw))
-METRICS.register(
+)
+def _mce(**kwargs: Any) -> CalibrationError:
+    return CalibrationError(norm="max", **kwargs)
+
+
+@METRICS.register(
     "average_ce",
     task="multiclass",
     better="lower",
     legend=f"average calibration error: unweighted mean gap of the non-empty bins, {_POOLED}",
-)(lambda **kw: CalibrationError(norm="avg", **kw))
-METRICS.register(
-    "adaptive_ece",
-    task="multiclass",
-    better="lower",
-    legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}",
-)(AdaptiveCalibrationError)
-# The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values.
-METRICS.register(
+)
+def _average_ce(**kwargs: Any) -> CalibrationError:
+    return CalibrationError(norm="avg", **kwargs)
+
+
+@METRICS.register(
     "paper_ece",
     task="multiclass",
     protocol="per_volume",
     better="lower",
     legend=f"top-label ECE (15 bins) on {_PAPER}",
-)(lambda **kw: PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kw)))
+)
+def _paper_ece(**kwargs: Any) -> PerVolumeMean:
+    """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
+    return PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kwargs))

@@ -31,7 +31,7 @@ import torch
 from calibrant._checks import check_choice
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, prepare_batch
+from calibrant.metrics._base import CalMetric, Inputs
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.metrics.calibration import _PAPER, _POOLED, PerVolumeMean
 from calibrant.registry import METRICS
@@ -62,42 +62,16 @@ FINE_BINS_CLASSWISE = 1 << 12
 # ----------------------------------------------------------------------------------------------
 
 
-def _probs_chunk(ch: K.Chunk, input_kind: str, ws: K.Workspace) -> torch.Tensor:
-    return K.class_probs(ch.z, input_kind)
-
-
-def _classwise_bins(
-    logits,
-    target,
-    *,
-    n_bins,
-    threshold,
-    ignore_index,
-    mask,
-    input_kind,
-    pixel_subset,
-    num_classes,
-    keep=False,
-):
+def _classwise_bins(logits, target, mask, inputs: Inputs, n_bins, threshold, *, keep=False):
     """Per-class binned sums ``(C, n_bins)``, label counts ``(C,)``; with ``keep`` raw values."""
-    prepare_batch(
-        logits,
-        target,
-        mask,
-        num_classes=num_classes,
-        input_kind=input_kind,
-        pixel_subset=pixel_subset,
-    )
+    chunks = inputs.chunks(logits, target, mask)
     C = logits.shape[1]
     bins = K.empty_bins((C, n_bins), logits.device)
     labels = torch.zeros(C, dtype=torch.int64, device=logits.device)
     kept_p, kept_t = [], []
-    ws = K.Workspace()
     with torch.no_grad(), float32(logits):
-        for ch in K.iter_chunks(
-            logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
-        ):
-            p = _probs_chunk(ch, input_kind, ws)
+        for ch in chunks:
+            p = K.class_probs(ch.z, inputs.input_kind)
             K.bin_classwise(bins, p, ch.t, ch.valid, n_bins, threshold)
             labels += torch.bincount(torch.where(ch.valid, ch.t, C), minlength=C + 1)[:C]
             if keep:
@@ -193,13 +167,14 @@ def classwise_calibration_error(
             ``0..max(target)`` over the evaluated elements).
         include_background: keep class 0 in the mean.
         threshold: keep only ``s_ic > threshold`` per class (0: keep all).
-        ignore_index: ignored label.
-        mask: optional bool subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        ignore_index: ignored label (its elements count for no class).
+        mask: optional bool ``(B, *spatial)``; only True elements count, for every class.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (label 0 then never occurs, so class 0 measures
+            only the background probability given to foreground elements).
+        input_kind: ``"logits"`` or ``"probs"`` (per-class probabilities, used as given).
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar, the mean over the selected classes (NaN with no valid element).
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
@@ -213,17 +188,8 @@ def classwise_calibration_error(
     K.check_n_bins(n_bins)
     _check_class_args(class_range, include_background)
     _check_threshold(threshold)
-    bins, labels = _classwise_bins(
-        logits,
-        target,
-        n_bins=n_bins,
-        threshold=threshold,
-        ignore_index=ignore_index,
-        mask=mask,
-        input_kind=input_kind,
-        pixel_subset=pixel_subset,
-        num_classes=num_classes,
-    )
+    inputs = Inputs(ignore_index, pixel_subset, input_kind, num_classes)
+    bins, labels = _classwise_bins(logits, target, mask, inputs, n_bins, threshold)
     return _classwise_value(
         bins, labels, class_range=class_range, include_background=include_background
     )
@@ -301,31 +267,11 @@ def tace(
         mode, n_bins, include_background, class_range
     )
     _check_threshold(threshold)
+    inputs = Inputs(ignore_index, pixel_subset, input_kind, num_classes)
     if scheme == "uniform":
-        bins, labels = _classwise_bins(
-            logits,
-            target,
-            n_bins=n_bins,
-            threshold=threshold,
-            ignore_index=ignore_index,
-            mask=mask,
-            input_kind=input_kind,
-            pixel_subset=pixel_subset,
-            num_classes=num_classes,
-        )
+        bins, labels = _classwise_bins(logits, target, mask, inputs, n_bins, threshold)
     else:
-        _, labels, p, t = _classwise_bins(
-            logits,
-            target,
-            n_bins=1,
-            threshold=threshold,
-            ignore_index=ignore_index,
-            mask=mask,
-            input_kind=input_kind,
-            pixel_subset=pixel_subset,
-            num_classes=num_classes,
-            keep=True,
-        )
+        _, labels, p, t = _classwise_bins(logits, target, mask, inputs, 1, threshold, keep=True)
         per = [
             K.adaptive_exact(p[c][p[c] > threshold], t[p[c] > threshold] == c, n_bins, scheme)
             for c in range(p.shape[0])
@@ -364,12 +310,9 @@ class _PerClassHistogram(CalMetric):
     ) -> None:
         K.check_n_bins(num_classes, "num_classes")
         _check_threshold(threshold)
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
-        check_choice("input_kind", input_kind, K.INPUT_KINDS)
-        self.num_classes, self.hist_bins = num_classes, hist_bins
-        self.threshold, self.ignore_index = threshold, ignore_index
-        self.pixel_subset, self.input_kind = pixel_subset, input_kind
-        self._add_bins("", (num_classes, hist_bins))
+        self._set_inputs(ignore_index, pixel_subset, input_kind, num_classes)
+        self.num_classes, self.hist_bins, self.threshold = num_classes, hist_bins, threshold
+        self._add_bins((num_classes, hist_bins))
         self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
 
     def update(
@@ -377,20 +320,19 @@ class _PerClassHistogram(CalMetric):
     ) -> None:
         """Add a batch."""
         bins, labels = _classwise_bins(
-            logits,
-            target,
-            n_bins=self.hist_bins,
-            threshold=self.threshold,
-            ignore_index=self.ignore_index,
-            mask=mask,
-            input_kind=self.input_kind,
-            pixel_subset=self.pixel_subset,
-            num_classes=self.num_classes,
+            logits, target, mask, self.inputs, self.hist_bins, self.threshold
         )
-        self._add_to("", bins)
+        self._add_to_bins(bins)
         self.labels += labels
 
 
+@METRICS.register(
+    "classwise_ece",
+    task="multiclass",
+    better="lower",
+    legend="class-wise ECE: each class's probability against that label's frequency (15 bins), "
+    f"mean over classes, {_POOLED}",
+)
 class ClasswiseCalibrationError(_PerClassHistogram):
     """Streaming class-wise ECE; equals :func:`classwise_calibration_error` on all the data.
 
@@ -465,6 +407,12 @@ class ClasswiseCalibrationError(_PerClassHistogram):
         ]
 
 
+@METRICS.register(
+    "tace",
+    task="multiclass",
+    better="lower",
+    legend=f"thresholded adaptive calibration error (class-wise; binning by mode), {_POOLED}",
+)
 class TACE(_PerClassHistogram):
     """Streaming TACE (see :func:`tace` for the three modes).
 
@@ -553,39 +501,29 @@ class TACE(_PerClassHistogram):
 # ----------------------------------------------------------------------------------------------
 
 
-METRICS.register(
-    "classwise_ece",
-    task="multiclass",
-    better="lower",
-    legend="class-wise ECE: each class's probability against that label's frequency (15 bins), "
-    f"mean over classes, {_POOLED}",
-)(ClasswiseCalibrationError)
-METRICS.register(
-    "tace",
-    task="multiclass",
-    better="lower",
-    legend=f"thresholded adaptive calibration error (class-wise; binning by mode), {_POOLED}",
-)(TACE)
-# The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values.
-METRICS.register(
+@METRICS.register(
     "paper_classwise_ece",
     task="multiclass",
     protocol="per_volume",
     better="lower",
     legend=f"class-wise ECE over the classes present, on {_PAPER}",
-)(
-    lambda num_classes, **kw: PerVolumeMean(
-        ClasswiseCalibrationError(num_classes, class_range="present", pixel_subset="gt_fg", **kw)
-    )
 )
-METRICS.register(
+def _paper_classwise_ece(num_classes: int, **kwargs: Any) -> PerVolumeMean:
+    """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
+    return PerVolumeMean(
+        ClasswiseCalibrationError(
+            num_classes, class_range="present", pixel_subset="gt_fg", **kwargs
+        )
+    )
+
+
+@METRICS.register(
     "paper_tace",
     task="multiclass",
     protocol="per_volume",
     better="lower",
     legend=f"TACE (the CRaC code's equal-width variant) on {_PAPER}",
-)(
-    lambda num_classes, mode="crac", **kw: PerVolumeMean(
-        TACE(num_classes, mode, pixel_subset="gt_fg", **kw)
-    )
 )
+def _paper_tace(num_classes: int, mode: str = "crac", **kwargs: Any) -> PerVolumeMean:
+    """TACE (``mode="crac"`` by default) under the papers' per-volume protocol."""
+    return PerVolumeMean(TACE(num_classes, mode, pixel_subset="gt_fg", **kwargs))

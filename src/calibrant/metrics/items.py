@@ -35,6 +35,8 @@ from typing import Any
 import torch
 
 from calibrant._tensor import float32
+from calibrant.metrics import _binning as K
+from calibrant.metrics._base import Inputs
 
 __all__ = ["ItemValues", "PairPredictions", "TopLabelPredictions"]
 
@@ -84,7 +86,12 @@ class TopLabelPredictions:
     """Per-sample top-label confidence, prediction and label of a multi-class test pass.
 
     Elements with ``ignore_index`` are dropped. ``compute()`` returns a dict of 1-D tensors
-    ``confidence`` (float32, the softmax maximum), ``prediction`` and ``label`` (int64).
+    ``confidence`` (float32), ``prediction`` and ``label`` (int64). The confidence is the
+    softmax maximum computed by the top-label calibration metrics' own kernel
+    (:func:`calibrant.metrics._binning.top_label`), so a pooled ECE recomputed from these
+    records bins exactly the values that :class:`~calibrant.metrics.CalibrationError` bins; the
+    prediction is the first maximal class, as ``torch.argmax``. Logits and labels are checked
+    as the metrics check them (finite logits, labels in range).
 
     Example:
         >>> rec = TopLabelPredictions()
@@ -103,12 +110,14 @@ class TopLabelPredictions:
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch ``(B, C, *spatial)`` / ``(B, *spatial)``."""
+        chunks = Inputs(self.ignore_index).chunks(logits.detach(), target, None)
         with torch.no_grad(), float32(logits):
-            z = logits.detach().float().movedim(1, -1).reshape(-1, logits.shape[1])
-            conf, pred = z.softmax(-1).max(-1)
-        label = target.reshape(-1)
-        keep = label != self.ignore_index if self.ignore_index is not None else slice(None)
-        self._parts.append((conf[keep].cpu(), pred[keep].cpu(), label[keep].long().cpu()))
+            for ch in chunks:
+                conf, _, _ = K.top_label(ch.z, ch.t, "logits")
+                pred = ch.z.argmax(0)
+                self._parts.append(
+                    (conf[ch.valid].cpu(), pred[ch.valid].cpu(), ch.t[ch.valid].cpu())
+                )
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The samples seen so far, in order."""

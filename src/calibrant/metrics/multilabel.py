@@ -26,11 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import Metric
 
 from calibrant._checks import check_choice, check_multilabel_target
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
+from calibrant.metrics._base import CalMetric
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.registry import METRICS
 
@@ -172,7 +172,7 @@ def multilabel_reliability_curve(
     return K.curve_from_bins(K.Bins(*(v[0] for v in bins)))
 
 
-class MultilabelCalibrationError(Metric):
+class MultilabelCalibrationError(CalMetric):
     """Streaming multi-label calibration error (see :func:`multilabel_calibration_error`).
 
     States are per (group, bin) sums with group = label (``per_label``) or one pooled group.
@@ -196,10 +196,6 @@ class MultilabelCalibrationError(Metric):
         0.2645
     """
 
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
     def __init__(
         self,
         n_bins: int = 15,
@@ -221,10 +217,7 @@ class MultilabelCalibrationError(Metric):
         self.n_bins, self.norm, self.per_label = n_bins, norm, per_label
         self.num_labels, self.input_kind = num_labels, input_kind
         self.hist_bins = fine_bins if norm == "adaptive" else n_bins
-        shape = (num_labels if per_label else 1, self.hist_bins)
-        self.add_state("count", torch.zeros(shape, dtype=torch.int64), "sum")
-        self.add_state("conf", torch.zeros(shape, dtype=torch.float64), "sum")
-        self.add_state("acc", torch.zeros(shape, dtype=torch.float64), "sum")
+        self._add_bins((num_labels if per_label else 1, self.hist_bins))
 
     def update(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
@@ -236,19 +229,15 @@ class MultilabelCalibrationError(Metric):
                 f"logits have {logits.shape[1]} labels on dim 1 but num_labels={self.num_labels}"
             )
         p, y, valid = _pairs(logits, target, mask, self.input_kind)
-        new = _binned(p, y, valid, self.hist_bins, self.per_label)
-        self.count += new.count
-        self.conf += new.conf
-        self.acc += new.acc
+        self._add_to_bins(_binned(p, y, valid, self.hist_bins, self.per_label))
 
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
-        bins = K.Bins(self.count, self.conf, self.acc)
+        bins = self._bins()
         if self.norm != "adaptive":
             return bins, self.conf.new_zeros(bins.count.shape[0])
         return K.adaptive_from_fine(bins, self.n_bins, "interp")
 
-    def compute(self) -> torch.Tensor:
-        """Value over everything seen."""
+    def _value(self) -> torch.Tensor:
         bins, _ = self._coarse()
         out = K.reduce_bins(bins, "l1" if self.norm == "adaptive" else self.norm)
         return out if self.per_label else out[0]
@@ -259,15 +248,52 @@ class MultilabelCalibrationError(Metric):
         return b if self.per_label else b[0]
 
 
-def _reg(name: str, norm: str, what: str) -> None:
-    legend = f"{what} of σ(v) against the 0/1 label, every (sample, label) pair pooled"
-    METRICS.register(name, task="multilabel", better="lower", legend=legend)(
-        lambda **kw: MultilabelCalibrationError(norm=norm, **kw)
-    )
+def _legend(what: str) -> str:
+    return f"{what} of σ(v) against the 0/1 label, every (sample, label) pair pooled"
 
 
-_reg("multilabel_ece", "l1", "ECE (15 equal-width bins)")
-_reg("multilabel_ace", "adaptive", "adaptive ECE (equal-mass bins; the SPA paper's ACE)")
-_reg("multilabel_average_ce", "avg", "average calibration error (unweighted mean bin gap)")
-_reg("multilabel_mce", "max", "maximum calibration error (largest bin gap)")
-_reg("multilabel_rmsce", "l2", "root-mean-square calibration error")
+@METRICS.register(
+    "multilabel_ece", task="multilabel", better="lower", legend=_legend("ECE (15 equal-width bins)")
+)
+def _multilabel_ece(**kwargs: Any) -> MultilabelCalibrationError:
+    return MultilabelCalibrationError(norm="l1", **kwargs)
+
+
+@METRICS.register(
+    "multilabel_ace",
+    task="multilabel",
+    better="lower",
+    legend=_legend("adaptive ECE (equal-mass bins; the SPA paper's ACE)"),
+)
+def _multilabel_ace(**kwargs: Any) -> MultilabelCalibrationError:
+    return MultilabelCalibrationError(norm="adaptive", **kwargs)
+
+
+@METRICS.register(
+    "multilabel_average_ce",
+    task="multilabel",
+    better="lower",
+    legend=_legend("average calibration error (unweighted mean bin gap)"),
+)
+def _multilabel_average_ce(**kwargs: Any) -> MultilabelCalibrationError:
+    return MultilabelCalibrationError(norm="avg", **kwargs)
+
+
+@METRICS.register(
+    "multilabel_mce",
+    task="multilabel",
+    better="lower",
+    legend=_legend("maximum calibration error (largest bin gap)"),
+)
+def _multilabel_mce(**kwargs: Any) -> MultilabelCalibrationError:
+    return MultilabelCalibrationError(norm="max", **kwargs)
+
+
+@METRICS.register(
+    "multilabel_rmsce",
+    task="multilabel",
+    better="lower",
+    legend=_legend("root-mean-square calibration error"),
+)
+def _multilabel_rmsce(**kwargs: Any) -> MultilabelCalibrationError:
+    return MultilabelCalibrationError(norm="l2", **kwargs)

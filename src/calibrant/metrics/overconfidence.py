@@ -46,8 +46,8 @@ from typing import Any
 import torch
 
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric
-from calibrant.metrics.calibration import CalibrationError, PerVolumeMean, _top_label_bins
+from calibrant.metrics._base import CalMetric, Inputs
+from calibrant.metrics.calibration import CalibrationError, PerVolumeMean, _top_label_error
 from calibrant.metrics.multilabel import _check as _check_multilabel
 from calibrant.metrics.multilabel import _pairs
 from calibrant.registry import METRICS
@@ -89,16 +89,8 @@ def overconfidence(
         >>> round(float(overconfidence(torch.tensor([[3.0, 0.0]]), torch.tensor([1]))), 4)
         0.9526
     """
-    bins = _top_label_bins(
-        logits,
-        target,
-        n_bins=1,
-        ignore_index=ignore_index,
-        mask=mask,
-        input_kind=input_kind,
-        pixel_subset=pixel_subset,
-    )
-    return K.reduce_bins(bins, "signed")
+    inputs = Inputs(ignore_index, pixel_subset, input_kind)
+    return _top_label_error(logits, target, mask, inputs, 1, "signed")
 
 
 def _binary_decisions(logits, target, mask, input_kind) -> K.Bins:
@@ -145,12 +137,19 @@ def multilabel_overconfidence(
     return K.reduce_bins(_binary_decisions(logits, target, mask, input_kind), "signed")
 
 
+@METRICS.register(
+    "overconfidence",
+    task="multiclass",
+    better="zero",
+    legend="signed over-confidence: mean top-label confidence minus accuracy (> 0: "
+    "over-confident), all samples pooled (for segmentation every pixel)",
+)
 class OverConfidence(CalibrationError):
     """Streaming :func:`overconfidence` (one-bin sums: count, confidence, correctness).
 
     Args:
         ignore_index: ignored label.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
+        pixel_subset: ``"all"``, or ``"gt_fg"`` as in the registered ``paper_overconfidence``.
         input_kind: ``"logits"`` or ``"probs"``.
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 
@@ -181,6 +180,13 @@ class OverConfidence(CalibrationError):
         )
 
 
+@METRICS.register(
+    "multilabel_overconfidence",
+    task="multilabel",
+    better="zero",
+    legend="signed over-confidence of every (sample, label) decision at σ ≥ 0.5 (> 0: "
+    "over-confident), all pairs pooled",
+)
 class MultilabelOverConfidence(CalMetric):
     """Streaming :func:`multilabel_overconfidence` (one-bin sums, exact under DDP).
 
@@ -201,38 +207,26 @@ class MultilabelOverConfidence(CalMetric):
     def __init__(self, *, input_kind: str = "logits", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.input_kind = input_kind
-        self._add_bins("", (1,))
+        self._add_bins((1,))
 
     def update(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> None:
         """Add a batch ``(B, T, *)``."""
-        self._add_to("", _binary_decisions(logits, target, mask, self.input_kind))
+        self._add_to_bins(_binary_decisions(logits, target, mask, self.input_kind))
 
     def _value(self) -> torch.Tensor:
         return K.reduce_bins(self._bins(), "signed")
 
 
-METRICS.register(
-    "overconfidence",
-    task="multiclass",
-    better="zero",
-    legend="signed over-confidence: mean top-label confidence minus accuracy (> 0: "
-    "over-confident), all samples pooled (for segmentation every pixel)",
-)(OverConfidence)
-# The segmentation papers' protocol, as paper_ece: GT-foreground pixels, mean of per-volume values.
-METRICS.register(
+@METRICS.register(
     "paper_overconfidence",
     task="multiclass",
     protocol="per_volume",
     better="zero",
     legend="signed over-confidence (confidence minus accuracy, > 0: over-confident) on "
     "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)",
-)(lambda **kw: PerVolumeMean(OverConfidence(pixel_subset="gt_fg", **kw)))
-METRICS.register(
-    "multilabel_overconfidence",
-    task="multilabel",
-    better="zero",
-    legend="signed over-confidence of every (sample, label) decision at σ ≥ 0.5 (> 0: "
-    "over-confident), all pairs pooled",
-)(MultilabelOverConfidence)
+)
+def _paper_overconfidence(**kwargs: Any) -> PerVolumeMean:
+    """The segmentation papers' protocol, as ``paper_ece``: GT foreground, per-volume mean."""
+    return PerVolumeMean(OverConfidence(pixel_subset="gt_fg", **kwargs))

@@ -41,6 +41,7 @@ from calibrant._checks import (
     check_multilabel_target,
 )
 from calibrant._tensor import float32, valid_mask
+from calibrant.metrics._base import ratio
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -96,6 +97,11 @@ def _nanmean_with_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return total, ok.sum()
 
 
+def _nanmean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of the entries that are not NaN (NaN if there is none)."""
+    return ratio(*_nanmean_with_count(values))
+
+
 def _check_multilabel(logits: torch.Tensor, target: torch.Tensor) -> None:
     check_multilabel_target(logits, target)
     if logits.dim() != 2:
@@ -143,7 +149,11 @@ def accuracy(
     return correct.double() / total.double()  # 0 / 0 = NaN when everything is ignored
 
 
-@METRICS.register("accuracy", task="multiclass", better="higher", legend="top-1 accuracy")
+# checks_finite=False: accuracy needs only the argmax, which is defined for any input (NaN counts
+# as the maximum), so it skips the extra pass over the logits that a finiteness check costs.
+@METRICS.register(
+    "accuracy", task="multiclass", better="higher", legend="top-1 accuracy", checks_finite=False
+)
 class Accuracy(Metric):
     """Streaming top-1 accuracy with int64 ``correct`` / ``total`` states (exact).
 
@@ -176,9 +186,7 @@ class Accuracy(Metric):
 
     def compute(self) -> torch.Tensor:
         """Accuracy over everything seen (NaN if nothing was counted)."""
-        if self.total == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.total.device)
-        return self.correct.double() / self.total.double()
+        return ratio(self.correct.double(), self.total)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,8 +251,7 @@ def multilabel_classwise_map(
         ap = _ap_columns(logits.float(), target.bool())
     if not average:
         return ap
-    total, count = _nanmean_with_count(ap)
-    return total / count if count > 0 else total.new_tensor(float("nan"))
+    return _nanmean(ap)
 
 
 def _instancewise_update(
@@ -278,8 +285,7 @@ def multilabel_instancewise_map(logits: torch.Tensor, target: torch.Tensor) -> t
         >>> multilabel_instancewise_map(v, y)
         tensor(0.6667, dtype=torch.float64)
     """
-    total, count = _instancewise_update(logits, target)
-    return total / count if count > 0 else total.new_tensor(float("nan"))
+    return ratio(*_instancewise_update(logits, target))
 
 
 @METRICS.register(
@@ -316,9 +322,7 @@ class MultilabelInstancewiseMAP(Metric):
 
     def compute(self) -> torch.Tensor:
         """Mean AP over samples with a positive label."""
-        if self.count == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.ap_sum.device)
-        return self.ap_sum / self.count.double()
+        return ratio(self.ap_sum, self.count)
 
 
 @METRICS.register(
@@ -382,6 +386,13 @@ def _indicator(queries: Sequence[Query], num_labels: int, device) -> tuple[torch
         pos[p, q] = 1.0
         neg[n, q] = 1.0
     return pos, neg
+
+
+def _check_retrieval_target(scores: torch.Tensor, target: torch.Tensor) -> None:
+    if scores.shape != target.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} must equal {tuple(scores.shape)}")
+    if bool(((target != 0) & (target != 1)).any()):
+        raise ValueError("multi-label target must hold only 0 and 1")
 
 
 def retrieval_score(
@@ -538,16 +549,12 @@ def retrieval_map(
         >>> retrieval_map(v, y, [([0], [1]), ([0, 1], [])])
         tensor(1., dtype=torch.float64)
     """
-    if scores.shape != target.shape:
-        raise ValueError(f"target shape {tuple(target.shape)} must equal {tuple(scores.shape)}")
-    if bool(((target != 0) & (target != 1)).any()):
-        raise ValueError("multi-label target must hold only 0 and 1")
+    _check_retrieval_target(scores, target)
     s = retrieval_score(scores, queries, probs=probs)
     ap = _ap_columns(s, retrieval_relevance(target, queries))
     if not average:
         return ap
-    total, count = _nanmean_with_count(ap)
-    return total / count if count > 0 else total.new_tensor(float("nan"))
+    return _nanmean(ap)
 
 
 @METRICS.register(
@@ -587,8 +594,7 @@ class RetrievalMAP(Metric):
 
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         """Store the batch's query scores and relevance."""
-        if scores.shape != target.shape:
-            raise ValueError(f"target shape {tuple(target.shape)} must equal {tuple(scores.shape)}")
+        _check_retrieval_target(scores, target)
         self.scores.append(retrieval_score(scores.detach(), self.queries, probs=self.probs))
         self.relevant.append(retrieval_relevance(target, self.queries))
 
@@ -597,5 +603,4 @@ class RetrievalMAP(Metric):
         if len(self.scores) == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
         ap = _ap_columns(dim_zero_cat(self.scores), dim_zero_cat(self.relevant))
-        total, count = _nanmean_with_count(ap)
-        return total / count if count > 0 else total.new_tensor(float("nan"))
+        return _nanmean(ap)

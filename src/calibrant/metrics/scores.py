@@ -40,14 +40,13 @@ Reference:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from calibrant._checks import check_choice
 from calibrant._tensor import float32, neighbor_proportions, valid_mask
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, prepare_batch
+from calibrant.metrics._base import Inputs, MeanMetric, ratio
 from calibrant.metrics.calibration import _POOLED
 from calibrant.registry import METRICS
 
@@ -66,22 +65,24 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _score_sums(logits, target, *, ignore_index, mask, pixel_subset, input_kind):
-    """Return float64 sums of Brier and NLL terms and the int64 count of valid elements."""
-    prepare_batch(
-        logits, target, mask, num_classes=None, input_kind=input_kind, pixel_subset=pixel_subset
-    )
+class _Sums(NamedTuple):
+    brier: torch.Tensor  # float64 sum of the per-element Brier terms
+    nll: torch.Tensor  # float64 sum of the per-element NLL terms
+    count: torch.Tensor  # int64 count of valid elements
+
+
+def _score_sums(logits, target, mask, inputs: Inputs) -> _Sums:
+    """Float64 sums of the Brier and NLL terms and the int64 count of valid elements."""
+    chunks = inputs.chunks(logits, target, mask)
     dev = logits.device
     brier = torch.zeros((), dtype=torch.float64, device=dev)
     nll = torch.zeros((), dtype=torch.float64, device=dev)
     count = torch.zeros((), dtype=torch.int64, device=dev)
     with torch.no_grad(), float32(logits):
-        for ch in K.iter_chunks(
-            logits, target, ignore_index=ignore_index, mask=mask, pixel_subset=pixel_subset
-        ):
-            zmax, e = K.softmax_stats(ch.z, input_kind)
+        for ch in chunks:
+            zmax, e = K.softmax_stats(ch.z, inputs.input_kind)
             v = ch.valid
-            if input_kind == "probs":
+            if inputs.input_kind == "probs":
                 p = e
                 log_pt = p.gather(0, ch.t.unsqueeze(0)).squeeze(0).log()
                 nll_part = torch.where(v, log_pt, 0).sum(dtype=torch.float64)
@@ -100,7 +101,7 @@ def _score_sums(logits, target, *, ignore_index, mask, pixel_subset, input_kind)
             brier += torch.where(v, b, 0).sum(dtype=torch.float64)
             nll -= nll_part
             count += v.sum()
-    return brier, nll, count
+    return _Sums(brier, nll, count)
 
 
 def brier_score(
@@ -115,15 +116,15 @@ def brier_score(
     r"""Multi-class Brier score, :math:`\frac1M\sum_i\sum_k (s_{ik} - 1[y_i=k])^2`.
 
     Args:
-        logits: ``(B, C, *spatial)``.
-        target: ``(B, *spatial)``.
-        ignore_index: ignored label.
-        mask: optional bool subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        logits: ``(B, C, *spatial)`` scores (softmax link), or probabilities.
+        target: ``(B, *spatial)`` labels.
+        ignore_index: label left out of the mean.
+        mask: optional bool ``(B, *spatial)``; only True elements count.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
+        input_kind: ``"logits"`` or ``"probs"`` (used as given, not renormalised).
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar in ``[0, 2]``; NaN with no valid element.
 
     Example:
         >>> round(float(brier_score(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))), 4)
@@ -132,15 +133,8 @@ def brier_score(
     Reference:
         Brier, Verification of forecasts expressed in terms of probability, 1950.
     """
-    b, _, n = _score_sums(
-        logits,
-        target,
-        ignore_index=ignore_index,
-        mask=mask,
-        pixel_subset=pixel_subset,
-        input_kind=input_kind,
-    )
-    return b / n if int(n) else b.new_tensor(float("nan"))
+    sums = _score_sums(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+    return ratio(sums.brier, sums.count)
 
 
 def negative_log_likelihood(
@@ -155,41 +149,32 @@ def negative_log_likelihood(
     r"""Mean negative log-likelihood :math:`-\frac1M\sum_i \log s_{i,y_i}` (cross-entropy).
 
     Args:
-        logits: ``(B, C, *spatial)``.
+        logits: ``(B, C, *spatial)``; the log-softmax is taken stably from the logits.
         target: ``(B, *spatial)``.
         ignore_index: ignored label.
-        mask: optional bool subset.
+        mask: optional bool subset of the elements.
         pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        input_kind: ``"logits"``, or ``"probs"`` for the log of the label's given probability.
 
     Returns:
-        float64 scalar (NaN with no valid element).
+        float64 scalar ``>= 0`` (``inf`` where a label has probability 0 under ``"probs"``);
+        NaN with no valid element.
 
     Example:
         >>> round(float(negative_log_likelihood(torch.tensor([[0.0, 0.0]]),
         ...                                     torch.tensor([1]))), 4)
         0.6931
     """
-    _, s, n = _score_sums(
-        logits,
-        target,
-        ignore_index=ignore_index,
-        mask=mask,
-        pixel_subset=pixel_subset,
-        input_kind=input_kind,
-    )
-    return s / n if int(n) else s.new_tensor(float("nan"))
+    sums = _score_sums(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+    return ratio(sums.nll, sums.count)
 
 
-def _neighborhood_brier_sums(
-    logits, target, *, kernel_size, ignore_index, mask, pixel_subset, padding
-):
-    prepare_batch(
-        logits, target, mask, num_classes=None, input_kind="logits", pixel_subset=pixel_subset
-    )
+def _neighborhood_brier_sums(logits, target, mask, inputs: Inputs, kernel_size, padding):
+    inputs.check_batch(logits, target, mask)
     if logits.dim() < 3:
         raise ValueError("neighborhood_brier_score needs spatial dims: logits (B, C, *spatial)")
     C = logits.shape[1]
+    ignore_index = inputs.ignore_index
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
     count = torch.zeros((), dtype=torch.int64, device=logits.device)
     with torch.no_grad(), float32(logits):
@@ -202,7 +187,7 @@ def _neighborhood_brier_sums(
                 raise ValueError(f"target holds labels outside [0, {C})")
             if mask is not None:
                 valid &= mask[b : b + 1]
-            if pixel_subset == "gt_fg":
+            if inputs.pixel_subset == "gt_fg":
                 valid &= safe != 0
             tau = neighbor_proportions(
                 y, C, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
@@ -254,16 +239,8 @@ def neighborhood_brier_score(
     Reference:
         CRaC (MICCAI 2024), official code ``seg_brier_score``; METHODS §7.1.
     """
-    total, n = _neighborhood_brier_sums(
-        logits,
-        target,
-        kernel_size=kernel_size,
-        ignore_index=ignore_index,
-        mask=mask,
-        pixel_subset=pixel_subset,
-        padding=padding,
-    )
-    return total / n if int(n) else total.new_tensor(float("nan"))
+    inputs = Inputs(ignore_index, pixel_subset)
+    return ratio(*_neighborhood_brier_sums(logits, target, mask, inputs, kernel_size, padding))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +248,14 @@ def neighborhood_brier_score(
 # ----------------------------------------------------------------------------------------------
 
 
-class _ScoreMetric(CalMetric):
+class _ScoreMetric(MeanMetric):
+    """Shared state and update of :class:`BrierScore` and :class:`NegativeLogLikelihood`.
+
+    ``score`` names the :func:`_score_sums` field that the subclass averages.
+    """
+
+    score: str
+
     def __init__(
         self,
         *,
@@ -281,39 +265,30 @@ class _ScoreMetric(CalMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
-        check_choice("input_kind", input_kind, K.INPUT_KINDS)
-        self.ignore_index, self.pixel_subset, self.input_kind = (
-            ignore_index,
-            pixel_subset,
-            input_kind,
-        )
-        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self._set_inputs(ignore_index, pixel_subset, input_kind)
+        self._add_mean_state()
 
-    def _sums(self, logits, target, mask):
-        return _score_sums(
-            logits,
-            target,
-            ignore_index=self.ignore_index,
-            mask=mask,
-            pixel_subset=self.pixel_subset,
-            input_kind=self.input_kind,
-        )
-
-    def _value(self) -> torch.Tensor:
-        if int(self.count) == 0:
-            return self.total.new_tensor(float("nan"))
-        return self.total / self.count
+    def update(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch."""
+        sums = _score_sums(logits, target, mask, self.inputs)
+        self._add_to_mean(getattr(sums, self.score), sums.count)
 
 
+@METRICS.register(
+    "brier",
+    task="multiclass",
+    better="lower",
+    legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}",
+)
 class BrierScore(_ScoreMetric):
     """Streaming multi-class Brier score (see :func:`brier_score`).
 
     Args:
-        ignore_index: ignored label.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        ignore_index: label left out of the mean.
+        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
+        input_kind: ``"logits"`` or ``"probs"`` (used as given, not renormalised).
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 
     Example:
@@ -323,22 +298,22 @@ class BrierScore(_ScoreMetric):
         0.5
     """
 
-    def update(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> None:
-        """Add a batch."""
-        b, _, n = self._sums(logits, target, mask)
-        self.total += b
-        self.count += n
+    score = "brier"
 
 
+@METRICS.register(
+    "nll",
+    task="multiclass",
+    better="lower",
+    legend=f"negative log-likelihood of the true label, mean over {_POOLED}",
+)
 class NegativeLogLikelihood(_ScoreMetric):
     """Streaming mean NLL (see :func:`negative_log_likelihood`).
 
     Args:
-        ignore_index: ignored label.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
+        ignore_index: label left out of the mean.
+        pixel_subset: which elements count: ``"all"``, or ``"gt_fg"`` for labels other than 0.
+        input_kind: ``"logits"``, or ``"probs"`` for probabilities.
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 
     Example:
@@ -348,16 +323,17 @@ class NegativeLogLikelihood(_ScoreMetric):
         0.6931
     """
 
-    def update(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> None:
-        """Add a batch."""
-        _, s, n = self._sums(logits, target, mask)
-        self.total += s
-        self.count += n
+    score = "nll"
 
 
-class NeighborhoodBrierScore(CalMetric):
+@METRICS.register(
+    "neighborhood_brier",
+    task="multiclass",
+    better="lower",
+    legend="CRaC's neighbourhood Brier score: squared distance to the label proportions of each "
+    "pixel's neighbourhood",
+)
+class NeighborhoodBrierScore(MeanMetric):
     """Streaming CRaC neighbourhood Brier score (see :func:`neighborhood_brier_score`).
 
     Args:
@@ -384,54 +360,16 @@ class NeighborhoodBrierScore(CalMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_choice("pixel_subset", pixel_subset, K.PIXEL_SUBSETS)
+        self._set_inputs(ignore_index, pixel_subset, "logits")
         self.kernel_size, self.padding = kernel_size, padding
-        self.ignore_index, self.pixel_subset = ignore_index, pixel_subset
-        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self._add_mean_state()
 
     def update(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> None:
         """Add a batch of images/volumes."""
-        t, n = _neighborhood_brier_sums(
-            logits,
-            target,
-            kernel_size=self.kernel_size,
-            ignore_index=self.ignore_index,
-            mask=mask,
-            pixel_subset=self.pixel_subset,
-            padding=self.padding,
+        self._add_to_mean(
+            *_neighborhood_brier_sums(
+                logits, target, mask, self.inputs, self.kernel_size, self.padding
+            )
         )
-        self.total += t
-        self.count += n
-
-    def _value(self) -> torch.Tensor:
-        if int(self.count) == 0:
-            return self.total.new_tensor(float("nan"))
-        return self.total / self.count
-
-
-# ----------------------------------------------------------------------------------------------
-# Registry (the CLI's names)
-# ----------------------------------------------------------------------------------------------
-
-METRICS.register(
-    "brier",
-    task="multiclass",
-    better="lower",
-    legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}",
-)(BrierScore)
-METRICS.register(
-    "nll",
-    task="multiclass",
-    better="lower",
-    legend=f"negative log-likelihood of the true label, mean over {_POOLED}",
-)(NegativeLogLikelihood)
-METRICS.register(
-    "neighborhood_brier",
-    task="multiclass",
-    better="lower",
-    legend="CRaC's neighbourhood Brier score: squared distance to the label proportions of each "
-    "pixel's neighbourhood",
-)(NeighborhoodBrierScore)

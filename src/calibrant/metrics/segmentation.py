@@ -477,32 +477,22 @@ class OverlapDistance(Metric):
         return (values, counts) if self.return_counts else values
 
 
-def _single_metric_class(name: str, cls_name: str, better: bool, doc: str) -> type:
+class _OneOverlapDistance(OverlapDistance):
+    """:class:`OverlapDistance` of the one metric named by the class attribute ``metric_name``."""
+
+    metric_name: str
+
     def __init__(self, num_classes: int, **kwargs) -> None:
-        OverlapDistance.__init__(self, num_classes, (name,), **kwargs)
-
-    cls = type(cls_name, (OverlapDistance,), {"__init__": __init__, "__doc__": doc})
-    cls.higher_is_better = better
-    cls.__module__ = __name__
-    legend = _LEGENDS[name] + ", mean over the classes and the test cases (volumes)"
-    return METRICS.register(
-        name, task="segmentation", better="higher" if better else "lower", legend=legend
-    )(cls)
+        super().__init__(num_classes, (self.metric_name,), **kwargs)
 
 
-_LEGENDS = {  # the registry legends (``METRICS.meta(name)["legend"]``)
-    "dice": "Dice overlap per class",
-    "iou": "IoU (Jaccard) per class",
-    "hd": "Hausdorff distance per class (in spacing units: mm for medical volumes)",
-    "hd95": "95th-percentile Hausdorff distance per class (in spacing units: mm for volumes)",
-    "assd": "average symmetric surface distance per class (in spacing units)",
-}
+_PER_CASE = ", mean over the classes and the test cases (volumes)"  # ends the registry legends
 
 
-DiceScore = _single_metric_class(
-    "dice",
-    "DiceScore",
-    True,
+@METRICS.register(
+    "dice", task="segmentation", better="higher", legend="Dice overlap per class" + _PER_CASE
+)
+class DiceScore(_OneOverlapDistance):
     """Streaming mean per-case Dice (see :class:`OverlapDistance` for arguments and states).
 
     Example:
@@ -510,12 +500,16 @@ DiceScore = _single_metric_class(
         >>> m.update(None, torch.tensor([[0, 1, 1]]), pred_labels=torch.tensor([[0, 1, 0]]))
         >>> m.compute()
         tensor([   nan, 0.6667], dtype=torch.float64)
-    """,
+    """
+
+    metric_name = "dice"
+    higher_is_better = True
+
+
+@METRICS.register(
+    "iou", task="segmentation", better="higher", legend="IoU (Jaccard) per class" + _PER_CASE
 )
-IoUScore = _single_metric_class(
-    "iou",
-    "IoUScore",
-    True,
+class IoUScore(_OneOverlapDistance):
     """Streaming mean per-case IoU/Jaccard (see :class:`OverlapDistance`).
 
     Example:
@@ -523,12 +517,19 @@ IoUScore = _single_metric_class(
         >>> m.update(None, torch.tensor([[0, 1, 1]]), pred_labels=torch.tensor([[0, 1, 0]]))
         >>> m.compute()
         tensor(0.5000, dtype=torch.float64)
-    """,
-)
-HausdorffDistance = _single_metric_class(
+    """
+
+    metric_name = "iou"
+    higher_is_better = True
+
+
+@METRICS.register(
     "hd",
-    "HausdorffDistance",
-    False,
+    task="segmentation",
+    better="lower",
+    legend="Hausdorff distance per class (in spacing units: mm for medical volumes)" + _PER_CASE,
+)
+class HausdorffDistance(_OneOverlapDistance):
     """Streaming mean per-case Hausdorff distance (see :class:`OverlapDistance`).
 
     Example:
@@ -536,12 +537,20 @@ HausdorffDistance = _single_metric_class(
         >>> m.update(None, torch.tensor([[0, 1, 1, 0]]), pred_labels=torch.tensor([[0, 1, 1, 1]]))
         >>> m.compute()
         tensor(2., dtype=torch.float64)
-    """,
-)
-HausdorffDistance95 = _single_metric_class(
+    """
+
+    metric_name = "hd"
+    higher_is_better = False
+
+
+@METRICS.register(
     "hd95",
-    "HausdorffDistance95",
-    False,
+    task="segmentation",
+    better="lower",
+    legend="95th-percentile Hausdorff distance per class (in spacing units: mm for volumes)"
+    + _PER_CASE,
+)
+class HausdorffDistance95(_OneOverlapDistance):
     """Streaming mean per-case HD95, pooled or directed-max (see :class:`OverlapDistance`).
 
     Example:
@@ -549,12 +558,19 @@ HausdorffDistance95 = _single_metric_class(
         >>> m.update(None, torch.tensor([[0, 1, 1, 0]]), pred_labels=torch.tensor([[0, 1, 1, 1]]))
         >>> m.compute()
         tensor(0.9500, dtype=torch.float64)
-    """,
-)
-AverageSymmetricSurfaceDistance = _single_metric_class(
+    """
+
+    metric_name = "hd95"
+    higher_is_better = False
+
+
+@METRICS.register(
     "assd",
-    "AverageSymmetricSurfaceDistance",
-    False,
+    task="segmentation",
+    better="lower",
+    legend="average symmetric surface distance per class (in spacing units)" + _PER_CASE,
+)
+class AverageSymmetricSurfaceDistance(_OneOverlapDistance):
     """Streaming mean per-case ASSD (see :class:`OverlapDistance`).
 
     Example:
@@ -562,5 +578,7 @@ AverageSymmetricSurfaceDistance = _single_metric_class(
         >>> m.update(None, torch.tensor([[0, 1, 1, 0]]), pred_labels=torch.tensor([[0, 1, 1, 1]]))
         >>> m.compute()
         tensor(0.5000, dtype=torch.float64)
-    """,
-)
+    """
+
+    metric_name = "assd"
+    higher_is_better = False
