@@ -54,8 +54,9 @@ class SPALink(_FixedMap):
 
     @classmethod
     def from_loss_kwargs(cls, **loss_kwargs: Any) -> SPALink:
-        """The link of a loss configured with ``loss_kwargs`` (its SPA parameters; the rest,
-        such as ``reduction`` or the LPR weight, is not the link's business).
+        """The link of a loss configured with ``loss_kwargs``.
+
+        Only the SPA parameters are the link's; the rest (``reduction``, the LPR weight) is not.
 
         Example:
             >>> SPALink.from_loss_kwargs(zeta_pos=2.0, reduction="mean").params["zeta_pos"]
