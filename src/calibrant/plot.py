@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from calibrant._checks import check_logits_target
+from calibrant.alm.constraints import Layout
+from calibrant.metrics import calibration
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.metrics.reliability import region_masks
 
@@ -333,8 +335,6 @@ def region_reliability_curves(
     Returns:
         ``{"inner": curve, "boundary": curve}``.
     """
-    from calibrant.metrics import calibration
-
     check_logits_target(logits, target)
     masks = region_masks(target, kernel_size=kernel_size, ignore_index=ignore_index)
     return {
@@ -394,8 +394,6 @@ def class_label(k: int, class_names: list[str] | tuple[str, ...] | None = None) 
 
 def _infer_slots(shape: tuple[int, ...], class_names) -> list[str]:
     """Slot names from the λ shape alone (metrics.json written before slot names were saved)."""
-    from calibrant.alm.constraints import Layout
-
     k = len(class_names) if class_names else None
     if len(shape) == 2 and shape[0] == 2:
         return Layout("region_class", shape[1]).slot_names(class_names)

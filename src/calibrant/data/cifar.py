@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from calibrant.data.base import ArrayDataset, DataFileError, DatasetInfo, cached, dataset_dir
+from calibrant.data.longtail import select_split
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -223,8 +224,6 @@ def cifar10(
     each of its classes is capped (a smaller balanced set), see
     :func:`calibrant.data.longtail.select_split`.
     """
-    from calibrant.data.longtail import select_split
-
     d = load_cifar10(root, cache_dir, use_cache)
     info = DatasetInfo("cifar10", len(d["classes"]), tuple(d["classes"]), in_channels=3)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from calibrant.data.base import ArrayDataset, DataFileError, DatasetInfo, cached
+from calibrant.data.longtail import select_split
 from calibrant.registry import DATASETS
 
 __all__ = ["FASHION_MNIST_CLASSES", "SYSTEM_DIR", "read_idx", "fashion_mnist"]
@@ -119,8 +120,6 @@ def fashion_mnist(
     use_cache: bool = True,
 ):
     """Fashion-MNIST; ``split`` in train/val/trainval/test (see ``select_split``)."""
-    from calibrant.data.longtail import select_split
-
     folder = _folder(root)
     files = {p: [_find(folder, s) for s in stems] for p, stems in _FILES.items()}
 

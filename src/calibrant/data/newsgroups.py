@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from calibrant.data.base import DataFileError, DatasetInfo, cached, dataset_dir
+from calibrant.data.longtail import select_split
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -267,8 +268,6 @@ def newsgroups(root=None, split: str = "train", **opts) -> Dataset:
     ``val_fraction``, ``seed``, ``imbalance_ratio`` and ``max_per_class`` select the split (see
     :func:`calibrant.data.longtail.select_split`); other options go to :class:`NewsgroupsTfidf`.
     """
-    from calibrant.data.longtail import select_split
-
     sel = {
         k: opts.pop(k)
         for k in ("val_fraction", "seed", "imbalance_ratio", "max_per_class")
