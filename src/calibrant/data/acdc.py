@@ -47,7 +47,7 @@ from calibrant.data.base import (
     DataFileError,
     DatasetInfo,
     binary_foreground,
-    cached,
+    cached_cases,
     dataset_dir,
     foreground_info,
     read_nifti,
@@ -181,7 +181,7 @@ def _fit(image: np.ndarray, label: np.ndarray, size, crop: str, downsample: int)
 
 
 def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import h5py
+    import h5py  # optional (the data extra), needed only for the .h5 layout
 
     try:
         with h5py.File(path, "r") as f:
@@ -344,22 +344,19 @@ class ACDCVolumes(Dataset):
                 spacings.append((spacing[0], spacing[1] * f, spacing[2] * f))
             return {"images": images, "labels": labels, "spacings": spacings}
 
-        data = cached(
+        self.images, self.labels, self.spacings = cached_cases(
             "acdc",
             sources,
             options,
             build,
+            chosen,
             cache_dir=cache_dir,
             use_cache=use_cache,
             data_root=folder,
         )
-        data = {k: [v[i] for i in chosen] for k, v in data.items()}
         cases = [cases[i] for i in chosen]
         self.patients = sorted({c[0] for c in cases})
         self.case_ids = [f"patient{p:03d}_frame{f:02d}" for p, f, _ in cases]
-        self.images = [torch.from_numpy(a) for a in data["images"]]
-        self.labels = [torch.from_numpy(a) for a in data["labels"]]
-        self.spacings = [tuple(s) for s in data["spacings"]]
         self.layout = layout
         self.transform = transform
         self.info = DatasetInfo(

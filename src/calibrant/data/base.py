@@ -28,8 +28,10 @@ import json
 import logging
 import os
 import pickle
+import re
+import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ __all__ = [
     "resolve_cache_dir",
     "cache_key",
     "cached",
+    "cached_cases",
+    "tree_files",
     "atomic_write_bytes",
     "dataset_dir",
     "require_files",
@@ -218,6 +222,46 @@ def dataset_dir(root: str | os.PathLike | None, *parts: str, expected: str = "")
     return path
 
 
+def tree_files(
+    folder: Path, tarball: str, pattern: re.Pattern[str], what: str
+) -> Iterator[tuple[re.Match[str], bytes, str]]:
+    r"""``(match, content, where)`` of each file of a tree whose path matches ``pattern``.
+
+    The tree is read from the gzipped tar ``folder / tarball`` when it exists, else from its
+    extracted copy: the files three levels below ``folder`` (``part/class/file``), in sorted
+    order. ``pattern`` is searched in the member name (tarball) or in the path relative to
+    ``folder``; ``where`` names the file in messages (``tarball:member`` or the path).
+
+    Raises:
+        DataFileError: naming the tarball when it is truncated or not a gzip tar file (``what``
+            names the data set in the message).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = pathlib.Path(d, "train", "cat", "1.txt"); p.parent.mkdir(parents=True)
+        ...     _ = p.write_bytes(b"x")
+        ...     [(m.group(1), data) for m, data, _ in tree_files(
+        ...         pathlib.Path(d), "none.tar.gz", re.compile(r"^(\w+)/cat/"), "toy")]
+        [('train', b'x')]
+    """
+    tar = folder / tarball
+    if not tar.exists():
+        for path in sorted(folder.glob("*/*/*")):
+            m = pattern.search(path.relative_to(folder).as_posix())
+            if m and path.is_file():
+                yield m, path.read_bytes(), str(path)
+        return
+    try:
+        with tarfile.open(tar, "r:gz") as tf:
+            for member in tf:
+                m = pattern.search(member.name)
+                if m and member.isfile():
+                    yield m, tf.extractfile(member).read(), f"{tar}:{member.name}"
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataFileError(tar, f"cannot read {what} tarball {str(tar)!r}: {err}") from err
+
+
 def require_files(paths: Iterable[Path], what: str) -> list[Path]:
     """Return ``paths`` as a list, raising ``FileNotFoundError`` listing any that are missing."""
     paths = [Path(p) for p in paths]
@@ -331,6 +375,39 @@ def cached(
     return value
 
 
+def cached_cases(
+    name: str,
+    sources: Sequence[str | os.PathLike],
+    options: dict[str, Any],
+    build: Callable[[], dict[str, list]],
+    chosen: Sequence[int],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    data_root: str | os.PathLike | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[float, ...]]]:
+    """``(images, labels, spacings)`` of the cases ``chosen`` of a volume data set.
+
+    ``build()`` decodes *every* case into ``{"images": [...], "labels": [...], "spacings":
+    [...]}`` (numpy arrays, one per case), cached by :func:`cached` (same arguments), so that
+    every split and seed reuses one cache entry; the chosen cases are then taken from it.
+
+    Example:
+        >>> build = lambda: {"images": [np.zeros(2), np.ones(2)], "labels": [np.zeros(2)] * 2,
+        ...                  "spacings": [[1.0], [2.0]]}
+        >>> images, labels, spacings = cached_cases("demo", [], {}, build, [1], use_cache=False)
+        >>> images[0].tolist(), spacings
+        ([1.0, 1.0], [(2.0,)])
+    """
+    data = cached(
+        name, sources, options, build, cache_dir=cache_dir, use_cache=use_cache, data_root=data_root
+    )
+    images = [torch.from_numpy(data["images"][i]) for i in chosen]
+    labels = [torch.from_numpy(data["labels"][i]) for i in chosen]
+    spacings = [tuple(data["spacings"][i]) for i in chosen]
+    return images, labels, spacings
+
+
 # ------------------------------------------------------------------------------------ datasets
 
 
@@ -408,7 +485,7 @@ class IndexedSubset(Dataset):
 
 def read_nifti(path: Path, what: str = "NIfTI"):
     """``(nibabel image, array)`` of a NIfTI file; any read failure names the file."""
-    import nibabel as nib
+    import nibabel as nib  # optional (the data extra), needed only for NIfTI files
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{what} file {str(path)!r} not found")

@@ -33,7 +33,7 @@ from calibrant.data.acdc import seeded_case_split
 from calibrant.data.base import (
     DatasetInfo,
     binary_foreground,
-    cached,
+    cached_cases,
     dataset_dir,
     foreground_info,
     read_nifti,
@@ -187,20 +187,17 @@ class MSDVolumes(Dataset):
                 out["spacings"].append(spacing)
             return out
 
-        data = cached(
+        self.images, self.labels, self.spacings = cached_cases(
             "msd",
             sources,
             options,
             build,
+            chosen,
             cache_dir=cache_dir,
             use_cache=use_cache,
             data_root=folder,
         )
-        data = {k: [v[i] for i in chosen] for k, v in data.items()}
         self.case_ids = [cases[i][0] for i in chosen]
-        self.images = [torch.from_numpy(a) for a in data["images"]]
-        self.labels = [torch.from_numpy(a) for a in data["labels"]]
-        self.spacings = [tuple(s) for s in data["spacings"]]
         if class_names is None:
             labels = meta.get("labels")
             if labels:
