@@ -258,10 +258,9 @@ def region_reliability_diagram(
     Example:
         >>> import matplotlib
         >>> matplotlib.use("Agg")
-        >>> from calibrant.metrics import ReliabilityCurve
-        >>> c = ReliabilityCurve(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1, 3]),
-        ...                      torch.tensor([0.4, 0.8]), torch.tensor([0.0, 1.0]))
-        >>> fig = region_reliability_diagram({"inner": c, "boundary": c}, show_histogram=False)
+        >>> logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> curves = region_reliability_curves(logits, logits.argmax(1), n_bins=5)
+        >>> fig = region_reliability_diagram(curves, show_histogram=False)
         >>> [a.get_title() for a in fig.axes]
         ['inner', 'boundary']
     """
