@@ -52,16 +52,7 @@ from calibrant.config_schema.sections import (
     labels,
     validate_config,
 )
-from calibrant.config_schema.specs import (
-    Bool,
-    ConfigError,
-    Float,
-    Int,
-    ListOf,
-    Nullable,
-    Spec,
-    Str,
-)
+from calibrant.config_schema.specs import Bool, ConfigError, Float, Int, ListOf, Nullable, Spec, Str
 
 __all__ = [
     "Bool",

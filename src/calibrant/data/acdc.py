@@ -46,10 +46,9 @@ from torch.utils.data import Dataset
 from calibrant.data.base import (
     DataFileError,
     DatasetInfo,
-    binary_foreground,
+    ForegroundView,
     cached_cases,
     dataset_dir,
-    foreground_info,
     read_nifti,
     require_files,
 )
@@ -251,7 +250,7 @@ def _resolve_folder(root) -> Path:
     return dataset_dir(root, "acdc", expected=f"{_H5_DIR}/patientNNN_frameFF.h5")
 
 
-class ACDCVolumes(Dataset):
+class ACDCVolumes(ForegroundView, Dataset):
     """ACDC volumes of one split (evaluation view): ``(image (S, 1, H, W), label (S, H, W))``.
 
     The slices of a volume form the batch dimension, so a 2D network can run on one item as is.
@@ -368,16 +367,7 @@ class ACDCVolumes(Dataset):
             task="segmentation",
             in_channels=1,
         )
-        self.foreground = None if foreground is None else [int(c) for c in foreground]
-        if self.foreground is not None:
-            self.info = foreground_info(self.info, self.foreground)
-
-    def _target(self, label: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        if self.foreground is None:
-            return label
-        return binary_foreground(
-            label, self.foreground, ignore_index=self.info.ignore_index, channel_dim=channel_dim
-        )
+        self._set_foreground(foreground)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -47,6 +47,7 @@ __all__ = [
     "DataFileError",
     "DatasetInfo",
     "ArrayDataset",
+    "ForegroundView",
     "binary_foreground",
     "foreground_info",
     "read_nifti",
@@ -198,6 +199,38 @@ def binary_foreground(
     out = torch.isin(label, fg).long()
     out = torch.where(label == ignore_index, torch.full_like(out, ignore_index), out)
     return out.unsqueeze(channel_dim)
+
+
+class ForegroundView:
+    """Mixin of the segmentation sets: an optional binary "foreground vs rest" view of the labels.
+
+    A subclass calls :meth:`_set_foreground` once its ``info`` is set: with ``foreground`` given,
+    ``info`` becomes :func:`foreground_info` and :meth:`_target` maps each label through
+    :func:`binary_foreground`; with ``None`` labels are returned as they are.
+
+    Example:
+        >>> class Toy(ForegroundView):
+        ...     def __init__(self, foreground):
+        ...         self.info = DatasetInfo("toy", 3, ("bg", "a", "b"), task="segmentation")
+        ...         self._set_foreground(foreground)
+        >>> Toy([2])._target(torch.tensor([0, 1, 2])).tolist(), Toy(None).info.num_classes
+        ([[0, 0, 1]], 3)
+    """
+
+    info: DatasetInfo
+    foreground: list[int] | None = None
+
+    def _set_foreground(self, foreground: Sequence[int] | None) -> None:
+        self.foreground = None if foreground is None else [int(c) for c in foreground]
+        if self.foreground is not None:
+            self.info = foreground_info(self.info, self.foreground)
+
+    def _target(self, label: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+        if self.foreground is None:
+            return label
+        return binary_foreground(
+            label, self.foreground, ignore_index=self.info.ignore_index, channel_dim=channel_dim
+        )
 
 
 # --------------------------------------------------------------------------------------- paths
