@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tqdm import tqdm
+
 from calibrant.engine import Callback
 
 __all__ = ["Progress"]
@@ -97,17 +99,12 @@ class Progress(Callback):
 
     # -- output --------------------------------------------------------------------------------
     def _print(self, line: str) -> None:
-        if self.tty:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=self.stream)
-            self.stream.flush()
-        else:
-            print(line, file=self.stream, flush=True)
+        # tqdm.write clears this stream's open bars, writes the line and redraws them; with no
+        # bar open (line mode) it is a plain write
+        tqdm.write(line, file=self.stream)
+        self.stream.flush()
 
     def _bar(self, key: str, **kwargs: Any) -> Any:
-        from tqdm import tqdm
-
         self._close(key)
         bar = tqdm(file=self.stream, dynamic_ncols=True, mininterval=0.1, **kwargs)
         self._bars[key] = bar

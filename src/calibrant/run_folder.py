@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from calibrant import distributed as dist_utils
+from calibrant.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = [
     "RUN_DIRS",
@@ -139,8 +140,6 @@ def prepare(
             config that differs from the stored one (the message lists the differences).
         CheckpointError: ``resume`` without ``out/checkpoints/last.pt``.
     """
-    from calibrant.checkpoint import CheckpointError, load_checkpoint
-
     out = Path(out)
     if resume and overwrite:
         raise RunFolderError("--resume continues a run and --overwrite replaces it: pick one")

@@ -58,7 +58,11 @@ from typing import Any
 
 import torch
 
+from calibrant import plot
+from calibrant.alm.term import alm_terms
 from calibrant.engine import Callback
+from calibrant.metrics.calibration import CalibrationError
+from calibrant.registry import ALM_PRESETS
 
 __all__ = ["LOGGERS", "RunLogger", "alm_slots", "resolve_logger"]
 
@@ -107,9 +111,6 @@ def alm_slots(
         >>> slots["alm0"]["method"], slots["alm0"]["slots"][1]
         ('CRaC', 'inner/LV')
     """
-    from calibrant.alm.term import alm_terms
-    from calibrant.registry import ALM_PRESETS
-
     names = list(class_names) if class_names is not None else None
     label = loss_name
     if loss_name is not None and loss_name in ALM_PRESETS:
@@ -225,8 +226,6 @@ class RunLogger(Callback):
         loss = dict(experiment.cfg.get("loss", {})) if getattr(experiment, "cfg", None) else {}
         self.slots = alm_slots(experiment.criterion, self.class_names, loss.get("name"))
         if self.images and getattr(info, "task", "multilabel") != "multilabel":
-            from calibrant.metrics.calibration import CalibrationError
-
             metric = CalibrationError(15, ignore_index=info.ignore_index)
             device = next(iter(experiment.model.parameters()), torch.zeros(())).device
             self._curve_metric = metric.to(device)
@@ -267,12 +266,10 @@ class RunLogger(Callback):
             self._val_curve = None
 
     def _image(self, epoch: int, curve: Any) -> None:
-        import matplotlib
+        import matplotlib  # the optional plot extra: loaded only when a diagram is drawn
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
-
-        from calibrant import plot
 
         fig = plot.reliability_diagram(curve, title=f"validation, epoch {epoch}")
         self._writer.add_figure("val/reliability", fig, global_step=epoch, close=True)
@@ -294,7 +291,7 @@ class RunLogger(Callback):
                         continue
         self._rows = rows
         if self.kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional (calibrant[cli])
 
             purge = epoch if self.resume else None
             self._writer = SummaryWriter(str(self.dir), purge_step=purge)

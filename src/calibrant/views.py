@@ -1,4 +1,10 @@
-r"""Random affine views of an image batch and the two-view (BWCR) training objective.
+r"""BWCR's augmented views: random affine views of an image batch and the two-view objective.
+
+This module is the augmentation half of BWCR (boundary-weighted logit consistency, Karani et
+al., MICCAI 2023): each training image is seen in two randomly transformed views, and the loss
+compares the views' logits once they are mapped back to the original frame. The consistency
+term itself is :func:`calibrant.losses.bwcr.bwcr_consistency`. A loss registered with
+``inputs="two_view"`` is wrapped in :func:`two_view_objective`; BWCR is the only one today.
 
 A :class:`View` holds one random 2D affine transform per sample (rotation, isotropic zoom,
 translation) and an intensity change ``x·gain + bias``. :func:`apply_view` warps a batch

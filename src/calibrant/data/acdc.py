@@ -46,10 +46,9 @@ from torch.utils.data import Dataset
 from calibrant.data.base import (
     DataFileError,
     DatasetInfo,
-    binary_foreground,
-    cached,
+    ForegroundView,
+    cached_cases,
     dataset_dir,
-    foreground_info,
     read_nifti,
     require_files,
 )
@@ -181,7 +180,7 @@ def _fit(image: np.ndarray, label: np.ndarray, size, crop: str, downsample: int)
 
 
 def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import h5py
+    import h5py  # optional (the data extra), needed only for the .h5 layout
 
     try:
         with h5py.File(path, "r") as f:
@@ -251,7 +250,7 @@ def _resolve_folder(root) -> Path:
     return dataset_dir(root, "acdc", expected=f"{_H5_DIR}/patientNNN_frameFF.h5")
 
 
-class ACDCVolumes(Dataset):
+class ACDCVolumes(ForegroundView, Dataset):
     """ACDC volumes of one split (evaluation view): ``(image (S, 1, H, W), label (S, H, W))``.
 
     The slices of a volume form the batch dimension, so a 2D network can run on one item as is.
@@ -344,22 +343,19 @@ class ACDCVolumes(Dataset):
                 spacings.append((spacing[0], spacing[1] * f, spacing[2] * f))
             return {"images": images, "labels": labels, "spacings": spacings}
 
-        data = cached(
+        self.images, self.labels, self.spacings = cached_cases(
             "acdc",
             sources,
             options,
             build,
+            chosen,
             cache_dir=cache_dir,
             use_cache=use_cache,
             data_root=folder,
         )
-        data = {k: [v[i] for i in chosen] for k, v in data.items()}
         cases = [cases[i] for i in chosen]
         self.patients = sorted({c[0] for c in cases})
         self.case_ids = [f"patient{p:03d}_frame{f:02d}" for p, f, _ in cases]
-        self.images = [torch.from_numpy(a) for a in data["images"]]
-        self.labels = [torch.from_numpy(a) for a in data["labels"]]
-        self.spacings = [tuple(s) for s in data["spacings"]]
         self.layout = layout
         self.transform = transform
         self.info = DatasetInfo(
@@ -371,16 +367,7 @@ class ACDCVolumes(Dataset):
             task="segmentation",
             in_channels=1,
         )
-        self.foreground = None if foreground is None else [int(c) for c in foreground]
-        if self.foreground is not None:
-            self.info = foreground_info(self.info, self.foreground)
-
-    def _target(self, label: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        if self.foreground is None:
-            return label
-        return binary_foreground(
-            label, self.foreground, ignore_index=self.info.ignore_index, channel_dim=channel_dim
-        )
+        self._set_foreground(foreground)
 
     def __len__(self) -> int:
         return len(self.images)

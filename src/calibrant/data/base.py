@@ -28,8 +28,10 @@ import json
 import logging
 import os
 import pickle
+import re
+import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "DataFileError",
     "DatasetInfo",
     "ArrayDataset",
+    "ForegroundView",
     "binary_foreground",
     "foreground_info",
     "read_nifti",
@@ -52,6 +55,8 @@ __all__ = [
     "resolve_cache_dir",
     "cache_key",
     "cached",
+    "cached_cases",
+    "tree_files",
     "atomic_write_bytes",
     "dataset_dir",
     "require_files",
@@ -196,6 +201,38 @@ def binary_foreground(
     return out.unsqueeze(channel_dim)
 
 
+class ForegroundView:
+    """Mixin of the segmentation sets: an optional binary "foreground vs rest" view of the labels.
+
+    A subclass calls :meth:`_set_foreground` once its ``info`` is set: with ``foreground`` given,
+    ``info`` becomes :func:`foreground_info` and :meth:`_target` maps each label through
+    :func:`binary_foreground`; with ``None`` labels are returned as they are.
+
+    Example:
+        >>> class Toy(ForegroundView):
+        ...     def __init__(self, foreground):
+        ...         self.info = DatasetInfo("toy", 3, ("bg", "a", "b"), task="segmentation")
+        ...         self._set_foreground(foreground)
+        >>> Toy([2])._target(torch.tensor([0, 1, 2])).tolist(), Toy(None).info.num_classes
+        ([[0, 0, 1]], 3)
+    """
+
+    info: DatasetInfo
+    foreground: list[int] | None = None
+
+    def _set_foreground(self, foreground: Sequence[int] | None) -> None:
+        self.foreground = None if foreground is None else [int(c) for c in foreground]
+        if self.foreground is not None:
+            self.info = foreground_info(self.info, self.foreground)
+
+    def _target(self, label: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+        if self.foreground is None:
+            return label
+        return binary_foreground(
+            label, self.foreground, ignore_index=self.info.ignore_index, channel_dim=channel_dim
+        )
+
+
 # --------------------------------------------------------------------------------------- paths
 
 
@@ -216,6 +253,46 @@ def dataset_dir(root: str | os.PathLike | None, *parts: str, expected: str = "")
             f"{'/'.join(parts)}/{what} below the data root"
         )
     return path
+
+
+def tree_files(
+    folder: Path, tarball: str, pattern: re.Pattern[str], what: str
+) -> Iterator[tuple[re.Match[str], bytes, str]]:
+    r"""``(match, content, where)`` of each file of a tree whose path matches ``pattern``.
+
+    The tree is read from the gzipped tar ``folder / tarball`` when it exists, else from its
+    extracted copy: the files three levels below ``folder`` (``part/class/file``), in sorted
+    order. ``pattern`` is searched in the member name (tarball) or in the path relative to
+    ``folder``; ``where`` names the file in messages (``tarball:member`` or the path).
+
+    Raises:
+        DataFileError: naming the tarball when it is truncated or not a gzip tar file (``what``
+            names the data set in the message).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = pathlib.Path(d, "train", "cat", "1.txt"); p.parent.mkdir(parents=True)
+        ...     _ = p.write_bytes(b"x")
+        ...     [(m.group(1), data) for m, data, _ in tree_files(
+        ...         pathlib.Path(d), "none.tar.gz", re.compile(r"^(\w+)/cat/"), "toy")]
+        [('train', b'x')]
+    """
+    tar = folder / tarball
+    if not tar.exists():
+        for path in sorted(folder.glob("*/*/*")):
+            m = pattern.search(path.relative_to(folder).as_posix())
+            if m and path.is_file():
+                yield m, path.read_bytes(), str(path)
+        return
+    try:
+        with tarfile.open(tar, "r:gz") as tf:
+            for member in tf:
+                m = pattern.search(member.name)
+                if m and member.isfile():
+                    yield m, tf.extractfile(member).read(), f"{tar}:{member.name}"
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataFileError(tar, f"cannot read {what} tarball {str(tar)!r}: {err}") from err
 
 
 def require_files(paths: Iterable[Path], what: str) -> list[Path]:
@@ -331,6 +408,39 @@ def cached(
     return value
 
 
+def cached_cases(
+    name: str,
+    sources: Sequence[str | os.PathLike],
+    options: dict[str, Any],
+    build: Callable[[], dict[str, list]],
+    chosen: Sequence[int],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    data_root: str | os.PathLike | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[float, ...]]]:
+    """``(images, labels, spacings)`` of the cases ``chosen`` of a volume data set.
+
+    ``build()`` decodes *every* case into ``{"images": [...], "labels": [...], "spacings":
+    [...]}`` (numpy arrays, one per case), cached by :func:`cached` (same arguments), so that
+    every split and seed reuses one cache entry; the chosen cases are then taken from it.
+
+    Example:
+        >>> build = lambda: {"images": [np.zeros(2), np.ones(2)], "labels": [np.zeros(2)] * 2,
+        ...                  "spacings": [[1.0], [2.0]]}
+        >>> images, labels, spacings = cached_cases("demo", [], {}, build, [1], use_cache=False)
+        >>> images[0].tolist(), spacings
+        ([1.0, 1.0], [(2.0,)])
+    """
+    data = cached(
+        name, sources, options, build, cache_dir=cache_dir, use_cache=use_cache, data_root=data_root
+    )
+    images = [torch.from_numpy(data["images"][i]) for i in chosen]
+    labels = [torch.from_numpy(data["labels"][i]) for i in chosen]
+    spacings = [tuple(data["spacings"][i]) for i in chosen]
+    return images, labels, spacings
+
+
 # ------------------------------------------------------------------------------------ datasets
 
 
@@ -408,7 +518,7 @@ class IndexedSubset(Dataset):
 
 def read_nifti(path: Path, what: str = "NIfTI"):
     """``(nibabel image, array)`` of a NIfTI file; any read failure names the file."""
-    import nibabel as nib
+    import nibabel as nib  # optional (the data extra), needed only for NIfTI files
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{what} file {str(path)!r} not found")

@@ -25,13 +25,20 @@ from __future__ import annotations
 import io
 import pickle
 import re
-import tarfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from calibrant.data.base import ArrayDataset, DataFileError, DatasetInfo, cached, dataset_dir
+from calibrant.data.base import (
+    DataFileError,
+    DatasetInfo,
+    cached,
+    dataset_dir,
+    tree_files,
+)
+from calibrant.data.longtail import select_array_split
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -112,7 +119,7 @@ def read_cifar_pickles(folder: Path) -> dict:
 
 
 def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # optional (the data extra), needed only for the JPEG tree
 
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -124,27 +131,8 @@ def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
 def read_cifar_jpegs(folder: Path) -> dict:
     """Decode the JPEG tree (tarball or folders) into ``x_*`` uint8 ``(N, H, W, 3)``, ``y_*``."""
     items: dict[str, list] = {"train": [], "test": []}
-    tar = folder / _TAR
-    if tar.exists():
-        try:
-            with tarfile.open(tar, "r:gz") as tf:
-                for member in tf:
-                    m = _JPG_RE.search(member.name)
-                    if member.isfile() and m:
-                        data = tf.extractfile(member).read()
-                        img = _decode_jpeg(data, f"{tar}:{member.name}")
-                        items[m.group(1)].append((m.group(2), m.group(3), img))
-        except (tarfile.TarError, EOFError, OSError) as err:
-            if isinstance(err, DataFileError):
-                raise
-            raise DataFileError(tar, f"cannot read CIFAR-10 tarball {str(tar)!r}: {err}") from err
-    else:
-        for part in items:
-            for p in sorted((folder / part).glob("*/*")):
-                if _JPG_RE.search(p.as_posix()):
-                    items[part].append(
-                        (p.parent.name, p.name, _decode_jpeg(p.read_bytes(), str(p)))
-                    )
+    for m, data, where in tree_files(folder, _TAR, _JPG_RE, "CIFAR-10"):
+        items[m.group(1)].append((m.group(2), m.group(3), _decode_jpeg(data, where)))
     classes = sorted({c for c, _, _ in items["train"]})
     index = {c: i for i, c in enumerate(classes)}
     out = {"classes": classes}
@@ -179,26 +167,15 @@ def load_cifar10(root=None, cache_dir=None, use_cache: bool = True) -> dict:
         )
     if (folder / _PKL).is_dir():
         src = folder / _PKL
-        sources = sorted(p for p in src.iterdir() if p.is_file())
-        return cached(
-            "cifar10-pkl",
-            sources,
-            {},
-            lambda: read_cifar_pickles(src),
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            data_root=folder,
-        )
-    tar = folder / _TAR
-    sources = [tar] if tar.exists() else sorted(folder.glob("*/*/*.jpg"))
+        name, sources = "cifar10-pkl", sorted(p for p in src.iterdir() if p.is_file())
+        build = partial(read_cifar_pickles, src)
+    else:
+        tar = folder / _TAR
+        name = "cifar10-jpg"
+        sources = [tar] if tar.exists() else sorted(folder.glob("*/*/*.jpg"))
+        build = partial(read_cifar_jpegs, folder)
     return cached(
-        "cifar10-jpg",
-        sources,
-        {},
-        lambda: read_cifar_jpegs(folder),
-        cache_dir=cache_dir,
-        use_cache=use_cache,
-        data_root=folder,
+        name, sources, {}, build, cache_dir=cache_dir, use_cache=use_cache, data_root=folder
     )
 
 
@@ -223,24 +200,14 @@ def cifar10(
     each of its classes is capped (a smaller balanced set), see
     :func:`calibrant.data.longtail.select_split`.
     """
-    from calibrant.data.longtail import select_split
-
     d = load_cifar10(root, cache_dir, use_cache)
     info = DatasetInfo("cifar10", len(d["classes"]), tuple(d["classes"]), in_channels=3)
-
-    def part(p):
-        return ArrayDataset(
-            torch.from_numpy(d[f"x_{p}"]),
-            torch.from_numpy(d[f"y_{p}"]),
-            info,
-            transform,
-            convert=lambda im: to_float_chw(im, normalize),
-        )
-
-    return select_split(
+    return select_array_split(
         split,
-        lambda: part("train"),
-        lambda: part("test"),
+        d,
+        info,
+        transform=transform,
+        convert=lambda im: to_float_chw(im, normalize),
         val_fraction=val_fraction,
         seed=seed,
         imbalance_ratio=imbalance_ratio,

@@ -22,9 +22,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from calibrant.data.base import ArrayDataset, DataFileError, DatasetInfo, cached
+from calibrant.data.base import DataFileError, DatasetInfo, cached
+from calibrant.data.longtail import select_array_split
 from calibrant.registry import DATASETS
 
 __all__ = ["FASHION_MNIST_CLASSES", "SYSTEM_DIR", "read_idx", "fashion_mnist"]
@@ -119,8 +119,6 @@ def fashion_mnist(
     use_cache: bool = True,
 ):
     """Fashion-MNIST; ``split`` in train/val/trainval/test (see ``select_split``)."""
-    from calibrant.data.longtail import select_split
-
     folder = _folder(root)
     files = {p: [_find(folder, s) for s in stems] for p, stems in _FILES.items()}
 
@@ -143,20 +141,12 @@ def fashion_mnist(
         data_root=folder,
     )
     info = DatasetInfo("fashion_mnist", 10, FASHION_MNIST_CLASSES, in_channels=1)
-
-    def part(p):
-        return ArrayDataset(
-            torch.from_numpy(d[f"x_{p}"]),
-            torch.from_numpy(d[f"y_{p}"]),
-            info,
-            transform,
-            convert=lambda im: im[None].float().div_(255.0),
-        )
-
-    return select_split(
+    return select_array_split(
         split,
-        lambda: part("train"),
-        lambda: part("test"),
+        d,
+        info,
+        transform=transform,
+        convert=lambda im: im[None].float().div_(255.0),
         val_fraction=val_fraction,
         seed=seed,
         imbalance_ratio=imbalance_ratio,

@@ -21,12 +21,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from calibrant._checks import check_positive
-from calibrant.data.base import IndexedSubset
+from calibrant.data.base import ArrayDataset, DatasetInfo, IndexedSubset
 
 __all__ = [
     "long_tailed_counts",
@@ -35,6 +36,7 @@ __all__ = [
     "stratified_split",
     "train_val_split",
     "select_split",
+    "select_array_split",
     "SPLITS",
 ]
 
@@ -220,3 +222,34 @@ def select_split(
         if isinstance(part.dataset, IndexedSubset):  # flatten nested subsets
             part = IndexedSubset(part.dataset.dataset, part.dataset.indices[part.indices])
     return part
+
+
+def select_array_split(
+    split: str,
+    arrays: Mapping[str, Any],
+    info: DatasetInfo,
+    *,
+    transform: Callable | None = None,
+    convert: Callable | None = None,
+    **options: Any,
+):
+    """:func:`select_split` of a set decoded into arrays ``x_train, y_train, x_test, y_test``.
+
+    Each official part is an :class:`~calibrant.data.base.ArrayDataset` over the arrays
+    (``convert`` and ``transform`` are passed on); ``options`` (``val_fraction``, ``seed``,
+    ``imbalance_ratio``, ``max_per_class``) go to :func:`select_split`.
+
+    Example:
+        >>> import numpy as np
+        >>> arrays = {"x_train": np.zeros((40, 1)), "y_train": np.arange(2).repeat(20),
+        ...           "x_test": np.zeros((6, 1)), "y_test": np.arange(2).repeat(3)}
+        >>> info = DatasetInfo("t", 2, ("a", "b"))
+        >>> [len(select_array_split(s, arrays, info)) for s in SPLITS]
+        [36, 4, 40, 6]
+    """
+
+    def part(p: str) -> ArrayDataset:
+        x, y = torch.from_numpy(arrays[f"x_{p}"]), torch.from_numpy(arrays[f"y_{p}"])
+        return ArrayDataset(x, y, info, transform, convert=convert)
+
+    return select_split(split, lambda: part("train"), lambda: part("test"), **options)

@@ -32,10 +32,9 @@ from torch.utils.data import Dataset
 from calibrant.data.acdc import seeded_case_split
 from calibrant.data.base import (
     DatasetInfo,
-    binary_foreground,
-    cached,
+    ForegroundView,
+    cached_cases,
     dataset_dir,
-    foreground_info,
     read_nifti,
 )
 from calibrant.registry import DATASETS
@@ -126,7 +125,7 @@ def _load_case(image_path: Path, label_path: Path, normalize: str | None):
     return image.astype(np.float32), np.rint(label).astype(np.int16), spacing
 
 
-class MSDVolumes(Dataset):
+class MSDVolumes(ForegroundView, Dataset):
     """Whole volumes of one split of an MSD-style task: ``(image (C, X, Y, Z), label (X, Y, Z))``.
 
     Args:
@@ -187,20 +186,17 @@ class MSDVolumes(Dataset):
                 out["spacings"].append(spacing)
             return out
 
-        data = cached(
+        self.images, self.labels, self.spacings = cached_cases(
             "msd",
             sources,
             options,
             build,
+            chosen,
             cache_dir=cache_dir,
             use_cache=use_cache,
             data_root=folder,
         )
-        data = {k: [v[i] for i in chosen] for k, v in data.items()}
         self.case_ids = [cases[i][0] for i in chosen]
-        self.images = [torch.from_numpy(a) for a in data["images"]]
-        self.labels = [torch.from_numpy(a) for a in data["labels"]]
-        self.spacings = [tuple(s) for s in data["spacings"]]
         if class_names is None:
             labels = meta.get("labels")
             if labels:
@@ -218,15 +214,8 @@ class MSDVolumes(Dataset):
             task="segmentation",
             in_channels=int(self.images[0].shape[0]),
         )
-        self.foreground = None if foreground is None else [int(c) for c in foreground]
-        if self.foreground is not None:
-            self.info = foreground_info(self.info, self.foreground)
+        self._set_foreground(foreground)
         self.transform = transform
-
-    def _target(self, label: torch.Tensor) -> torch.Tensor:
-        if self.foreground is None:
-            return label
-        return binary_foreground(label, self.foreground, ignore_index=self.info.ignore_index)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -26,14 +26,14 @@ Example:
 from __future__ import annotations
 
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from calibrant.data.base import DataFileError, DatasetInfo, cached, dataset_dir
+from calibrant.data.base import DatasetInfo, cached, dataset_dir, tree_files
+from calibrant.data.longtail import select_split
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -134,25 +134,9 @@ def read_newsgroups(folder: Path) -> dict[str, list]:
         OSError: naming the tarball when it is truncated or not a gzip tar file.
     """
     posts: dict[str, list] = {"train": [], "test": []}
-    tar = folder / _TAR
-    if tar.exists():
-        try:
-            with tarfile.open(tar, "r:gz") as tf:
-                for member in tf:
-                    m = _PART_RE.search(member.name)
-                    if not member.isfile() or not m or m.group(3).startswith("."):
-                        continue
-                    data = tf.extractfile(member).read()
-                    posts[m.group(1)].append((m.group(2), m.group(3), data.decode("latin-1")))
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise DataFileError(
-                tar, f"cannot read 20 Newsgroups tarball {str(tar)!r}: {err}"
-            ) from err
-    else:
-        for part in ("train", "test"):
-            for p in sorted((folder / f"20news-bydate-{part}").glob("*/*")):
-                if p.is_file() and not p.name.startswith("."):
-                    posts[part].append((p.parent.name, p.name, p.read_bytes().decode("latin-1")))
+    for m, data, _ in tree_files(folder, _TAR, _PART_RE, "20 Newsgroups"):
+        if not m.group(3).startswith("."):
+            posts[m.group(1)].append((m.group(2), m.group(3), data.decode("latin-1")))
     for part in posts:
         if not posts[part]:
             raise FileNotFoundError(f"no 20news-bydate-{part}/<group>/<post> files in {folder}")
@@ -204,6 +188,7 @@ class NewsgroupsTfidf(Dataset):
         }
 
         def build():
+            # optional (the data extra) and slow to import: only a cache miss needs it
             from sklearn.feature_extraction.text import TfidfVectorizer
 
             posts = read_newsgroups(folder)
@@ -267,8 +252,6 @@ def newsgroups(root=None, split: str = "train", **opts) -> Dataset:
     ``val_fraction``, ``seed``, ``imbalance_ratio`` and ``max_per_class`` select the split (see
     :func:`calibrant.data.longtail.select_split`); other options go to :class:`NewsgroupsTfidf`.
     """
-    from calibrant.data.longtail import select_split
-
     sel = {
         k: opts.pop(k)
         for k in ("val_fraction", "seed", "imbalance_ratio", "max_per_class")
