@@ -110,7 +110,7 @@ def research_crac_penalty(logits, target, lam, rho, margin=5.0):
 
 
 def measure(name, repeats, device):
-    from calibrant.registry import ALM_PRESETS
+    from calibrant.registry import LOSSES
 
     g = torch.Generator().manual_seed(0)
     rss0 = _rss_mb()
@@ -118,7 +118,7 @@ def measure(name, repeats, device):
         model = TinyUNet().to(device).eval()
         xs = [torch.randn(4, 1, 192, 192, generator=g).to(device) for _ in range(5)]
         ys = [_seg_target(4, 192, 192, device, g) for _ in range(5)]
-        alm = ALM_PRESETS.build("crac", num_classes=K, with_ce=False).to(device)
+        alm = LOSSES.build("crac", num_classes=K, with_ce=False).to(device)
 
         observe_times = []  # observe + step time inside each observed pass, timed directly
 
@@ -153,7 +153,7 @@ def measure(name, repeats, device):
                 return F.cross_entropy(logits, y)
 
         elif name in ("crac", "crac_novalidate"):
-            alm = ALM_PRESETS.build(
+            alm = LOSSES.build(
                 "crac", num_classes=K, with_ce=False, validate=name == "crac"
             ).to(device)
             alm.lam.fill_(0.5)
@@ -169,7 +169,7 @@ def measure(name, repeats, device):
                 return research_crac_penalty(logits, y, lam, rho)
 
         elif name == "nacl_calibrant":
-            crit = ALM_PRESETS.build("nacl", num_classes=K, padding="zeros").to(device)
+            crit = LOSSES.build("nacl", num_classes=K, padding="zeros").to(device)
 
             def loss():
                 return crit(logits, y)

@@ -32,7 +32,7 @@ LOSSES = [
     "nacl",
     "nacl_term",
     "monai_nacl",  # peer: MONAI NACLLoss (CE + term)
-    "crac",  # ALM_PRESETS "crac": CE + the CRaC ALM penalty (λ, ρ random per slot)
+    "crac",  # LOSSES "crac": CE + the CRaC ALM penalty (λ, ρ random per slot)
     "crac_term",  # the ALMPenalty alone
 ]
 
@@ -41,7 +41,7 @@ def _build(name: str, shape: tuple[int, ...]):
     import torch
     import torch.nn.functional as F
 
-    from calibrant.registry import ALM_PRESETS
+    from calibrant.registry import LOSSES
     from calibrant.registry import LOSSES as REG
 
     if name == "plain_ce":
@@ -51,7 +51,7 @@ def _build(name: str, shape: tuple[int, ...]):
 
         return NACLLoss(classes=shape[1], dim=len(shape) - 2)
     if name.startswith("crac"):
-        full = ALM_PRESETS.build("crac", num_classes=shape[1])
+        full = LOSSES.build("crac", num_classes=shape[1])
         alm = full.parts["alm"]
         g = torch.Generator().manual_seed(0)  # non-uniform multipliers, as after some epochs
         alm.lam.copy_(torch.rand(alm.lam.shape, generator=g, dtype=alm.lam.dtype))

@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from calibrant import ALM_PRESETS, MODELS
+from calibrant import MODELS
 from calibrant.data.acdc import ACDC_CLASSES, ACDCSlices
 from calibrant.data.base import IndexedSubset
 from calibrant.engine import EpochSampler, loss_terms
@@ -125,7 +125,7 @@ def build_module(
         "unet2d", in_channels=1, num_classes=4, base_channels=base_channels, depth=depth,
         norm="instance",
     )  # fmt: skip
-    criterion = ALM_PRESETS.build("crac", num_classes=4)
+    criterion = LOSSES.build("crac", num_classes=4)
     names = list(ACDC_CLASSES)
     return CalibratedSegmenter(net, criterion, 4, lr=lr, class_names=names, optimizer=optimizer)
 

@@ -29,7 +29,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice, StatsHandler, ValidationHandler
 from torch.utils.data import DataLoader, Dataset
 
-from calibrant import ALM_PRESETS, MODELS
+from calibrant import MODELS
 from calibrant.data.base import IndexedSubset
 from calibrant.data.msd import HIPPOCAMPUS_CLASSES, MSDPatches, MSDVolumes, dataset_dir
 from calibrant.engine import EpochSampler
@@ -81,7 +81,7 @@ def build(*, filters=(8, 16, 32, 32), lr: float = 2e-3, seed: int = 0):
         "dynunet", in_channels=1, num_classes=NUM_CLASSES, spatial_dims=3,
         strides=(1, 2, 2, 2), filters=filters,
     )  # fmt: skip
-    crac = ALM_PRESETS.build("crac", num_classes=NUM_CLASSES)
+    crac = LOSSES.build("crac", num_classes=NUM_CLASSES)
     return net, crac, torch.optim.Adam(net.parameters(), lr=lr)
 
 

@@ -4,7 +4,8 @@ Refactors must not change a number. :func:`compute` evaluates, on fixed seeded i
 
 - every loss in ``LOSSES`` (built with its defaults, ``reduction="mean"``): the value and the
   gradient of every logits input, in float32 and float64;
-- every ALM preset in ``ALM_PRESETS`` (CE + penalty): the value and gradient with the initial
+- every ALM objective in ``LOSSES`` (``alm=True``, CE + penalty; keys ``alm/<name>/...``, as
+  when they had a registry of their own): the value and gradient with the initial
   multipliers, then the multipliers and penalty parameters after one ``observe``/``step`` round,
   and the value again with the updated multipliers;
 - every metric in ``METRICS`` (built with its defaults): the computed value(s), fed two batches.
@@ -25,7 +26,7 @@ import torch
 import calibrant.alm  # noqa: F401  (registers the presets)
 import calibrant.losses  # noqa: F401
 import calibrant.metrics  # noqa: F401
-from calibrant.registry import ALM_PRESETS, LOSSES, METRICS
+from calibrant.registry import LOSSES, METRICS
 
 STORE = Path(__file__).parent / "data" / "fingerprint.npz"
 IGNORE = -100
@@ -72,6 +73,8 @@ def _value_and_grads(loss, logits, target, extra) -> list[np.ndarray]:
 
 def _losses(out: dict[str, np.ndarray]) -> None:
     for name in LOSSES.names():
+        if LOSSES.meta(name).get("alm"):
+            continue
         for dtype in (torch.float32, torch.float64):
             logits, target, extra = _loss_inputs(name, dtype)
             loss = LOSSES.build(name, reduction="mean")
@@ -80,10 +83,10 @@ def _losses(out: dict[str, np.ndarray]) -> None:
 
 
 def _alm(out: dict[str, np.ndarray]) -> None:
-    for name in ALM_PRESETS.names():
+    for name in LOSSES.names(alm=True):
         g = _seed(name)
         logits, target = _multiclass(g, torch.float32)
-        criterion = ALM_PRESETS.build(name, num_classes=C, ignore_index=IGNORE)
+        criterion = LOSSES.build(name, num_classes=C, ignore_index=IGNORE)
         key = f"alm/{name}"
         for i, a in enumerate(_value_and_grads(criterion, (logits,), target, ())):
             out[f"{key}/before/{'value' if i == 0 else 'grad'}"] = a

@@ -14,7 +14,7 @@ from calibrant.alm import (
 from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
 from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
-from calibrant.registry import ALM_PRESETS
+from calibrant.registry import LOSSES
 
 IGNORE = -100
 
@@ -154,7 +154,7 @@ def test_margin_violation_loops(generator):
 
 def test_crac_forward_matches_reference_and_grad(generator):
     logits, target = _random_seg(generator)
-    alm = ALM_PRESETS.build("crac", num_classes=4, with_ce=False)
+    alm = LOSSES.build("crac", num_classes=4, with_ce=False)
     lam = torch.rand(2, 4, generator=generator, dtype=torch.float64)
     rho = torch.rand(2, 4, generator=generator, dtype=torch.float64) + 0.1
     alm.lam.copy_(lam)
@@ -180,8 +180,12 @@ def test_ignored_pixels_never_enter(generator):
     logits, target = _random_seg(generator, ignore_frac=0.3)
     other = logits.clone()
     other[(target == IGNORE)[:, None].expand_as(other)] = 1e4
-    for name in ("crac", "cals_alm", "nacl"):
-        a, b = (ALM_PRESETS.build(name, num_classes=4, with_ce=False) for _ in range(2))
+    for build in (
+        lambda: LOSSES.build("crac", num_classes=4, with_ce=False),
+        lambda: LOSSES.build("cals_alm", num_classes=4, with_ce=False),
+        lambda: _fixed_nacl_term(4),
+    ):
+        a, b = build(), build()
         x = other.clone().requires_grad_()
         assert torch.equal(a(logits, target), b(x, target))
         b(x, target).backward()
@@ -193,25 +197,54 @@ def test_ignored_pixels_never_enter(generator):
         assert a.lam.tolist() == b.lam.tolist()
 
 
-def test_nacl_preset_matches_monai(generator):
+def _fixed_nacl_term(num_classes, **constraint):
+    """NACL written as an ALM term: one fixed λ = 0.1 on ``|τ − l|`` (never updated)."""
+    return ALMPenalty(
+        num_classes,
+        NeighborConstraint(**constraint),
+        layout="global",
+        rule="fixed",
+        penalty="relu",
+        lambda_init=0.1,
+        rho_step=0,
+    )
+
+
+@pytest.mark.parametrize("padding", ["label0", "zeros"])
+def test_nacl_is_one_objective_the_loss_equals_the_fixed_alm_term(padding, generator):
+    """The loss ``nacl`` (one implementation) is the fixed-λ ALM term plus CE, value and grad."""
+    logits = torch.randn(2, 3, 8, 9, generator=generator, dtype=torch.float32)
+    target = torch.randint(0, 3, (2, 8, 9), generator=generator)
+    target[0, 0, :3] = IGNORE
+    loss = LOSSES.build("nacl", padding=padding)
+    as_alm = WeightedSum({"ce": CrossEntropyLoss(), "alm": _fixed_nacl_term(3, padding=padding)})
+    x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    v1, v2 = loss(x1, target), as_alm(x2, target)
+    torch.testing.assert_close(v1, v2, rtol=1e-6, atol=1e-7)
+    v1.backward()
+    v2.backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-7)
+    term = as_alm.parts["alm"]  # the fixed rule never updates
+    term.observe(logits, target)
+    term.step()
+    assert term.lam.tolist() == [0.1]
+
+
+def test_nacl_matches_monai(generator):
     import monai.losses as monai  # a test dependency: missing means failure
 
     logits = torch.randn(2, 3, 8, 9, generator=generator)
     target = torch.randint(0, 3, (2, 8, 9), generator=generator)
-    ours = ALM_PRESETS.build("nacl", num_classes=3, padding="zeros")
+    ours = LOSSES.build("nacl", padding="zeros")
     peer = monai.NACLLoss(classes=3, dim=2, kernel_size=3, kernel_ops="mean", alpha=0.1)
     torch.testing.assert_close(ours(logits, target), peer(logits, target))
-    # nacl never updates
-    ours.parts["alm"].observe(logits, target)
-    ours.parts["alm"].step()
-    assert ours.parts["alm"].lam.tolist() == [0.1]
 
 
 # ---------------------------------------------------------------- dual updates
 
 
 def test_crac_update_equals_closed_form(generator):
-    alm = ALM_PRESETS.build("crac", num_classes=4, with_ce=False, rho_step=1)
+    alm = LOSSES.build("crac", num_classes=4, with_ce=False, rho_step=1)
     lam0 = torch.rand(2, 4, generator=generator, dtype=torch.float64) + 0.01
     rho0 = torch.rand(2, 4, generator=generator, dtype=torch.float64) + 0.1
     alm.lam.copy_(lam0)
@@ -233,7 +266,7 @@ def test_crac_update_equals_closed_form(generator):
 
 
 def test_per_region_mean_option(generator):
-    alm = ALM_PRESETS.build("crac", num_classes=4, with_ce=False, per_region_mean=True)
+    alm = LOSSES.build("crac", num_classes=4, with_ce=False, per_region_mean=True)
     logits, target = _random_seg(generator)
     alm.observe(logits, target)
     alm.step()
@@ -245,7 +278,7 @@ def test_per_region_mean_option(generator):
 
 
 def test_cals_update_equals_mean_of_clamped(generator):
-    alm = ALM_PRESETS.build("cals_alm", num_classes=5, with_ce=False)
+    alm = LOSSES.build("cals_alm", num_classes=5, with_ce=False)
     lam0 = torch.rand(5, generator=generator, dtype=torch.float64)
     alm.lam.copy_(lam0)
     logits = 15 * torch.randn(40, 5, generator=generator)
@@ -300,7 +333,7 @@ def test_lambda_step_schedule():
 
 
 def test_cals_hr_heuristic_rule(generator):
-    alm = ALM_PRESETS.build("cals_hr", num_classes=3, with_ce=False)
+    alm = LOSSES.build("cals_hr", num_classes=3, with_ce=False)
     assert alm.lam.tolist() == [0.1] * 3
     x = torch.tensor([[20.0, 0.0, 15.0], [0.0, 25.0, 0.0]])
     y = torch.tensor([0, 1])
@@ -402,14 +435,14 @@ def test_toy_problem_alm_reaches_feasibility_fixed_lambda_does_not():
 
 
 def test_state_dict_round_trip_with_history(generator):
-    a = ALM_PRESETS.build("crac", num_classes=4, with_ce=False, rho_step=1)
+    a = LOSSES.build("crac", num_classes=4, with_ce=False, rho_step=1)
     for _ in range(3):
         logits, target = _random_seg(generator)
         a.observe(logits, target)
         a.step()
     logits, target = _random_seg(generator)
     a.observe(logits, target)  # pending accumulators travel too
-    b = ALM_PRESETS.build("crac", num_classes=4, with_ce=False, rho_step=1)
+    b = LOSSES.build("crac", num_classes=4, with_ce=False, rho_step=1)
     b.load_state_dict(a.state_dict())
     for name, buf in a.named_buffers():
         assert torch.equal(buf, dict(b.named_buffers())[name]), name
@@ -435,11 +468,9 @@ def test_bad_configuration_errors():
         ALMPenalty(3, nc, lambda_init=0.0)
     with pytest.raises(ValueError, match="inner_target_scale"):
         NeighborConstraint(inner_target_scale=-1.0)
-    crac = ALM_PRESETS.build("crac", num_classes=4, with_ce=False)
+    crac = LOSSES.build("crac", num_classes=4, with_ce=False)
     with pytest.raises(ValueError, match=r"8 ALM slots of shape \(2, 4\).*'class' with 4 slots"):
-        ALM_PRESETS.build("crac_class", num_classes=4, with_ce=False).load_state_dict(
-            crac.state_dict()
-        )
+        LOSSES.build("crac_class", num_classes=4, with_ce=False).load_state_dict(crac.state_dict())
     with pytest.raises(ValueError, match="num_classes=4"):
         crac(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="outside"):
@@ -447,7 +478,7 @@ def test_bad_configuration_errors():
     with pytest.raises(ValueError, match="NaN"):
         crac(torch.full((1, 4, 4, 4), float("nan")), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(KeyError, match="unknown ALM preset"):
-        ALM_PRESETS.build("cracc", num_classes=4)
+        LOSSES.build("cracc", num_classes=4)
 
 
 @pytest.mark.parametrize(
@@ -459,11 +490,10 @@ def test_bad_configuration_errors():
         ("crac_global", (1,), 0.1),
         ("crac_class", (4,), 0.1),
         ("crac_region", (2,), 0.1),
-        ("nacl", (1,), 1.0),
     ],
 )
 def test_presets_build_and_train_step(name, shape, rho, generator):
-    loss = ALM_PRESETS.build(name, num_classes=4)
+    loss = LOSSES.build(name, num_classes=4)
     (alm,) = alm_terms(loss)
     assert tuple(alm.lam.shape) == shape and alm.rho.unique().tolist() == [rho]
     logits, target = _random_seg(generator)
@@ -479,13 +509,13 @@ def test_presets_build_and_train_step(name, shape, rho, generator):
 
 
 def test_preset_defaults():
-    cals = ALM_PRESETS.build("cals_alm", num_classes=3, with_ce=False)
+    cals = LOSSES.build("cals_alm", num_classes=3, with_ce=False)
     assert cals.constraint == MarginConstraint(margin=10.0, normalize=True)
     assert (cals.cfg.rho_step, cals.cfg.gamma, cals.cfg.mu, cals.cfg.rho_max) == (10, 1.2, 0.9, 10)
-    crac = ALM_PRESETS.build("crac", num_classes=3, with_ce=False)
+    crac = LOSSES.build("crac", num_classes=3, with_ce=False)
     assert crac.constraint.inner_target_scale == 5.0 and crac.cfg.rho_init == 0.1
     assert crac.lam.unique().tolist() == [1e-6]
-    hr = ALM_PRESETS.build("cals_hr", num_classes=3, with_ce=False)
+    hr = LOSSES.build("cals_hr", num_classes=3, with_ce=False)
     assert (hr.cfg.gamma, hr.cfg.mu, hr.constraint.normalize) == (1.1, 1.1, False)
 
 
@@ -547,7 +577,7 @@ def test_fused_neighbor_phr_gradcheck():
 
 
 def test_fused_neighbor_phr_rejects_nan():
-    alm = ALM_PRESETS.build("crac", num_classes=3, with_ce=False)
+    alm = LOSSES.build("crac", num_classes=3, with_ce=False)
     x = torch.zeros(1, 3, 4, 4)
     x[0, 1, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

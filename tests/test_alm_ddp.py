@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from calibrant.registry import ALM_PRESETS
+from calibrant.registry import LOSSES
 from tests._ddp import run_ddp
 
 EPOCHS = 3
@@ -30,7 +30,7 @@ def _run(alm, batches):
 
 
 def _build():
-    return ALM_PRESETS.build("crac", num_classes=3, with_ce=False, rho_step=1, mu=0.95)
+    return LOSSES.build("crac", num_classes=3, with_ce=False, rho_step=1, mu=0.95)
 
 
 def _worker(rank, world_size, batches):

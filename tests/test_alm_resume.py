@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from calibrant.alm import alm_terms
-from calibrant.registry import ALM_PRESETS
+from calibrant.registry import LOSSES
 
 EPOCHS = 4
 
@@ -29,7 +29,7 @@ def _build():
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    loss = ALM_PRESETS.build("crac", num_classes=3, rho_step=1, mu=0.5)
+    loss = LOSSES.build("crac", num_classes=3, rho_step=1, mu=0.5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     return model, loss, opt
 

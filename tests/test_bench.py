@@ -89,14 +89,14 @@ def test_suite_definition_errors():
 )
 def test_registered_suites_resolve_every_run(name):
     """Every (task, method, profile) of a shipped suite builds a config with a known loss."""
-    from calibrant.registry import ALM_PRESETS, LOSSES
+    from calibrant.registry import LOSSES
 
     suite = SUITES.build(name)
     for profile in suite.profiles:
         for task in suite.tasks:
             for method in suite.methods:
                 cfg = suite.config(task.name, method.name, profile, 1)
-                assert cfg["loss"]["name"] in LOSSES or cfg["loss"]["name"] in ALM_PRESETS
+                assert cfg["loss"]["name"] in LOSSES
     for task in suite.tasks:  # published numbers only name methods and columns of the suite
         for method, values in (task.paper or {}).items():
             suite.method(method)

@@ -20,7 +20,7 @@ from calibrant.config_schema import (
     factory_keywords,
     validate_config,
 )
-from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS, SUITES
+from calibrant.registry import DATASETS, LOSSES, METRICS, MODELS, SUITES
 
 
 @pytest.fixture(autouse=True)
@@ -347,7 +347,7 @@ def test_schema_is_extensible(monkeypatch):
 
 
 def _all_factories():
-    for registry in (LOSSES, ALM_PRESETS, MODELS, DATASETS, METRICS):
+    for registry in (LOSSES, MODELS, DATASETS, METRICS):
         for name in registry.names():
             yield f"{registry.kind}:{name}", registry.get(name).factory
 

@@ -260,11 +260,11 @@ class _NLL(torchmetrics.Metric):
 
 
 def _ddp_worker(rank, world_size):
-    from calibrant.registry import ALM_PRESETS
+    from calibrant.registry import LOSSES
 
     model, loader, val_loader, opt, metrics = _ddp_problem(rank, world_size)
     metrics["nll"] = _NLL()
-    criterion = ALM_PRESETS.build("crac", num_classes=3, rho_step=1)
+    criterion = LOSSES.build("crac", num_classes=3, rho_step=1)
     history = fit(
         model, loader, val_loader, criterion, opt, epochs=3, metrics=metrics, select="acc"
     )

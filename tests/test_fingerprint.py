@@ -16,6 +16,11 @@ from tests.fingerprint import STORE, compute
 
 # key prefix -> why its bits may differ (checked to rtol 1e-6)
 MERGED: dict[str, str] = {}
+# key prefix -> why it is no longer computed
+RETIRED: dict[str, str] = {
+    "alm/nacl/": "the ALM preset 'nacl' computed the loss 'nacl' by a second code path; NACL has "
+    "one implementation now (test_alm: the loss equals the fixed-rule ALM term)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,8 @@ def stored() -> dict[str, np.ndarray]:
 
 
 def test_nothing_fingerprinted_has_disappeared(fresh, stored):
-    assert not sorted(set(stored) - set(fresh))
+    gone = set(stored) - set(fresh)
+    assert not sorted(k for k in gone if not any(k.startswith(p) for p in RETIRED))
 
 
 def test_every_number_is_unchanged(fresh, stored):

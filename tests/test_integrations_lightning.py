@@ -23,7 +23,7 @@ pytest.importorskip("lightning")
 import lightning as L  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
-from calibrant import ALM_PRESETS, LOSSES  # noqa: E402
+from calibrant import LOSSES  # noqa: E402
 from calibrant.engine import fit  # noqa: E402
 from calibrant.integrations import unpadded_count
 from calibrant.integrations.lightning import ALMCallback  # noqa: E402
@@ -173,7 +173,7 @@ def _build(example, external: bool):
     module = example.build_module(seed=0)
     if not external:
         return module, ALMCallback()
-    crit = ALM_PRESETS.build("crac", num_classes=4)
+    crit = LOSSES.build("crac", num_classes=4)
     return _ExternalCriterion(module.net, crit), ALMCallback(crit)
 
 

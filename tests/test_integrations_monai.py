@@ -19,7 +19,7 @@ pytest.importorskip("ignite")
 from monai.engines import SupervisedEvaluator  # noqa: E402
 
 import calibrant  # noqa: E402, F401  (registers)
-from calibrant import ALM_PRESETS  # noqa: E402
+from calibrant import LOSSES  # noqa: E402
 from calibrant.alm import alm_terms  # noqa: E402
 from calibrant.integrations import MonaiTargets  # noqa: E402
 from calibrant.integrations.monai import ALMHandler  # noqa: E402
@@ -56,13 +56,13 @@ def test_handler_observes_and_steps_like_the_engine(decollate, generator):
         for i in range(5)
     ]
     loader = torch.utils.data.DataLoader(data, batch_size=2)
-    crac = MonaiTargets(ALM_PRESETS.build("crac", num_classes=3))
+    crac = MonaiTargets(LOSSES.build("crac", num_classes=3))
     handler = ALMHandler(crac, class_names=["bg", "a", "b"])
     evaluator = SupervisedEvaluator(
         torch.device("cpu"), loader, _Fixed(logits.detach()), val_handlers=[handler],
         decollate=decollate,
     )  # fmt: skip
-    ref = ALM_PRESETS.build("crac", num_classes=3)
+    ref = LOSSES.build("crac", num_classes=3)
     for epoch in (1, 2):
         evaluator.run(epoch)
         for i in range(0, 5, 2):
@@ -74,7 +74,7 @@ def test_handler_observes_and_steps_like_the_engine(decollate, generator):
     assert evaluator.state.metrics["alm/rho/inner/bg"] == float(alm_terms(crac)[0].rho[0, 0])
 
     state = copy.deepcopy(handler.state_dict())
-    other = ALMHandler(MonaiTargets(ALM_PRESETS.build("crac", num_classes=3)))
+    other = ALMHandler(MonaiTargets(LOSSES.build("crac", num_classes=3)))
     other.load_state_dict(state)
     assert torch.equal(other.driver.terms[0].lam, lam)
     assert other.records == handler.records
@@ -85,7 +85,7 @@ def test_handler_refuses_the_trainer():
     from monai.engines import SupervisedTrainer
 
     net = torch.nn.Conv2d(1, 3, 1)
-    crac = MonaiTargets(ALM_PRESETS.build("crac", num_classes=3))
+    crac = MonaiTargets(LOSSES.build("crac", num_classes=3))
     trainer = SupervisedTrainer(
         torch.device("cpu"), 1, [], net, torch.optim.SGD(net.parameters(), lr=0.1), crac
     )
@@ -169,7 +169,7 @@ def test_readme_integration_snippets_run(generator, tmp_path, monkeypatch):
     exec(plain, env)
     assert len(env["records"]) == 1 and len(env["records"][0]["lambda"]) == 2
 
-    env = {"L": L, "ALM_PRESETS": ALM_PRESETS}
+    env = {"L": L, "LOSSES": LOSSES}
     exec(lit, env)
     assert any(type(c).__name__ == "ALMCallback" for c in env["trainer"].callbacks)
 
@@ -178,7 +178,7 @@ def test_readme_integration_snippets_run(generator, tmp_path, monkeypatch):
         {"image": x, "label": y[None].float()} for x, y in zip(images, labels3, strict=True)
     ]
     env = {
-        "ALM_PRESETS": ALM_PRESETS,
+        "LOSSES": LOSSES,
         "SupervisedEvaluator": SupervisedEvaluator,
         "StatsHandler": StatsHandler,
         "device": torch.device("cpu"),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import calibrant  # noqa: F401  (registers)
-from calibrant import ALM_PRESETS, LOSSES
+from calibrant import LOSSES
 from calibrant.alm import alm_terms
 from calibrant.integrations import (
     ALMDriver,
@@ -27,9 +27,10 @@ MULTICLASS = [
     n
     for n in LOSSES.names(task="multiclass")
     if LOSSES.meta(n).get("inputs") != "two_view"  # BWCR takes two views
+    and not LOSSES.meta(n).get("alm")  # the ALM objectives: below, with their statistics
 ]
 MULTILABEL = LOSSES.names(task="multilabel")
-SEGMENTATION_ALM = ["crac", "crac_global", "crac_class", "crac_region", "nacl"]
+SEGMENTATION_ALM = LOSSES.names(alm=True, spatial=True)
 
 
 def _pair(generator, b=2, c=3, spatial=(6, 5), ignore=True):
@@ -96,12 +97,12 @@ def test_multiclass_losses_accept_monai_layouts(name, generator):
 
 
 @pytest.mark.parametrize("name", SEGMENTATION_ALM)
-def test_crac_and_nacl_accept_monai_layouts(name, generator):
+def test_segmentation_alm_objectives_accept_monai_layouts(name, generator):
     """Training value, gradient, validation statistics and λ step equal the integer path."""
     logits, labels = _pair(generator, spatial=(7, 6, 5))
     ref, wrapped = (
-        ALM_PRESETS.build(name, num_classes=3),
-        MonaiTargets(ALM_PRESETS.build(name, num_classes=3)),
+        LOSSES.build(name, num_classes=3),
+        MonaiTargets(LOSSES.build(name, num_classes=3)),
     )
     want_v, want_g = _value_and_grad(ref, logits, labels)
     want_terms = ref.terms(logits, labels)
@@ -112,7 +113,7 @@ def test_crac_and_nacl_accept_monai_layouts(name, generator):
         assert torch.equal(v, want_v) and torch.equal(g, want_g), layout
         terms = wrapped.terms(logits, target)
         assert all(torch.equal(terms[k], want_terms[k]) for k in want_terms)
-    fresh = MonaiTargets(ALM_PRESETS.build(name, num_classes=3))
+    fresh = MonaiTargets(LOSSES.build(name, num_classes=3))
     fresh.observe(logits.detach(), _monai_layouts(labels, 3)["channel"])
     assert fresh.step() == [want_record]
 
@@ -146,20 +147,20 @@ def test_monai_meta_tensor_targets(generator):
     meta = monai_data.MetaTensor(labels[:, None].float())
     out = as_index_target(meta, logits)
     assert type(out) is torch.Tensor and torch.equal(out, labels)
-    loss = MonaiTargets(ALM_PRESETS.build("crac", num_classes=3))
+    loss = MonaiTargets(LOSSES.build("crac", num_classes=3))
     assert torch.equal(loss(monai_data.MetaTensor(logits), meta), loss(logits, labels))
 
 
 def test_slot_names():
-    crac = alm_terms(ALM_PRESETS.build("crac", num_classes=2))[0]
+    crac = alm_terms(LOSSES.build("crac", num_classes=2))[0]
     assert slot_names(crac, ["bg", "fg"]) == ["inner/bg", "inner/fg", "boundary/bg", "boundary/fg"]
-    crac_class = alm_terms(ALM_PRESETS.build("crac_class", num_classes=2))[0]
+    crac_class = alm_terms(LOSSES.build("crac_class", num_classes=2))[0]
     assert slot_names(crac_class) == ["class 0", "class 1"]
-    assert slot_names(alm_terms(ALM_PRESETS.build("crac_region", num_classes=2))[0]) == [
+    assert slot_names(alm_terms(LOSSES.build("crac_region", num_classes=2))[0]) == [
         "inner",
         "boundary",
     ]
-    assert slot_names(alm_terms(ALM_PRESETS.build("nacl", num_classes=2))[0]) == ["all"]
+    assert slot_names(alm_terms(LOSSES.build("crac_global", num_classes=2))[0]) == ["all"]
     with pytest.raises(ValueError, match="class_names has 3"):
         slot_names(crac, ["a", "b", "c"])
     with pytest.raises(ValueError, match="holds no ALM term"):

@@ -13,7 +13,7 @@ from calibrant.alm.term import _NeighborPHRChunks
 from calibrant.losses.classification import _MarginChunks
 from calibrant.losses.fusion import _CEPlus
 from calibrant.losses.spatial import _ScaledL1Chunks
-from calibrant.registry import ALM_PRESETS, LOSSES
+from calibrant.registry import LOSSES
 
 
 def _unfused(loss, x, y):
@@ -22,7 +22,7 @@ def _unfused(loss, x, y):
 
 
 def _crac(num_classes, generator, name="crac", **kw):
-    loss = ALM_PRESETS.build(name, num_classes=num_classes, **kw)
+    loss = LOSSES.build(name, num_classes=num_classes, **kw)
     alm = loss.parts["alm"]
     alm.lam.copy_(torch.rand(alm.lam.shape, generator=generator, dtype=alm.lam.dtype))
     alm.rho.copy_(torch.rand(alm.rho.shape, generator=generator, dtype=alm.rho.dtype) + 0.1)

@@ -20,7 +20,9 @@ import calibrant.losses  # noqa: F401  (registers every loss)
 from calibrant.registry import LOSSES
 
 IGNORE = -100
-NAMES = LOSSES.names()
+# The ALM objectives (metadata ``alm=True``) hold multipliers, need ``num_classes`` and compute in
+# float32; tests/test_alm.py covers them (and the fingerprint their values).
+NAMES = [n for n in LOSSES.names() if not LOSSES.meta(n).get("alm")]
 
 
 def _dims(name: str) -> list[int]:

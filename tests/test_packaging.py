@@ -150,9 +150,9 @@ def test_wheel_installs_and_imports_with_runtime_dependencies_only(venv):
         "calibrant.integrations, calibrant.cli, calibrant.experiment, calibrant.report\n"
         f"missing = [m for m in {OPTIONAL!r} if u.find_spec(m) is None]\n"
         "print(calibrant.__file__); print(sorted(missing))\n"
-        "from calibrant import ALM_PRESETS\n"
+        "from calibrant import LOSSES\n"
         "import torch\n"
-        "crac = ALM_PRESETS.build('crac', num_classes=3)\n"
+        "crac = LOSSES.build('crac', num_classes=3)\n"
         "print(float(crac(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))))"
     )
     out = _run([py, "-c", code], cwd=venv).stdout.splitlines()

@@ -9,7 +9,6 @@ benchmark suites (:mod:`calibrant.bench`) load on their first lookup in ``SUITES
 from calibrant import alm, data, losses, metrics, models, posthoc  # noqa: F401  (registers)
 from calibrant._version import __version__
 from calibrant.registry import (
-    ALM_PRESETS,
     CALIBRATORS,
     DATASETS,
     LOSSES,
@@ -19,7 +18,6 @@ from calibrant.registry import (
 )
 
 __all__ = [
-    "ALM_PRESETS",
     "CALIBRATORS",
     "DATASETS",
     "LOSSES",

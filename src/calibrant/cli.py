@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -359,18 +360,19 @@ def cmd_list(args) -> int:
 
         print("\n".join(describe_keys()))
         return 0
-    families = {
-        "losses": calibrant.LOSSES,
-        "alm": calibrant.ALM_PRESETS,
-        "models": calibrant.MODELS,
-        "datasets": calibrant.DATASETS,
-        "metrics": calibrant.METRICS,
-        "calibrators": calibrant.CALIBRATORS,
-        "suites": calibrant.SUITES,
+    families = {  # family -> its names
+        "losses": calibrant.LOSSES.names,
+        "alm": partial(calibrant.LOSSES.names, alm=True),  # the ALM objectives among the losses
+        "models": calibrant.MODELS.names,
+        "datasets": calibrant.DATASETS.names,
+        "metrics": calibrant.METRICS.names,
+        "calibrators": calibrant.CALIBRATORS.names,
+        "suites": calibrant.SUITES.names,
+        "configs": preset_names,
     }
-    wanted = [args.family] if args.family else [*families, "configs"]
+    wanted = [args.family] if args.family else list(families)
     for family in wanted:
-        names = preset_names() if family == "configs" else families[family].names()
+        names = families[family]()
         if len(wanted) > 1:
             print(f"{family}:")
         print(("  " if len(wanted) > 1 else "") + " ".join(names))
@@ -385,7 +387,7 @@ def _registered_summary() -> str:
 
     return (
         f"losses: {' '.join(calibrant.LOSSES.names())}\n"
-        f"ALM presets: {' '.join(calibrant.ALM_PRESETS.names())}\n"
+        f"(ALM objectives among them: {' '.join(calibrant.LOSSES.names(alm=True))})\n"
         f"models: {' '.join(calibrant.MODELS.names())}\n"
         f"datasets: {' '.join(calibrant.DATASETS.names())}\n"
     )

@@ -5,7 +5,7 @@ This is the only place that maps config sections to registry entries. It takes e
 
 A config has the sections ``data``, ``model``, ``loss``, ``optim``, ``sched``, ``train`` and
 ``eval`` (see ``calibrant/configs/*.yaml``). ``loss.name`` is looked up in
-:data:`~calibrant.registry.LOSSES` first, then in :data:`~calibrant.registry.ALM_PRESETS`.
+:data:`~calibrant.registry.LOSSES` (the ALM objectives included).
 
 Example:
     >>> from calibrant.experiment import build_optimizer
@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import random
 import time
@@ -31,10 +30,12 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from calibrant import report, run_folder
 from calibrant.distributed import sync_batchnorm
 from calibrant.engine import EpochSampler, fit, predict_volume
 from calibrant.models import to_channels_last
-from calibrant.registry import ALM_PRESETS, CALIBRATORS, DATASETS, LOSSES, METRICS, MODELS
+from calibrant.registry import CALIBRATORS, DATASETS, LOSSES, METRICS, MODELS
+from calibrant.views import two_view_objective
 
 __all__ = [
     "Experiment",
@@ -99,35 +100,30 @@ def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
 
 
 def build_criterion(cfg: Mapping[str, Any], info: Any, *, seed: int = 0) -> nn.Module:
-    """A registered loss (``LOSSES``) or ALM preset (``ALM_PRESETS``) for the dataset ``info``.
+    """The registered loss ``cfg["name"]`` (:data:`~calibrant.registry.LOSSES`) for ``info``.
 
-    A loss registered with ``inputs="two_view"`` (BWCR's consistency) is wrapped in
-    :func:`calibrant.views.two_view_objective`, whose ``train_step`` draws the views (seeded by
-    ``seed``).
+    The dataset supplies ``num_classes`` and ``ignore_index`` where the loss takes them (the ALM
+    objectives need the class count). A loss registered with ``inputs="two_view"`` (BWCR's
+    consistency) is wrapped in :func:`calibrant.views.two_view_objective`, whose ``train_step``
+    draws the views (seeded by ``seed``).
+
+    Raises:
+        KeyError: for an unknown loss, with the close matches.
     """
     name, kw = _kwargs(cfg)
-    if name in LOSSES and LOSSES.meta(name).get("inputs") == "two_view":
-        from calibrant.views import two_view_objective
-
+    entry = LOSSES.get(name)
+    if entry.meta.get("inputs") == "two_view":
         kw.setdefault("seed", seed)
         if info.task != "multilabel":
             kw.setdefault("ignore_index", info.ignore_index)
-        return two_view_objective(LOSSES.get(name).factory, **kw)
-    if name in LOSSES:
-        factory = LOSSES.get(name).factory
-    elif name in ALM_PRESETS:
-        factory = ALM_PRESETS.get(name).factory
+        return two_view_objective(entry.factory, **kw)
+    params = inspect.signature(entry.factory).parameters
+    if "num_classes" in params:
         kw.setdefault("num_classes", info.num_classes)
-    else:
-        known = sorted({*LOSSES.names(), *ALM_PRESETS.names()})
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown loss {name!r}{hint} Known: {', '.join(known)}")
-    params = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if info.task != "multilabel" and (takes_any or "ignore_index" in params):
         kw.setdefault("ignore_index", info.ignore_index)
-    return factory(**kw)
+    return entry.factory(**kw)
 
 
 def build_model(cfg: Mapping[str, Any], info: Any) -> nn.Module:
@@ -436,8 +432,6 @@ def train_run(
     Raises:
         calibrant.run_folder.RunFolderError: the folder holds a run (see above).
     """
-    from calibrant import run_folder
-
     tested_checkpoint(cfg)  # a bad value fails before anything is written or trained
     start = run_folder.prepare(out, dict(cfg), resume=resume, overwrite=overwrite)
     try:
@@ -474,8 +468,6 @@ def _train_run(
     callbacks: Iterable[Any],
 ) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
     """:func:`train_run` once the folder ``start.out`` was checked."""
-    from calibrant import report, run_folder
-
     device = torch.device(device)
     out = start.out
     cfg = dict(cfg)

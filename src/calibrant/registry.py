@@ -37,7 +37,6 @@ __all__ = [
     "CALIBRATORS",
     "MODELS",
     "DATASETS",
-    "ALM_PRESETS",
     "SUITES",
 ]
 
@@ -138,5 +137,4 @@ METRICS = Registry("metric")
 CALIBRATORS = Registry("calibrator")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
-ALM_PRESETS = Registry("ALM preset")
 SUITES = Registry("benchmark suite", providers=("calibrant.bench.suites",))  # bench is not public

@@ -62,7 +62,7 @@ from calibrant import plot
 from calibrant.alm.term import alm_terms
 from calibrant.engine import Callback
 from calibrant.metrics.calibration import CalibrationError
-from calibrant.registry import ALM_PRESETS
+from calibrant.registry import LOSSES
 
 __all__ = ["LOGGERS", "RunLogger", "alm_slots", "resolve_logger"]
 
@@ -113,8 +113,8 @@ def alm_slots(
     """
     names = list(class_names) if class_names is not None else None
     label = loss_name
-    if loss_name is not None and loss_name in ALM_PRESETS:
-        label = ALM_PRESETS.meta(loss_name).get("label", loss_name)
+    if loss_name is not None and loss_name in LOSSES:
+        label = LOSSES.meta(loss_name).get("label", loss_name)
     terms = alm_terms(criterion)
     out = {}
     for i, term in enumerate(terms):

@@ -4,7 +4,8 @@ Four small parts (STYLE.md §1.6 and §1.7): a pure constraint (:mod:`.constrain
 penalty with its derivative (:mod:`.penalties`), pure update rules (:mod:`.rules`) and one
 stateful module, :class:`ALMPenalty` (:mod:`.term`); slot layouts are objects
 (:mod:`.layouts`). Named presets (CALS-ALM, CALS-HR, CRaC and
-its ablations, NACL) are registered in :data:`calibrant.registry.ALM_PRESETS` (:mod:`.presets`).
+its ablations) are registered in :data:`calibrant.registry.LOSSES` with ``alm=True``
+(:mod:`.presets`).
 """
 
 from calibrant.alm.constraints import (
@@ -23,7 +24,6 @@ from calibrant.alm.presets import (
     crac_class,
     crac_global,
     crac_region,
-    nacl,
 )
 from calibrant.alm.rules import ALMState, RuleConfig, Statistics, update
 from calibrant.alm.term import ALMPenalty, alm_terms
@@ -49,7 +49,6 @@ __all__ = [
     "get_penalty",
     "make_layout",
     "margin_violation",
-    "nacl",
     "neighbor_violation",
     "p2",
     "p3",

@@ -1,4 +1,8 @@
-"""Registered ALM presets with the published defaults (METHODS.md §3.3 to §3.5, §8, B7, F1).
+"""The ALM objectives with the published defaults (METHODS.md §3.3 to §3.5, §8, B7, F1).
+
+They register in :data:`calibrant.registry.LOSSES`, the one registry of everything a config can
+name as ``loss``, with the metadata ``alm=True`` (they need ``num_classes``; the training engine
+observes and steps their multipliers).
 
 Every preset returns the full training criterion ``WeightedSum({"ce": CE, "alm": ALMPenalty})``
 (or only the :class:`~calibrant.alm.term.ALMPenalty` with ``with_ce=False``); the engine finds the
@@ -16,12 +20,15 @@ crac          3×3 neighbourhood, inner target scale 5, (region, class) slots, P
 crac_global   ``crac`` with one multiplier
 crac_class    ``crac`` with one multiplier per class
 crac_region   ``crac`` with one multiplier per region (inner, boundary)
-nacl          3×3 neighbourhood, scale 1, one fixed λ = 0.1, ReLU on ``|τ − l|`` (no updates)
 ============  =============================================================================
 
+NACL (one fixed λ on the same neighbourhood constraint, no updates) is the loss ``nacl`` of
+:mod:`calibrant.losses.spatial`; as an ``ALMPenalty`` it would be ``layout="global"``,
+``rule="fixed"``, ``penalty="relu"``, ``lambda_init=0.1`` (the same value, tested).
+
 Example:
-    >>> from calibrant.registry import ALM_PRESETS
-    >>> loss = ALM_PRESETS.build("crac", num_classes=4)
+    >>> from calibrant.registry import LOSSES
+    >>> loss = LOSSES.build("crac", num_classes=4)
     >>> alm = loss.parts["alm"]
     >>> tuple(alm.lam.shape), alm.rho.unique().item(), alm.constraint.inner_target_scale
     ((2, 4), 0.1, 5.0)
@@ -37,9 +44,13 @@ from calibrant.alm.constraints import MarginConstraint, NeighborConstraint
 from calibrant.alm.term import ALMPenalty
 from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
-from calibrant.registry import ALM_PRESETS
+from calibrant.registry import LOSSES
 
-__all__ = ["cals_alm", "cals_hr", "crac", "crac_global", "crac_class", "crac_region", "nacl"]
+__all__ = ["cals_alm", "cals_hr", "crac", "crac_global", "crac_class", "crac_region"]
+
+#: Registry metadata of every ALM objective: a multi-class criterion (``CE + penalty``) whose
+#: value is a batch mean, holding multipliers that ``observe``/``step`` update (``alm=True``).
+_ALM_META = {"task": "multiclass", "granularity": "batch", "alm": True}
 
 _ALM = dict(rule="alm", penalty="phr", lambda_min=1e-6, lambda_max=1e6, lambda_step=1)
 _ALM.update(rho_max=10.0, rho_step=10, gamma=1.2, mu=0.9)
@@ -68,7 +79,7 @@ def _neighbor_preset(num_classes, with_ce, defaults, constraint_defaults, overri
     return _finish(ALMPenalty(num_classes, NeighborConstraint(**ckw), **kw), with_ce)
 
 
-@ALM_PRESETS.register("cals_alm", paper="CALS", label="CALS-ALM", task="multiclass")
+@LOSSES.register("cals_alm", paper="CALS", label="CALS-ALM", **_ALM_META)
 def cals_alm(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CALS-ALM: per-class multipliers on the normalised logit-margin constraint.
 
@@ -83,7 +94,7 @@ def cals_alm(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.
     )
 
 
-@ALM_PRESETS.register("cals_hr", paper="CALS", label="CALS-HR", task="multiclass")
+@LOSSES.register("cals_hr", paper="CALS", label="CALS-HR", **_ALM_META)
 def cals_hr(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CALS-HR: per-class λ on the unnormalised margin hinge, heuristic ×γ / ÷γ rule.
 
@@ -115,7 +126,7 @@ def _crac(layout: str, num_classes: int, with_ce: bool, overrides: dict[str, Any
     return _neighbor_preset(num_classes, with_ce, defaults, constraint, overrides)
 
 
-@ALM_PRESETS.register("crac", paper="CRaC", label="CRaC", task="segmentation")
+@LOSSES.register("crac", paper="CRaC", label="CRaC", **_ALM_META, spatial=True)
 def crac(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC: one multiplier per (region, class) on the neighbourhood constraint.
 
@@ -128,40 +139,25 @@ def crac(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Modu
     return _crac("region_class", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register(
-    "crac_global", paper="CRaC", label="CRaC (global λ)", task="segmentation", ablation=True
+@LOSSES.register(
+    "crac_global", paper="CRaC", label="CRaC (global λ)", ablation=True, **_ALM_META, spatial=True
 )
 def crac_global(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC ablation with one global multiplier (NACL + ALM); arguments as :func:`crac`."""
     return _crac("global", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register(
-    "crac_class", paper="CRaC", label="CRaC (class λ)", task="segmentation", ablation=True
+@LOSSES.register(
+    "crac_class", paper="CRaC", label="CRaC (class λ)", ablation=True, **_ALM_META, spatial=True
 )
 def crac_class(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC ablation with one multiplier per class; arguments as :func:`crac`."""
     return _crac("class", num_classes, with_ce, overrides)
 
 
-@ALM_PRESETS.register(
-    "crac_region", paper="CRaC", label="CRaC (region λ)", task="segmentation", ablation=True
+@LOSSES.register(
+    "crac_region", paper="CRaC", label="CRaC (region λ)", ablation=True, **_ALM_META, spatial=True
 )
 def crac_region(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
     """CRaC ablation with one multiplier per region (inner, boundary); arguments as :func:`crac`."""
     return _crac("region", num_classes, with_ce, overrides)
-
-
-@ALM_PRESETS.register("nacl", paper="MbLS/NACL", label="NACL", task="segmentation")
-def nacl(num_classes: int, *, with_ce: bool = True, **overrides: Any) -> nn.Module:
-    """NACL as the fixed-λ special case: ``CE + λ·mean|τ − l|`` with λ = 0.1, never updated.
-
-    Args:
-        num_classes: number of classes.
-        with_ce: return ``CE + penalty`` (True) or the penalty alone.
-        **overrides: ``kernel_size``, ``padding``, ``lambda_init`` (the weight) or any
-            :class:`ALMPenalty` argument.
-    """
-    defaults = dict(layout="global", rule="fixed", penalty="relu", lambda_init=0.1, rho_step=0)
-    constraint = {"kernel_size": 3, "inner_target_scale": 1.0, "padding": "label0"}
-    return _neighbor_preset(num_classes, with_ce, defaults, constraint, overrides)

@@ -293,11 +293,11 @@ def factory_keywords(factory: Callable[..., Any], *, skip_positional: int = 0) -
         :class:`Keywords`; ``open`` when some ``**kwargs`` went where they cannot be followed.
 
     Example:
-        >>> from calibrant.registry import ALM_PRESETS
-        >>> kw = factory_keywords(ALM_PRESETS.get("cals_alm").factory)
+        >>> from calibrant.registry import LOSSES
+        >>> kw = factory_keywords(LOSSES.get("cals_alm").factory)
         >>> "margin" in kw.params, "rho_init" in kw.params, kw.open
         (True, True, False)
-        >>> "margin" in factory_keywords(ALM_PRESETS.get("crac").factory).params
+        >>> "margin" in factory_keywords(LOSSES.get("crac").factory).params
         False
     """
     return _callable_keywords(factory).without(positional=skip_positional)

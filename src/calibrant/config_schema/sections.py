@@ -25,7 +25,7 @@ from calibrant.config_schema.specs import (
     _type_name,
 )
 from calibrant.experiment import OPTIMIZERS, SCHEDULERS
-from calibrant.registry import ALM_PRESETS, DATASETS, LOSSES, METRICS, MODELS, Registry
+from calibrant.registry import DATASETS, LOSSES, METRICS, MODELS, Registry
 from calibrant.views import TwoViewObjective
 
 __all__ = [
@@ -197,18 +197,16 @@ def _check_arguments(
 
 
 def _loss_names() -> list[str]:
-    return sorted({*LOSSES.names(), *ALM_PRESETS.names()})
+    return LOSSES.names()
 
 
 def _loss_keywords(name: str) -> Keywords:
-    """As :func:`calibrant.experiment.build_criterion` builds it: LOSSES first, then ALM_PRESETS."""
-    if name in LOSSES:
-        entry = LOSSES.get(name)
-        keywords = factory_keywords(entry.factory)
-        if entry.meta.get("inputs") == "two_view":  # wrapped by views.two_view_objective
-            keywords = keywords | factory_keywords(TwoViewObjective, skip_positional=1)
-        return keywords
-    return factory_keywords(ALM_PRESETS.get(name).factory)
+    """As :func:`calibrant.experiment.build_criterion` builds it."""
+    entry = LOSSES.get(name)
+    keywords = factory_keywords(entry.factory)
+    if entry.meta.get("inputs") == "two_view":  # wrapped by views.two_view_objective
+        keywords = keywords | factory_keywords(TwoViewObjective, skip_positional=1)
+    return keywords
 
 
 def _registry_component(registry: Registry, kind: str, **options: Any) -> Component:

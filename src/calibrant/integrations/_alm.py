@@ -7,9 +7,9 @@ term under ``torch.distributed``, so every rank ends with the same λ and ρ). I
 multiplier slots for loggers and packs the terms' state for a framework's checkpoint.
 
 Example:
-    >>> from calibrant import ALM_PRESETS
+    >>> from calibrant import LOSSES
     >>> from calibrant.integrations import ALMDriver
-    >>> crac = ALM_PRESETS.build("crac", num_classes=2)
+    >>> crac = LOSSES.build("crac", num_classes=2)
     >>> driver = ALMDriver(crac, class_names=["bg", "fg"])
     >>> driver.names, driver.slot_names(driver.terms[0])
     (['alm'], ['inner/bg', 'inner/fg', 'boundary/bg', 'boundary/fg'])
@@ -86,7 +86,7 @@ class ALMDriver:
         if not found:
             raise ValueError(
                 f"{type(criterion).__name__} holds no ALM term (calibrant.alm.ALMPenalty); "
-                "pass the criterion built by an ALM preset, e.g. ALM_PRESETS.build('crac', ...)"
+                "pass the criterion built by an ALM objective, e.g. LOSSES.build('crac', ...)"
             )
         self.terms = [m for _, m in found]
         self.names = _term_names([p for p, _ in found])

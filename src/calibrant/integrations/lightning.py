@@ -28,14 +28,14 @@ Example:
     .. code-block:: python
 
         import lightning as L
-        from calibrant import ALM_PRESETS
+        from calibrant import LOSSES
         from calibrant.integrations.lightning import ALMCallback
 
         class Seg(L.LightningModule):
             def __init__(self, net):
                 super().__init__()
                 self.net = net
-                self.criterion = ALM_PRESETS.build("crac", num_classes=4)
+                self.criterion = LOSSES.build("crac", num_classes=4)
 
             def training_step(self, batch, batch_idx):
                 x, y = batch

@@ -26,11 +26,11 @@ Example:
 
         from monai.engines import SupervisedEvaluator, SupervisedTrainer
         from monai.handlers import ValidationHandler
-        from calibrant import ALM_PRESETS
+        from calibrant import LOSSES
         from calibrant.integrations import MonaiTargets
         from calibrant.integrations.monai import ALMHandler
 
-        loss = MonaiTargets(ALM_PRESETS.build("crac", num_classes=3))  # (B, 1, ...) labels
+        loss = MonaiTargets(LOSSES.build("crac", num_classes=3))  # (B, 1, ...) labels
         evaluator = SupervisedEvaluator(device, val_loader, net, decollate=False,
                                         val_handlers=[ALMHandler(loss)])
         trainer = SupervisedTrainer(device, epochs, train_loader, net, opt, loss,

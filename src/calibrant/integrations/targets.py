@@ -32,8 +32,8 @@ Example:
     >>> onehot = torch.nn.functional.one_hot(torch.tensor([[[0, 1], [2, 1]]]), 3).movedim(-1, 1)
     >>> bool((as_index_target(onehot, logits) == as_index_target(monai_label, logits)).all())
     True
-    >>> from calibrant import ALM_PRESETS
-    >>> crac = MonaiTargets(ALM_PRESETS.build("crac", num_classes=3))
+    >>> from calibrant import LOSSES
+    >>> crac = MonaiTargets(LOSSES.build("crac", num_classes=3))
     >>> float(crac(logits, monai_label)) == float(crac(logits, onehot))
     True
 """
@@ -174,7 +174,7 @@ class MonaiTargets(nn.Module):
     target is converted before each call.
 
     Args:
-        loss: a calibrant loss or criterion (e.g. ``ALM_PRESETS.build("crac", num_classes=3)``).
+        loss: a calibrant loss or criterion (e.g. ``LOSSES.build("crac", num_classes=3)``).
         target: what ``loss`` takes: ``"index"`` (multi-class losses and ALM terms: labels
             ``(B, *spatial)``) or ``"onehot"`` (multi-label losses: ``{0, 1}`` of the logits'
             shape).
