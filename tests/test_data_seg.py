@@ -19,7 +19,7 @@ from calibrant.data.acdc import (
     center_crop_or_pad,
     read_patient_split,
 )
-from calibrant.data.base import cache_key
+from calibrant.data.cache import cache_key
 from calibrant.data.msd import MSDPatches, MSDVolumes
 from calibrant.data.transforms import (
     Compose,

@@ -16,7 +16,8 @@ from calibrant.data import (  # noqa: F401  (registers names)
     newsgroups,
     transforms,
 )
-from calibrant.data.base import ArrayDataset, DatasetInfo, IndexedSubset, cached
+from calibrant.data.base import ArrayDataset, DatasetInfo, IndexedSubset
+from calibrant.data.cache import cached
 from calibrant.data.longtail import long_tailed, stratified_split, train_val_split
 
 __all__ = [

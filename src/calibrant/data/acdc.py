@@ -47,11 +47,11 @@ from calibrant.data.base import (
     DataFileError,
     DatasetInfo,
     ForegroundView,
-    cached_cases,
     dataset_dir,
     read_nifti,
     require_files,
 )
+from calibrant.data.cache import cached_cases
 from calibrant.registry import DATASETS
 
 __all__ = [

@@ -1,36 +1,23 @@
-"""Shared pieces of the dataset loaders: :class:`DatasetInfo`, the decode cache and file checks.
+"""Shared pieces of the dataset loaders: :class:`DatasetInfo`, file checks and datasets.
 
-Every loader decodes its source files once, stores the decoded arrays in a cache directory and
-reads them back from there on later runs, so that training epochs are compute-bound. The cache key
-is a hash of the loader name, its options and the path, size and modification time of every
-source file, so editing or replacing a source file invalidates the entry. Cache files are written
-to a temporary name and renamed into place, so a crash never leaves a half-written entry. The
-cache directory is ``cache_dir`` if given, else ``$CALIBRANT_CACHE``, else ``~/.cache/calibrant``;
-nothing is ever written into the data root.
+:class:`DatasetInfo` says what a model, loss and metric need to know about a set; the binary
+"foreground vs rest" view of a segmentation set (:func:`foreground_info`,
+:func:`binary_foreground`, :class:`ForegroundView`); finding and reading source files
+(:func:`dataset_dir`, :func:`require_files`, :func:`tree_files`, :func:`read_nifti`, with
+:class:`DataFileError` for a file that exists but cannot be read); and the in-memory datasets
+(:class:`ArrayDataset`, :class:`IndexedSubset`). The decode cache is :mod:`calibrant.data.cache`.
 
 Example:
-    >>> import tempfile
-    >>> import numpy as np
-    >>> from calibrant.data.base import cached
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     calls = []
-    ...     build = lambda: calls.append(1) or {"x": np.arange(3)}
-    ...     a = cached("demo", [], {"k": 1}, build, cache_dir=d)
-    ...     b = cached("demo", [], {"k": 1}, build, cache_dir=d)
-    ...     (len(calls), b["x"].tolist())
-    (1, [0, 1, 2])
+    >>> info = DatasetInfo("seg", 3, ("bg", "a", "b"), spatial_dims=2, task="segmentation")
+    >>> foreground_info(info, [2]).class_names
+    ('b',)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import os
-import pickle
 import re
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,29 +30,18 @@ from torch.utils.data import Dataset
 from calibrant._paths import data_root
 
 __all__ = [
-    "CACHE_ENV",
+    "ArrayDataset",
     "DataFileError",
     "DatasetInfo",
-    "ArrayDataset",
     "ForegroundView",
+    "IndexedSubset",
     "binary_foreground",
+    "dataset_dir",
     "foreground_info",
     "read_nifti",
-    "IndexedSubset",
-    "resolve_cache_dir",
-    "cache_key",
-    "cached",
-    "cached_cases",
-    "tree_files",
-    "atomic_write_bytes",
-    "dataset_dir",
     "require_files",
+    "tree_files",
 ]
-
-log = logging.getLogger(__name__)
-
-CACHE_ENV = "CALIBRANT_CACHE"
-_CACHE_VERSION = 1
 
 
 class DataFileError(OSError):
@@ -308,137 +284,6 @@ def require_files(paths: Iterable[Path], what: str) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- cache
-
-
-def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """The cache directory: ``path``, else ``$CALIBRANT_CACHE``, else ``~/.cache/calibrant``."""
-    if path is None:
-        path = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "calibrant"
-    return Path(path).expanduser()
-
-
-def _fingerprint(sources: Sequence[str | os.PathLike]) -> list[list[Any]]:
-    out = []
-    for s in sources:
-        st = os.stat(s)
-        out.append([str(Path(s).resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def cache_key(name: str, sources: Sequence[str | os.PathLike], options: dict[str, Any]) -> str:
-    """Hash of the loader name, its options and each source file's path, size and mtime.
-
-    Example:
-        >>> cache_key("x", [], {"a": 1}) == cache_key("x", [], {"a": 1})
-        True
-        >>> cache_key("x", [], {"a": 1}) == cache_key("x", [], {"a": 2})
-        False
-    """
-    payload = json.dumps(
-        {"v": _CACHE_VERSION, "name": name, "options": options, "sources": _fingerprint(sources)},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def cached(
-    name: str,
-    sources: Sequence[str | os.PathLike],
-    options: dict[str, Any],
-    build: Callable[[], Any],
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    data_root: str | os.PathLike | None = None,
-) -> Any:
-    """Return ``build()``, computed once per (name, options, source files) and cached on disk.
-
-    Args:
-        name: loader name (part of the key and of the file name).
-        sources: the files the result is decoded from.
-        options: every option that changes the result (JSON-serialisable).
-        build: computes the value (a picklable object, typically a dict of numpy arrays).
-        cache_dir: cache folder (see :func:`resolve_cache_dir`).
-        use_cache: ``False`` always calls ``build()`` and writes nothing.
-        data_root: when given, a cache folder inside it is refused (the data root is read-only).
-
-    Raises:
-        ValueError: if the cache folder lies inside ``data_root``.
-    """
-    if not use_cache:
-        return build()
-    folder = resolve_cache_dir(cache_dir)
-    if data_root is not None and _inside(folder, Path(data_root)):
-        raise ValueError(f"cache folder {str(folder)!r} lies inside the data root; choose another")
-    path = folder / f"{name}-{cache_key(name, sources, options)}.pkl"
-    if path.exists():
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        except Exception as err:  # a damaged cache entry is rebuilt, never trusted
-            log.warning("discarding unreadable cache entry %s: %s", path, err)
-    value = build()
-    try:
-        atomic_write_bytes(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    except OSError as err:
-        log.warning("could not write cache entry %s: %s", path, err)
-    return value
-
-
-def cached_cases(
-    name: str,
-    sources: Sequence[str | os.PathLike],
-    options: dict[str, Any],
-    build: Callable[[], dict[str, list]],
-    chosen: Sequence[int],
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    data_root: str | os.PathLike | None = None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[float, ...]]]:
-    """``(images, labels, spacings)`` of the cases ``chosen`` of a volume data set.
-
-    ``build()`` decodes *every* case into ``{"images": [...], "labels": [...], "spacings":
-    [...]}`` (numpy arrays, one per case), cached by :func:`cached` (same arguments), so that
-    every split and seed reuses one cache entry; the chosen cases are then taken from it.
-
-    Example:
-        >>> build = lambda: {"images": [np.zeros(2), np.ones(2)], "labels": [np.zeros(2)] * 2,
-        ...                  "spacings": [[1.0], [2.0]]}
-        >>> images, labels, spacings = cached_cases("demo", [], {}, build, [1], use_cache=False)
-        >>> images[0].tolist(), spacings
-        ([1.0, 1.0], [(2.0,)])
-    """
-    data = cached(
-        name, sources, options, build, cache_dir=cache_dir, use_cache=use_cache, data_root=data_root
-    )
-    images = [torch.from_numpy(data["images"][i]) for i in chosen]
-    labels = [torch.from_numpy(data["labels"][i]) for i in chosen]
-    spacings = [tuple(data["spacings"][i]) for i in chosen]
-    return images, labels, spacings
 
 
 # ------------------------------------------------------------------------------------ datasets

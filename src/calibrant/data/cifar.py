@@ -31,13 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibrant.data.base import (
-    DataFileError,
-    DatasetInfo,
-    cached,
-    dataset_dir,
-    tree_files,
-)
+from calibrant.data.base import DataFileError, DatasetInfo, dataset_dir, tree_files
+from calibrant.data.cache import cached
 from calibrant.data.longtail import select_array_split
 from calibrant.registry import DATASETS
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibrant.data.base import DataFileError, DatasetInfo, cached
+from calibrant.data.base import DataFileError, DatasetInfo
+from calibrant.data.cache import cached
 from calibrant.data.longtail import select_array_split
 from calibrant.registry import DATASETS
 

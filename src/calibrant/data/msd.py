@@ -33,10 +33,10 @@ from calibrant.data.acdc import seeded_case_split
 from calibrant.data.base import (
     DatasetInfo,
     ForegroundView,
-    cached_cases,
     dataset_dir,
     read_nifti,
 )
+from calibrant.data.cache import cached_cases
 from calibrant.registry import DATASETS
 
 __all__ = ["pad_to_size", "MSDVolumes", "MSDPatches", "msd_hippocampus", "msd"]
@@ -138,7 +138,7 @@ class MSDVolumes(ForegroundView, Dataset):
         pad_to: pad every volume (symmetrically, image 0 / label 0) to at least this size.
         class_names: default from ``dataset.json`` ``labels``, else ``"0".."K-1"``.
         transform: optional joint transform.
-        cache_dir, use_cache: decode cache (see :func:`calibrant.data.base.cached`).
+        cache_dir, use_cache: decode cache (see :func:`calibrant.data.cache.cached`).
         foreground: classes that become label 1 of a binary "foreground vs rest" view (``[1, 2]``
             whole hippocampus); labels are then ``(1, X, Y, Z)`` in {0, 1} (after the
             transform, also for :class:`MSDPatches`) and ``info`` has one class

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibrant.data.base import ArrayDataset, DatasetInfo, cached, dataset_dir, require_files
+from calibrant.data.base import ArrayDataset, DatasetInfo, dataset_dir, require_files
+from calibrant.data.cache import cached
 from calibrant.registry import DATASETS
 
 __all__ = ["read_arff", "read_label_xml", "load_mulan", "mulan", "MULAN_SETS"]
@@ -221,7 +222,7 @@ def mulan(
         split: ``"train"``, ``"val"``, ``"trainval"`` or ``"test"``.
         name: one of :data:`MULAN_SETS` (any MULAN set in the same layout works).
         standardize: z-score the features with train-part statistics.
-        cache_dir: decode cache folder (see :func:`calibrant.data.base.cached`).
+        cache_dir: decode cache folder (see :func:`calibrant.data.cache.cached`).
         use_cache: ``False`` decodes without reading or writing the cache.
         transform: optional callable ``(x, y) -> (x, y)``.
         val_fraction: share of the official train part held out as ``"val"``.

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from calibrant.data.base import DatasetInfo, cached, dataset_dir, tree_files
+from calibrant.data.base import DatasetInfo, dataset_dir, tree_files
+from calibrant.data.cache import cached
 from calibrant.data.longtail import select_split
 from calibrant.registry import DATASETS
 
