@@ -209,12 +209,12 @@ def test_run_suite_records_resumes_and_renders(data_root, tmp_path, monkeypatch)
     assert all(r["environment"]["torch"] and r["command"] == "test" for r in records.values())
 
     # A second call finds everything done and trains nothing.
-    import calibrant.experiment as experiment
+    import calibrant.bench.runner as runner
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(experiment, "train_run", no_training)
+    monkeypatch.setattr(runner, "train_run", no_training)
     assert run_suite(suite, results=results, work=work, data_root=data_root) == []
     assert all(r.done for r in plan(suite, results))
 

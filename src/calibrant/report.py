@@ -34,9 +34,13 @@ from typing import Any
 
 import torch
 
-from calibrant.checkpoint import load_checkpoint
+from calibrant import plot
+from calibrant.checkpoint import load_checkpoint, save_checkpoint
+from calibrant.engine import evaluate
 from calibrant.metrics import RegionReliabilityCurves, ReliabilityCurve
 from calibrant.metrics.items import ItemValues, PairPredictions, TopLabelPredictions
+from calibrant.registry import CALIBRATORS, METRICS
+from calibrant.runlog import alm_slots
 
 __all__ = [
     "compare_runs",
@@ -87,8 +91,6 @@ def _curves(results: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str,
 def _load_calibrator(path: str | Path | None):
     if path is None:
         return None
-    from calibrant.registry import CALIBRATORS
-
     state = load_checkpoint(path, required=("method", "kwargs", "state_dict"))
     calibrator = CALIBRATORS.build(state["method"], **state["kwargs"])
     calibrator.load_state_dict(state["state_dict"])
@@ -121,8 +123,6 @@ def evaluate_run(
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
-    from calibrant.engine import evaluate
-
     ckpt = load_checkpoint(Path(run) / "checkpoints" / f"{checkpoint}.pt", required=("model",))
     exp.model.load_state_dict(ckpt["model"])
     cal = _load_calibrator(calibrator)
@@ -193,9 +193,6 @@ def fit_calibrator(
     exp: Any, run: Path, *, method: str = "temperature", device="cpu", checkpoint: str = "best"
 ) -> Path:
     """Fit a registered calibrator on the validation logits of ``checkpoint``; save it."""
-    from calibrant.checkpoint import save_checkpoint
-    from calibrant.registry import CALIBRATORS
-
     ckpt = load_checkpoint(Path(run) / "checkpoints" / f"{checkpoint}.pt", required=("model",))
     exp.model.load_state_dict(ckpt["model"])
     factory = CALIBRATORS.get(method).factory
@@ -218,8 +215,6 @@ def fit_calibrator(
 
 def save_predictions(exp: Any, run: Path, out: Path, *, split: str = "test", device="cpu") -> Path:
     """Save the logits and targets of a split, one entry per item, to ``out`` (torch.save)."""
-    from calibrant.checkpoint import save_checkpoint
-
     ckpt = load_checkpoint(Path(run) / "checkpoints" / "best.pt", required=("model",))
     exp.model.load_state_dict(ckpt["model"])
     loader = {"val": exp.val_loader, "test": exp.test_loader, "train": exp.train_loader}[split]
@@ -400,8 +395,6 @@ def metric_legend(specs: Iterable[Mapping[str, Any]]) -> list[str]:
         >>> print(lines[-2])
         - `ece_paper` ↓ — top-label ECE (15 bins) on ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2). Metric `paper_ece`.
     """  # noqa: E501
-    from calibrant.registry import METRICS
-
     lines = []
     for spec in specs:
         spec = dict(spec)
@@ -425,8 +418,6 @@ def metric_legend(specs: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def _run_info(cfg: Mapping[str, Any], exp: Any) -> dict[str, Any]:
     """What the figures and logs need to name things: the task, class and ALM slot names."""
-    from calibrant.runlog import alm_slots
-
     info = getattr(exp, "info", None)
     if info is None:
         return {}
@@ -441,8 +432,6 @@ def _run_info(cfg: Mapping[str, Any], exp: Any) -> dict[str, Any]:
 
 def plot_run(run: Path) -> list[Path]:
     """Draw a run's figures from ``metrics.json``; returns the files written."""
-    from calibrant import plot
-
     run = Path(run)
     payload = json.loads((run / "metrics.json").read_text())
     out = run / "figures"

@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibrant.bench.runner import load_predictions
+from calibrant.metrics import _binning as K
+from calibrant.metrics import multilabel_calibration_error, multilabel_classwise_map
 from calibrant.stats import Interval, bootstrap_indices, decide, percentile_interval
 
 __all__ = ["PairedClaim", "PairedVerdict", "item_statistic", "evaluate_claim"]
@@ -103,7 +106,6 @@ def _binned(norm: str, n_bins: int = 15):
     Each sample's per-bin sums (count, confidence, outcome) are fixed; a resample weights the
     samples by their multiplicity, so its bins are one matrix product away.
     """
-    from calibrant.metrics import _binning as K
 
     def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         prob, outcome = _pairs(p)
@@ -129,7 +131,6 @@ def _binned(norm: str, n_bins: int = 15):
 
 def _looped(norm: str):
     """A metric whose bins depend on the resample (equal-mass ACE), one resample at a time."""
-    from calibrant.metrics import multilabel_calibration_error
 
     def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         prob, outcome = _pairs(p)
@@ -147,7 +148,6 @@ def _looped(norm: str):
 
 
 def _map_y(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-    from calibrant.metrics import multilabel_classwise_map
 
     prob, target = torch.from_numpy(p["probability"]), torch.from_numpy(p["target"])
     return np.array(
@@ -205,8 +205,6 @@ def item_statistic(record: Mapping[str, Any], metric: str, record_file: Path | N
         values = np.asarray(items, dtype=np.float64)
         return len(values), lambda idx: np.nanmean(values[idx], axis=1), False
     if record.get("predictions") and record_file is not None and metric in _POOLED:
-        from calibrant.bench.runner import load_predictions
-
         predictions = load_predictions(record_file)
         if predictions is not None:
             f, looped = _POOLED[metric]

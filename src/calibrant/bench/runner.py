@@ -36,7 +36,10 @@ from typing import Any
 
 import torch
 
+from calibrant import report
 from calibrant.bench.suite import Method, Suite
+from calibrant.checkpoint import load_checkpoint
+from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint, train_run
 
 __all__ = [
     "BenchFailures",
@@ -251,9 +254,6 @@ def _trained(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict
 
 def _items(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
     """Per-item test values (or per-sample predictions) of a trained run, for the intervals."""
-    from calibrant import report
-    from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint
-
     folder = run_dir(b.work, b.suite.name, b.profile, task, method.name, seed, config_key(cfg))
     seed_everything(seed)
     exp = build_experiment(cfg, data_root=b.data_root, device=b.device)
@@ -265,10 +265,6 @@ def _items(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[s
 
 def _posthoc(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict[str, Any]:
     """Fit ``method.calibrator`` on the base run's validation logits and test it."""
-    from calibrant import report
-    from calibrant.checkpoint import load_checkpoint
-    from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint
-
     base = b.suite.method(method.base)
     trained = _trained(b, task, base, seed, cfg)
     folder = run_dir(b.work, b.suite.name, b.profile, task, base.name, seed, config_key(cfg))
@@ -295,9 +291,6 @@ def _posthoc(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict
 
 def _search(b: _Bench, task: str, method: Method) -> Path:
     """Train every grid point of ``method.search`` and keep the best on the validation split."""
-    from calibrant import report
-    from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint
-
     search = method.search
     seed = b.suite.seed_list(b.profile)[0]
     candidates = []
@@ -345,8 +338,6 @@ def _search(b: _Bench, task: str, method: Method) -> Path:
 
 def _train_folder(b: _Bench, folder: Path, cfg: dict) -> dict[str, Any]:
     """Train ``cfg`` into ``folder`` unless it finished there (resuming a partial run)."""
-    from calibrant.experiment import train_run
-
     finished = folder / "metrics.json"
     if not finished.is_file():
         if (folder / "config.json").is_file():

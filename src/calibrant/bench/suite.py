@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from calibrant.config import load_config, merge
+from calibrant.config import apply_overrides, load_config, merge
 
 __all__ = ["Claim", "Column", "Method", "Pilot", "Search", "Suite", "Task", "Verdict"]
 
@@ -259,8 +259,6 @@ class Suite:
 
         ``tuned`` holds the dotted values a :class:`Search` chose; they are applied last.
         """
-        from calibrant.config import apply_overrides
-
         t, m = self.task(task), self.method(method)
         self.seed_list(profile)
         if not m.trained:

@@ -27,7 +27,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from calibrant import plot
+from calibrant.bench.paired import claims_lines
+from calibrant.bench.runner import is_current, record_path, search_path
 from calibrant.bench.suite import Suite
+from calibrant.metrics import ReliabilityCurve
 
 __all__ = ["Table", "kendall_tau", "load_records", "render_suite", "results_page"]
 
@@ -212,7 +216,6 @@ def _paper_section(suite: Suite, table: Table, task, profile: str) -> list[str]:
 
 
 def _search_section(suite: Suite, results: Path, profile: str, task: str) -> list[str]:
-    from calibrant.bench.runner import search_path
 
     lines = []
     for m in suite.methods:
@@ -299,9 +302,6 @@ def _pilot_section(suite: Suite, profile: str, records, task: str) -> list[str]:
 
 def _paired_section(suite: Suite, results: Path, profile: str, records, claims) -> list[str]:
     """The papers' claims, then our own questions, decided on paired intervals."""
-    from calibrant.bench.paired import claims_lines
-    from calibrant.bench.runner import record_path
-
     pilot = suite.pilots.get(profile)
     tasks = [
         t.name
@@ -339,8 +339,6 @@ def _claims_section(suite: Suite, table: Table) -> list[str]:
 
 def _figures(suite: Suite, records: Sequence[Mapping[str, Any]], folder: Path) -> dict:
     """Reliability diagrams (first seed) per task, multiplier trajectories per ALM method."""
-    from calibrant import plot
-
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[Path]] = defaultdict(list)
     for task in suite.tasks:
@@ -367,8 +365,6 @@ def _figures(suite: Suite, records: Sequence[Mapping[str, Any]], folder: Path) -
 
 def _curve(stored: Mapping[str, list]):
     import torch
-
-    from calibrant.metrics import ReliabilityCurve
 
     return ReliabilityCurve(*(torch.tensor(stored[f]) for f in ReliabilityCurve._fields))
 
@@ -402,8 +398,6 @@ def render_suite(
     suite: Suite, results: Path, profile: str = "cpu", *, figures: bool = True
 ) -> Path:
     """Write the suite's results page from its JSON records; returns its path."""
-    from calibrant.bench.runner import is_current
-
     suite = dataclasses.replace(  # the tasks and methods this profile runs
         suite, tasks=suite.tasks_for(profile), methods=suite.methods_for(profile)
     )
