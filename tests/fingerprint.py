@@ -1,4 +1,4 @@
-"""A numeric fingerprint of every registered loss, ALM preset and metric (issue #17).
+"""A numeric fingerprint of every registered loss (ALM objectives included) and metric (issue #17).
 
 Refactors must not change a number. :func:`compute` evaluates, on fixed seeded inputs on CPU:
 

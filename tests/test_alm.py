@@ -477,7 +477,7 @@ def test_bad_configuration_errors():
         crac(torch.zeros(1, 4, 4, 4), torch.full((1, 4, 4), 7))
     with pytest.raises(ValueError, match="NaN"):
         crac(torch.full((1, 4, 4, 4), float("nan")), torch.zeros(1, 4, 4, dtype=torch.long))
-    with pytest.raises(KeyError, match="unknown ALM preset"):
+    with pytest.raises(KeyError, match="unknown loss 'cracc'; did you mean 'crac'"):
         LOSSES.build("cracc", num_classes=4)
 
 

@@ -1,4 +1,4 @@
-"""Refactors change no number: every loss, ALM preset and metric against its stored fingerprint.
+"""Refactors change no number: every loss, ALM objective and metric against its stored fingerprint.
 
 The store (``tests/data/fingerprint.npz``) was written by ``python -m tests.fingerprint`` before
 the layering refactor of issue #17. Values must be bitwise identical, except where two bodies of

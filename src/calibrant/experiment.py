@@ -312,8 +312,7 @@ def build_experiment(
 
     def eval_loader(ds):
         sampler = EpochSampler(len(ds), shuffle=False, rank=rank, world_size=world_size, pad=False)
-        volumes = info.spatial_dims == 2 and getattr(ds, "images", None) is not None
-        if volumes:
+        if getattr(ds, "slice_stacks", False):  # whole volumes of 2D slices, one per batch
             return _loader(
                 ds,
                 batch_size=None,

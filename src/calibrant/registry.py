@@ -1,6 +1,6 @@
 """Name registries: the only place where calibrant dispatches on strings.
 
-Each family the CLI can name (losses, metrics, calibrators, models, datasets, ALM presets, benchmark
+Each family the CLI can name (losses, metrics, calibrators, models, datasets, benchmark
 suites) has one :class:`Registry`. Entries are registered at their definition site with a decorator
 and carry optional metadata (for example the task a loss expects), which the test harness and the
 CLI read.

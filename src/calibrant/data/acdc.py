@@ -253,7 +253,8 @@ def _resolve_folder(root) -> Path:
 class ACDCVolumes(ForegroundView, Dataset):
     """ACDC volumes of one split (evaluation view): ``(image (S, 1, H, W), label (S, H, W))``.
 
-    The slices of a volume form the batch dimension, so a 2D network can run on one item as is.
+    The slices of a volume form the batch dimension, so a 2D network can run on one item as is
+    (``slice_stacks = True``: the experiment evaluates one volume per batch).
 
     Args:
         root: data root (holding ``acdc/``) or the ACDC folder itself; default ``$CALIBRANT_DATA``.
@@ -279,6 +280,9 @@ class ACDCVolumes(ForegroundView, Dataset):
         case_ids: ``"patientNNN_frameFF"`` per item. spacings: ``(dz, dy, dx)`` per item (after
         downsampling, in mm for NIfTI, pixels for h5).
     """
+
+    #: Items are stacks of 2D slices, evaluated one volume per batch.
+    slice_stacks = True
 
     def __init__(
         self,

@@ -63,7 +63,7 @@ class ALMDriver:
 
     Args:
         criterion: a module holding one or more :class:`~calibrant.alm.term.ALMPenalty` (e.g. an
-            ALM preset, a ``WeightedSum``, a :class:`~calibrant.integrations.MonaiTargets`, or a
+            ALM objective, a ``WeightedSum``, a :class:`~calibrant.integrations.MonaiTargets`, or a
             whole ``LightningModule``).
         class_names: names of the classes, for the slot names (default ``class 0``, ...).
 

@@ -78,7 +78,7 @@ class ALMHandler:
 
     Args:
         criterion: the module holding the ALM terms (usually the trainer's ``loss_function``,
-            e.g. a :class:`~calibrant.integrations.MonaiTargets`-wrapped ALM preset).
+            e.g. a :class:`~calibrant.integrations.MonaiTargets`-wrapped ALM objective).
         output_transform: ``engine.state.output -> (logits, labels)``; default
             :func:`pred_label`.
         class_names: class names for the logged slot names.
