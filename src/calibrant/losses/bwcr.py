@@ -22,7 +22,7 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce
-from calibrant.losses.classification import CLASS_REDUCTIONS, _as_float, prepare, reduce_classes
+from calibrant.losses._base import CLASS_REDUCTIONS, as_float, prepare, reduce_classes
 from calibrant.registry import LOSSES
 
 __all__ = ["boundary_weight_map", "bwcr_consistency", "BWCRConsistency"]
@@ -166,7 +166,7 @@ def bwcr_consistency(
                 raise ValueError(
                     f"{name} shape {tuple(v.shape)} must equal target shape {tuple(target.shape)}"
                 )
-            values = values * _as_float(v.to(values.dtype))
+            values = values * as_float(v.to(values.dtype))
         if weighted:
             w = boundary_weight_map(
                 target,

@@ -32,12 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import (
-    check_choice,
-    check_logits_target,
-    check_positive,
+from calibrant._checks import check_choice, check_positive
+from calibrant._tensor import float32, reduce, row_chunks
+from calibrant.losses._base import (
+    CLASS_REDUCTIONS,
+    fused_finish,
+    fused_inputs,
+    prepare,
+    reduce_classes,
+    reduce_total,
 )
-from calibrant._tensor import finite_or_raise, float32, labels_and_mask, reduce, row_chunks
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.fusion import FusedPlan, ce_plus
 from calibrant.registry import LOSSES
@@ -56,40 +60,9 @@ __all__ = [
     "LogitMarginPenalty",
 ]
 
-CLASS_REDUCTIONS = ("mean", "sum")
 MARGIN_NORMS = ("l1", "l2", "legacy_l2")
 #: The FLSD-53 schedule of Mukhoti et al. (2020): γ = 5 for p < 0.2, γ = 3 otherwise.
 FLSD53: tuple[tuple[float, float], ...] = ((0.2, 5.0), (float("inf"), 3.0))
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """Float32 for any low-precision input; float64 stays float64 (for gradcheck)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def prepare(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, *, min_spatial: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate a multi-class pair and return ``(float logits, safe target, valid mask)``.
-
-    ``mask`` is ``None`` when no element is ignored (so that :func:`calibrant._tensor.reduce`
-    skips the masking passes). Call inside the :func:`calibrant._tensor.float32` context.
-    Shared by every multi-class loss.
-
-    Raises:
-        ValueError: on non-finite logits, a shape/dtype mismatch or labels out of range.
-    """
-    check_logits_target(logits, target, min_dims=2 + min_spatial)
-    finite_or_raise("logits", logits)
-    safe, mask = labels_and_mask(target, logits.shape[1], ignore_index)
-    return _as_float(logits), safe, mask
-
-
-def reduce_classes(values: torch.Tensor, class_reduction: str) -> torch.Tensor:
-    """Sum ``(B, C, *)`` over classes, divided by ``C`` for ``class_reduction="mean"``."""
-    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
-    out = values.sum(1)
-    return out / values.shape[1] if class_reduction == "mean" else out
 
 
 def cross_entropy_loss(
@@ -127,10 +100,7 @@ def cross_entropy_loss(
         total = F.cross_entropy(
             x, y, ignore_index=-100 if mask is None else ignore_index, reduction="sum"
         )
-        if reduction == "sum":
-            return total
-        count = y.numel() if mask is None else mask.sum()
-        return total / torch.clamp(torch.as_tensor(count, device=x.device), min=1)
+        return reduce_total(total, reduction, mask=mask, numel=y.numel())
 
 
 def label_smoothing_loss(
@@ -580,18 +550,11 @@ class LogitMarginPenalty(nn.Module):
         """The fused-CE plan (:mod:`calibrant.losses.fusion`): every norm, nothing ignored."""
         if ignore_index != self.ignore_index or self.reduction not in ("mean", "sum"):
             return None
-        check_logits_target(logits, target, min_dims=2)
-        safe, mask = labels_and_mask(target, logits.shape[1], self.ignore_index)
-        if mask is not None:
+        inputs = fused_inputs(logits, target, self.ignore_index, min_dims=2)
+        if inputs is None:
             return None
-        x = _as_float(logits)
-        k, n = x.shape[1], safe.numel()
-
-        def finish(total: torch.Tensor) -> torch.Tensor:
-            if self.class_reduction == "mean":
-                total = total / k
-            return total if self.reduction == "sum" else total / max(n, 1)
-
+        x, safe = inputs
+        finish = fused_finish(x.shape[1], safe.numel(), self.class_reduction, self.reduction)
         return FusedPlan(x, safe, _MarginChunks(float(self.margin), self.norm), finish)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ they get zero loss and zero gradient, and the value does not depend on their log
 
 which leaves ``σ(v)`` miscalibrated for γ > 0; :func:`phi_correct` maps it back to the
 posterior. The strictly proper SPA loss and the LPR regulariser are in
-:mod:`calibrant.losses.spa`, which imports the input plumbing below (as does
-:mod:`calibrant.losses.overlap`).
+:mod:`calibrant.losses.spa`; the input plumbing shared with it and with
+:mod:`calibrant.losses.overlap` is :func:`calibrant.losses._base.multilabel_inputs`.
 
 Reduction (METHODS §10.C3): ``"mean"`` averages over every valid (sample, label) entry, i.e. the
 per-example label mean of the SPA paper's eq. 21 averaged over the batch. The reference ASL code
@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from calibrant._checks import check_choice, check_finite, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
+from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -57,64 +57,6 @@ __all__ = [
     "TwoWayLoss",
     "phi_correct",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# shared plumbing for multi-label inputs
-# ----------------------------------------------------------------------------------------------
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (float64 stays float64 so gradcheck sees double precision)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _multilabel_inputs(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate a multi-label pair; return float logits, safe {0,1} target and the validity mask.
-
-    Raises:
-        ValueError: non-floating or non-finite logits, a shape mismatch, fewer than 2 dims, or
-            target values other than 0, 1 and ``ignore_index``.
-    """
-    if not torch.is_floating_point(logits):
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() < 2:
-        raise ValueError(
-            f"multi-label logits must have shape (B, T, *spatial), got {tuple(logits.shape)}"
-        )
-    if logits.shape != target.shape:
-        raise ValueError(
-            f"multi-label target shape {tuple(target.shape)} must equal logits shape "
-            f"{tuple(logits.shape)}"
-        )
-    check_finite("logits", logits)
-    if ignore_index is None:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:
-        valid = target != ignore_index
-    if bool((valid & (target != 0) & (target != 1)).any()):
-        raise ValueError(
-            f"multi-label target must hold only 0, 1 (or ignore_index={ignore_index}); got "
-            f"{torch.unique(target[valid & (target != 0) & (target != 1)])[:5].tolist()}"
-        )
-    x = _upcast(logits)
-    y = torch.where(valid, target, torch.zeros_like(target)).to(x.dtype)
-    return x, y, valid
-
-
-class _Loss(nn.Module):
-    """Thin module base: stores hyper-parameters; subclasses call their function in forward."""
-
-    def __init__(self, **hparams: Any) -> None:
-        super().__init__()
-        check_choice("reduction", hparams.get("reduction", "mean"), REDUCTIONS)
-        self.hparams = hparams
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown in the module repr."""
-        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,12 +93,12 @@ def bce_loss(
         Equals ``torch.nn.functional.binary_cross_entropy_with_logits`` on valid entries.
     """
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         values = F.binary_cross_entropy_with_logits(x, y, reduction="none")
         return reduce(values, valid, reduction)
 
 
-class BCELoss(_Loss):
+class BCELoss(ThinLoss):
     """Module form of :func:`bce_loss` (logits in, not probabilities)."""
 
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
@@ -217,12 +159,12 @@ def asymmetric_focal_loss(
     check_positive("gamma_pos", gamma_pos, strict=False)
     check_positive("gamma_neg", gamma_neg, strict=False)
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         pos, neg = _focal_terms(x, gamma_pos, gamma_neg)
         return reduce(y * pos + (1 - y) * neg, valid, reduction)
 
 
-class AsymmetricFocalLoss(_Loss):
+class AsymmetricFocalLoss(ThinLoss):
     """Module form of :func:`asymmetric_focal_loss`."""
 
     def __init__(
@@ -284,14 +226,14 @@ def binary_focal_loss(
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha!r}")
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         pos, neg = _focal_terms(x, gamma, gamma)
         if alpha is not None:
             pos, neg = alpha * pos, (1.0 - alpha) * neg
         return reduce(y * pos + (1 - y) * neg, valid, reduction)
 
 
-class BinaryFocalLoss(_Loss):
+class BinaryFocalLoss(ThinLoss):
     """Module form of :func:`binary_focal_loss`."""
 
     def __init__(
@@ -362,7 +304,7 @@ def asl_loss(
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         p, q = torch.sigmoid(x), torch.sigmoid(-x)
         p_m = (p - margin).clamp(min=0.0)  # shifted probability of negatives
         one_minus_pm = (q + margin).clamp(max=1.0)  # 1 - p_m
@@ -374,7 +316,7 @@ def asl_loss(
         return reduce(y * pos + (1 - y) * neg, valid, reduction)
 
 
-class ASLLoss(_Loss):
+class ASLLoss(ThinLoss):
     """Module form of :func:`asl_loss` (ASY)."""
 
     def __init__(
@@ -464,7 +406,7 @@ def phi_correct(
         raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
     check_finite("probs", probs)
     with float32(probs):
-        z = _upcast(probs).clamp(eps, 1.0 - eps)
+        z = as_float(probs).clamp(eps, 1.0 - eps)
         u = (z - margin).clamp(min=0.0)
         h_neg = torch.where(u > 0, _h(u, gamma_neg), torch.zeros_like(u))
         h_pos = _h(1.0 - z, gamma_pos)
@@ -531,7 +473,7 @@ def twl_loss(
     check_positive("t_pos", t_pos)
     check_positive("t_neg", t_neg)
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         x = x.movedim(1, -1).reshape(-1, x.shape[1])  # (N, T)
         y = y.movedim(1, -1).reshape(-1, y.shape[1])
         valid = valid.movedim(1, -1).reshape(-1, valid.shape[1])
@@ -550,7 +492,7 @@ def twl_loss(
         return term(0) + term(1)
 
 
-class TwoWayLoss(_Loss):
+class TwoWayLoss(ThinLoss):
     """Module form of :func:`twl_loss`."""
 
     def __init__(

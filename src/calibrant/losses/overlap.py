@@ -39,7 +39,7 @@ from calibrant._checks import (
     check_positive,
 )
 from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce, valid_mask
-from calibrant.losses.multilabel import _Loss, _multilabel_inputs, _upcast
+from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -84,7 +84,7 @@ def _probs_target_weight(
                 "include_background=False applies to activation='softmax' only; with sigmoid "
                 "every channel is a label (drop channels from logits and target instead)"
             )
-        x, g, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, g, valid = multilabel_inputs(logits, target, ignore_index)
         p = torch.sigmoid(x)
         logs = torch.stack((F.logsigmoid(x), F.logsigmoid(-x)))
         w = valid.to(x.dtype)
@@ -95,7 +95,7 @@ def _probs_target_weight(
         check_labels_in_range(target, num_classes, ignore_index)
         if not include_background and num_classes < 2:
             raise ValueError("include_background=False needs at least 2 classes")
-        x = _upcast(logits)
+        x = as_float(logits)
         safe, mask = valid_mask(target, ignore_index)
         g = one_hot(safe, num_classes).to(x.dtype)
         p = torch.softmax(x, dim=1)
@@ -517,7 +517,7 @@ def combo_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-class _OverlapLoss(_Loss):
+class _OverlapLoss(ThinLoss):
     _fn = staticmethod(dice_loss)
 
     def __init__(

@@ -19,8 +19,8 @@ calibrated log-odds of each example,
 and the registered ``spa_lpr``/``bce_lpr`` losses are eq. 21's per-sample label mean of the task
 loss (:class:`SampleMean`) plus ``λ L_LPR``.
 
-Inputs, ``ignore_index`` and reductions follow :mod:`calibrant.losses.multilabel`, whose private
-input plumbing this module imports.
+Inputs, ``ignore_index`` and reductions follow :mod:`calibrant.losses.multilabel` (the same
+:func:`calibrant.losses._base.multilabel_inputs`).
 
 Example:
     >>> import torch
@@ -48,8 +48,9 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
+from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs
 from calibrant.losses.combine import WeightedSum
-from calibrant.losses.multilabel import BCELoss, _Loss, _multilabel_inputs, _upcast
+from calibrant.losses.multilabel import BCELoss
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -130,7 +131,7 @@ def spa_logit(
     """
     _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
     with float32(logits):
-        v = _upcast(logits)
+        v = as_float(logits)
         offset = math.log(k_neg / zeta_neg) - math.log(k_pos / zeta_pos)
         return offset + F.logsigmoid(k_neg * (v - b_neg)) - F.logsigmoid(-k_pos * (v - b_pos))
 
@@ -202,13 +203,13 @@ def spa_loss(
     """
     _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         pos = -F.logsigmoid(k_pos * (x - b_pos)) / zeta_pos
         neg = -F.logsigmoid(-k_neg * (x - b_neg)) / zeta_neg
         return reduce(y * pos + (1 - y) * neg, valid, reduction)
 
 
-class SPALoss(_Loss):
+class SPALoss(ThinLoss):
     """Module form of :func:`spa_loss`; :meth:`probs` gives the calibrated probabilities."""
 
     def __init__(
@@ -324,7 +325,7 @@ def lpr_loss(
     """
     check_choice("reduction", reduction, REDUCTIONS)
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         z = _link_logit(x, link, link_params)
         pos = (valid & (y > 0.5)).to(z.dtype)
         neg = (valid & (y < 0.5)).to(z.dtype)
@@ -340,7 +341,7 @@ def lpr_loss(
         return reduce(per_sample, sample_ok, reduction)
 
 
-class LPRLoss(_Loss):
+class LPRLoss(ThinLoss):
     """Module form of :func:`lpr_loss`."""
 
     def __init__(

@@ -26,23 +26,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import check_choice, check_logits_target, check_positive
+from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import (
     PADDINGS,
     float32,
-    labels_and_mask,
     neighbor_proportions,
     reduce,
     row_chunks,
     valid_mask,
     window_counts,
 )
-from calibrant.losses.classification import (
+from calibrant.losses._base import (
     CLASS_REDUCTIONS,
-    CrossEntropyLoss,
-    _as_float,
+    fused_finish,
+    fused_inputs,
     prepare,
+    reduce_total,
 )
+from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.fusion import FusedPlan
 from calibrant.registry import LOSSES
@@ -493,10 +494,7 @@ def _nacl_fast(x, target, mask, *, kernel_size, padding, ignore_index, class_red
     total = _ScaledL1Sum.apply(x.contiguous(), tau, scale, m)
     if class_reduction == "mean":
         total = total / k
-    if reduction == "sum":
-        return total
-    count = target.numel() if mask is None else mask.sum()
-    return total / torch.clamp(torch.as_tensor(count, device=x.device), min=1)
+    return reduce_total(total, reduction, mask=mask, numel=target.numel())
 
 
 def neighbor_penalty(
@@ -667,21 +665,14 @@ class NeighborPenalty(nn.Module):
             and kw["reduction"] in ("mean", "sum")
         ):
             return None
-        check_logits_target(logits, target, min_dims=3)
-        k = logits.shape[1]
-        safe, mask = labels_and_mask(target, k, kw["ignore_index"])
-        if mask is not None:
+        inputs = fused_inputs(logits, target, kw["ignore_index"], min_dims=3)
+        if inputs is None:
             return None
-        x = _as_float(logits)
+        x, safe = inputs
+        k = x.shape[1]
         tau = window_counts(safe, k, kernel_size=kw["kernel_size"], padding=kw["padding"])
         scale = 1.0 / kw["kernel_size"] ** (x.dim() - 2)
-        n = safe.numel()
-
-        def finish(total: torch.Tensor) -> torch.Tensor:
-            if kw["class_reduction"] == "mean":
-                total = total / k
-            return total if kw["reduction"] == "sum" else total / max(n, 1)
-
+        finish = fused_finish(k, safe.numel(), kw["class_reduction"], kw["reduction"])
         return FusedPlan(x, safe, _ScaledL1Chunks(tau, scale), finish)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
