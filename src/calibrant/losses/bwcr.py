@@ -22,7 +22,7 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce
-from calibrant.losses._base import CLASS_REDUCTIONS, as_float, prepare, reduce_classes
+from calibrant.losses._base import CLASS_REDUCTIONS, ThinLoss, as_float, prepare, reduce_classes
 from calibrant.registry import LOSSES
 
 __all__ = ["boundary_weight_map", "bwcr_consistency", "BWCRConsistency"]
@@ -181,11 +181,13 @@ def bwcr_consistency(
         return reduce(values, mask, reduction)
 
 
-class BWCRConsistency(nn.Module):
+class BWCRConsistency(ThinLoss):
     """Module form of :func:`bwcr_consistency`.
 
     ``forward(logits, logits2, target, valid=None, valid2=None)``.
     """
+
+    _fn = staticmethod(bwcr_consistency)
 
     def __init__(
         self,
@@ -199,28 +201,16 @@ class BWCRConsistency(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.kwargs = {
-            "radius": radius,
-            "l_max": l_max,
-            "l_min": l_min,
-            "alpha": alpha,
-            "weighted": weighted,
-            "class_reduction": class_reduction,
-            "ignore_index": ignore_index,
-            "reduction": reduction,
-        }
-
-    def forward(
-        self,
-        logits: torch.Tensor,
-        logits2: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor | None = None,
-        valid2: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """See :func:`bwcr_consistency`."""
-        return bwcr_consistency(logits, logits2, target, valid, valid2, **self.kwargs)
+        super().__init__(
+            radius=radius,
+            l_max=l_max,
+            l_min=l_min,
+            alpha=alpha,
+            weighted=weighted,
+            class_reduction=class_reduction,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
 
 @LOSSES.register(

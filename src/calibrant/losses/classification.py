@@ -36,6 +36,7 @@ from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce, row_chunks
 from calibrant.losses._base import (
     CLASS_REDUCTIONS,
+    ThinLoss,
     fused_finish,
     fused_inputs,
     prepare,
@@ -415,12 +416,13 @@ def logit_margin_penalty(
         return reduce(values, mask, reduction)
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(ThinLoss):
     """Module form of :func:`cross_entropy_loss`."""
 
+    _fn = staticmethod(cross_entropy_loss)
+
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__()
-        self.ignore_index, self.reduction = ignore_index, reduction
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
 
     def fused_with(
         self, other: nn.Module, logits: torch.Tensor, target: torch.Tensor
@@ -445,35 +447,22 @@ class CrossEntropyLoss(nn.Module):
         n = plan.labels.numel()
         return (ce_sum if self.reduction == "sum" else ce_sum / max(n, 1)), value
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`cross_entropy_loss`."""
-        return cross_entropy_loss(
-            logits, target, ignore_index=self.ignore_index, reduction=self.reduction
-        )
 
-
-class LabelSmoothingLoss(nn.Module):
+class LabelSmoothingLoss(ThinLoss):
     """Module form of :func:`label_smoothing_loss`."""
+
+    _fn = staticmethod(label_smoothing_loss)
 
     def __init__(
         self, smoothing: float = 0.1, *, ignore_index: int | None = -100, reduction: str = "mean"
     ) -> None:
-        super().__init__()
-        self.smoothing, self.ignore_index, self.reduction = smoothing, ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`label_smoothing_loss`."""
-        return label_smoothing_loss(
-            logits,
-            target,
-            smoothing=self.smoothing,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
+        super().__init__(smoothing=smoothing, ignore_index=ignore_index, reduction=reduction)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(ThinLoss):
     """Module form of :func:`focal_loss`."""
+
+    _fn = staticmethod(focal_loss)
 
     def __init__(
         self,
@@ -483,24 +472,18 @@ class FocalLoss(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.gamma, self.gamma_schedule = gamma, gamma_schedule
-        self.ignore_index, self.reduction = ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`focal_loss`."""
-        return focal_loss(
-            logits,
-            target,
-            gamma=self.gamma,
-            gamma_schedule=self.gamma_schedule,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
+        super().__init__(
+            gamma=gamma,
+            gamma_schedule=gamma_schedule,
+            ignore_index=ignore_index,
+            reduction=reduction,
         )
 
 
-class ConfidencePenalty(nn.Module):
+class ConfidencePenalty(ThinLoss):
     """Module form of :func:`confidence_penalty`."""
+
+    _fn = staticmethod(confidence_penalty)
 
     def __init__(
         self,
@@ -509,26 +492,15 @@ class ConfidencePenalty(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.class_reduction, self.ignore_index, self.reduction = (
-            class_reduction,
-            ignore_index,
-            reduction,
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`confidence_penalty`."""
-        return confidence_penalty(
-            logits,
-            target,
-            class_reduction=self.class_reduction,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
+        super().__init__(
+            class_reduction=class_reduction, ignore_index=ignore_index, reduction=reduction
         )
 
 
-class LogitMarginPenalty(nn.Module):
+class LogitMarginPenalty(ThinLoss):
     """Module form of :func:`logit_margin_penalty`."""
+
+    _fn = staticmethod(logit_margin_penalty)
 
     def __init__(
         self,
@@ -539,10 +511,14 @@ class LogitMarginPenalty(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
         check_choice("norm", norm, MARGIN_NORMS)
-        self.margin, self.norm, self.class_reduction = margin, norm, class_reduction
-        self.ignore_index, self.reduction = ignore_index, reduction
+        super().__init__(
+            margin=margin,
+            norm=norm,
+            class_reduction=class_reduction,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
@@ -556,24 +532,6 @@ class LogitMarginPenalty(nn.Module):
         x, safe = inputs
         finish = fused_finish(x.shape[1], safe.numel(), self.class_reduction, self.reduction)
         return FusedPlan(x, safe, _MarginChunks(float(self.margin), self.norm), finish)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`logit_margin_penalty`."""
-        return logit_margin_penalty(
-            logits,
-            target,
-            margin=self.margin,
-            norm=self.norm,
-            class_reduction=self.class_reduction,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters in the module repr."""
-        return (
-            f"margin={self.margin:g}, norm={self.norm!r}, class_reduction={self.class_reduction!r}"
-        )
 
 
 # --- registered presets (published defaults, METHODS §8) -------------------------------------

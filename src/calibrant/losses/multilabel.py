@@ -101,12 +101,10 @@ def bce_loss(
 class BCELoss(ThinLoss):
     """Module form of :func:`bce_loss` (logits in, not probabilities)."""
 
+    _fn = staticmethod(bce_loss)
+
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`bce_loss`."""
-        return bce_loss(logits, target, **self.hparams)
 
 
 def _focal_terms(
@@ -167,6 +165,8 @@ def asymmetric_focal_loss(
 class AsymmetricFocalLoss(ThinLoss):
     """Module form of :func:`asymmetric_focal_loss`."""
 
+    _fn = staticmethod(asymmetric_focal_loss)
+
     def __init__(
         self,
         *,
@@ -180,10 +180,6 @@ class AsymmetricFocalLoss(ThinLoss):
         super().__init__(
             gamma_pos=gamma_pos, gamma_neg=gamma_neg, ignore_index=ignore_index, reduction=reduction
         )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`asymmetric_focal_loss`."""
-        return asymmetric_focal_loss(logits, target, **self.hparams)
 
 
 def binary_focal_loss(
@@ -236,6 +232,8 @@ def binary_focal_loss(
 class BinaryFocalLoss(ThinLoss):
     """Module form of :func:`binary_focal_loss`."""
 
+    _fn = staticmethod(binary_focal_loss)
+
     def __init__(
         self,
         *,
@@ -246,10 +244,6 @@ class BinaryFocalLoss(ThinLoss):
     ) -> None:
         check_positive("gamma", gamma, strict=False)
         super().__init__(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`binary_focal_loss`."""
-        return binary_focal_loss(logits, target, **self.hparams)
 
 
 def asl_loss(
@@ -319,6 +313,8 @@ def asl_loss(
 class ASLLoss(ThinLoss):
     """Module form of :func:`asl_loss` (ASY)."""
 
+    _fn = staticmethod(asl_loss)
+
     def __init__(
         self,
         *,
@@ -341,10 +337,6 @@ class ASLLoss(ThinLoss):
             ignore_index=ignore_index,
             reduction=reduction,
         )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`asl_loss`."""
-        return asl_loss(logits, target, **self.hparams)
 
 
 def _h(z: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -495,6 +487,8 @@ def twl_loss(
 class TwoWayLoss(ThinLoss):
     """Module form of :func:`twl_loss`."""
 
+    _fn = staticmethod(twl_loss)
+
     def __init__(
         self,
         *,
@@ -506,10 +500,6 @@ class TwoWayLoss(ThinLoss):
         check_positive("t_pos", t_pos)
         check_positive("t_neg", t_neg)
         super().__init__(t_pos=t_pos, t_neg=t_neg, ignore_index=ignore_index, reduction=reduction)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`twl_loss`."""
-        return twl_loss(logits, target, **self.hparams)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -545,10 +545,6 @@ class _OverlapLoss(ThinLoss):
             reduction=reduction,
         )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Call the loss function with the stored hyper-parameters."""
-        return type(self)._fn(logits, target, **self.hparams)
-
 
 class DiceLoss(_OverlapLoss):
     """Module form of :func:`dice_loss` (same keyword arguments)."""

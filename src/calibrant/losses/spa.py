@@ -212,6 +212,8 @@ def spa_loss(
 class SPALoss(ThinLoss):
     """Module form of :func:`spa_loss`; :meth:`probs` gives the calibrated probabilities."""
 
+    _fn = staticmethod(spa_loss)
+
     def __init__(
         self,
         *,
@@ -225,27 +227,25 @@ class SPALoss(ThinLoss):
         reduction: str = "mean",
     ) -> None:
         _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.link_params = {
-            "zeta_pos": zeta_pos,
-            "k_pos": k_pos,
-            "b_pos": b_pos,
-            "zeta_neg": zeta_neg,
-            "k_neg": k_neg,
-            "b_neg": b_neg,
-        }
+        super().__init__(
+            zeta_pos=zeta_pos,
+            k_pos=k_pos,
+            b_pos=b_pos,
+            zeta_neg=zeta_neg,
+            k_neg=k_neg,
+            b_neg=b_neg,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`spa_loss`."""
-        return spa_loss(logits, target, **self.link_params, **self.hparams)
+    @property
+    def link_params(self) -> dict[str, float]:
+        """The six link parameters (:data:`SPA_DEFAULTS` keys), as :func:`spa_probs` takes them."""
+        return {k: self.hparams[k] for k in SPA_DEFAULTS}
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities through the inverse link (:func:`spa_probs`)."""
         return spa_probs(logits, **self.link_params)
-
-    def extra_repr(self) -> str:
-        """Link parameters and reduction settings."""
-        return ", ".join(f"{k}={v!r}" for k, v in {**self.link_params, **self.hparams}.items())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,6 +344,8 @@ def lpr_loss(
 class LPRLoss(ThinLoss):
     """Module form of :func:`lpr_loss`."""
 
+    _fn = staticmethod(lpr_loss)
+
     def __init__(
         self,
         *,
@@ -360,10 +362,6 @@ class LPRLoss(ThinLoss):
             ignore_index=ignore_index,
             reduction=reduction,
         )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`lpr_loss`."""
-        return lpr_loss(logits, target, **self.hparams)
 
 
 class SampleMean(nn.Module):

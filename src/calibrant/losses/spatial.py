@@ -38,6 +38,7 @@ from calibrant._tensor import (
 )
 from calibrant.losses._base import (
     CLASS_REDUCTIONS,
+    ThinLoss,
     fused_finish,
     fused_inputs,
     prepare,
@@ -586,8 +587,10 @@ def neighbor_penalty(
         return reduce(values, mask, reduction)
 
 
-class SVLSLoss(nn.Module):
+class SVLSLoss(ThinLoss):
     """Module form of :func:`svls_loss`."""
+
+    _fn = staticmethod(svls_loss)
 
     def __init__(
         self,
@@ -597,25 +600,16 @@ class SVLSLoss(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
         _check_kernel(kernel_size, sigma)
-        self.kernel_size, self.sigma = kernel_size, sigma
-        self.ignore_index, self.reduction = ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`svls_loss`."""
-        return svls_loss(
-            logits,
-            target,
-            kernel_size=self.kernel_size,
-            sigma=self.sigma,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
+        super().__init__(
+            kernel_size=kernel_size, sigma=sigma, ignore_index=ignore_index, reduction=reduction
         )
 
 
-class NeighborPenalty(nn.Module):
+class NeighborPenalty(ThinLoss):
     """Module form of :func:`neighbor_penalty`."""
+
+    _fn = staticmethod(neighbor_penalty)
 
     def __init__(
         self,
@@ -630,22 +624,21 @@ class NeighborPenalty(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
         check_choice("kernel", kernel, KERNELS)
         check_choice("padding", padding, PADDINGS)
         check_choice("distance", distance, DISTANCES)
         check_choice("on", on, ON)
-        self.kwargs = {
-            "kernel": kernel,
-            "kernel_size": kernel_size,
-            "sigma": sigma,
-            "padding": padding,
-            "distance": distance,
-            "on": on,
-            "class_reduction": class_reduction,
-            "ignore_index": ignore_index,
-            "reduction": reduction,
-        }
+        super().__init__(
+            kernel=kernel,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            padding=padding,
+            distance=distance,
+            on=on,
+            class_reduction=class_reduction,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
@@ -655,33 +648,24 @@ class NeighborPenalty(nn.Module):
         Only for the mean kernel, L1 on logits, ``label0``/``zeros`` padding and nothing
         ignored.
         """
-        kw = self.kwargs
         if not (
-            kw["ignore_index"] == ignore_index
-            and kw["kernel"] == "mean"
-            and kw["distance"] == "l1"
-            and kw["on"] == "logits"
-            and kw["padding"] in ("label0", "zeros")
-            and kw["reduction"] in ("mean", "sum")
+            self.ignore_index == ignore_index
+            and self.kernel == "mean"
+            and self.distance == "l1"
+            and self.on == "logits"
+            and self.padding in ("label0", "zeros")
+            and self.reduction in ("mean", "sum")
         ):
             return None
-        inputs = fused_inputs(logits, target, kw["ignore_index"], min_dims=3)
+        inputs = fused_inputs(logits, target, self.ignore_index, min_dims=3)
         if inputs is None:
             return None
         x, safe = inputs
         k = x.shape[1]
-        tau = window_counts(safe, k, kernel_size=kw["kernel_size"], padding=kw["padding"])
-        scale = 1.0 / kw["kernel_size"] ** (x.dim() - 2)
-        finish = fused_finish(k, safe.numel(), kw["class_reduction"], kw["reduction"])
+        tau = window_counts(safe, k, kernel_size=self.kernel_size, padding=self.padding)
+        scale = 1.0 / self.kernel_size ** (x.dim() - 2)
+        finish = fused_finish(k, safe.numel(), self.class_reduction, self.reduction)
         return FusedPlan(x, safe, _ScaledL1Chunks(tau, scale), finish)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`neighbor_penalty`."""
-        return neighbor_penalty(logits, target, **self.kwargs)
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters in the module repr."""
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
 
 
 # --- registered presets (published defaults, METHODS §8) -------------------------------------
