@@ -21,7 +21,7 @@ Example:
     >>> class Shift(ThinLoss):
     ...     _fn = staticmethod(lambda logits, target, *, by, reduction: (logits + by).sum())
     ...     def __init__(self, by=1.0, *, reduction="sum"):
-    ...         super().__init__(by=by, reduction=reduction)
+    ...         super().__init__()
     >>> loss = Shift(2.0)
     >>> loss, loss.by, loss(torch.zeros(3), None)
     (Shift(by=2.0, reduction='sum'), 2.0, tensor(6.))
@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -181,16 +182,25 @@ class ThinLoss(nn.Module):
     """A loss module that stores its hyper-parameters once and forwards them to its function.
 
     A subclass sets ``_fn`` (its pure function, as a ``staticmethod``) and an ``__init__`` with
-    the public signature that checks what it must and passes every hyper-parameter to this
-    one, by keyword. Then ``forward(*inputs)`` is ``_fn(*inputs, **hparams)``, each
-    hyper-parameter reads (and writes) as an attribute (``loss.margin``), and the repr lists
-    them. ``reduction``, where given, is checked here.
+    the public signature that checks what it must and then calls ``super().__init__()``: the
+    arguments of that ``__init__`` become :attr:`hparams` (those in its ``**kwargs`` first, then
+    the named ones in signature order), as ``LightningModule.save_hyperparameters`` collects
+    them. ``forward(*inputs)`` is
+    ``_fn(*inputs, **hparams)``, each hyper-parameter reads (and writes) as an attribute
+    (``loss.margin``), and the repr lists them. ``reduction``, where given, is checked here.
     """
 
     _fn: Callable[..., torch.Tensor]
 
-    def __init__(self, **hparams: Any) -> None:
+    def __init__(self) -> None:
         super().__init__()
+        caller = inspect.currentframe().f_back  # the subclass ``__init__`` that called us
+        try:
+            names, _, varkw, scope = inspect.getargvalues(caller)
+            hparams = dict(scope[varkw]) if varkw else {}  # a subclass's own, passed up
+            hparams.update((name, scope[name]) for name in names[1:])  # all but ``self``
+        finally:
+            del caller
         check_choice("reduction", hparams.get("reduction", "mean"), REDUCTIONS)
         self.hparams = hparams
 

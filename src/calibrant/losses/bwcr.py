@@ -201,16 +201,7 @@ class BWCRConsistency(ThinLoss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(
-            radius=radius,
-            l_max=l_max,
-            l_min=l_min,
-            alpha=alpha,
-            weighted=weighted,
-            class_reduction=class_reduction,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()
 
 
 @LOSSES.register(

@@ -422,7 +422,7 @@ class CrossEntropyLoss(ThinLoss):
     _fn = staticmethod(cross_entropy_loss)
 
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        super().__init__()
 
     def fused_with(
         self, other: nn.Module, logits: torch.Tensor, target: torch.Tensor
@@ -456,7 +456,7 @@ class LabelSmoothingLoss(ThinLoss):
     def __init__(
         self, smoothing: float = 0.1, *, ignore_index: int | None = -100, reduction: str = "mean"
     ) -> None:
-        super().__init__(smoothing=smoothing, ignore_index=ignore_index, reduction=reduction)
+        super().__init__()
 
 
 class FocalLoss(ThinLoss):
@@ -472,12 +472,7 @@ class FocalLoss(ThinLoss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(
-            gamma=gamma,
-            gamma_schedule=gamma_schedule,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()
 
 
 class ConfidencePenalty(ThinLoss):
@@ -492,9 +487,7 @@ class ConfidencePenalty(ThinLoss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(
-            class_reduction=class_reduction, ignore_index=ignore_index, reduction=reduction
-        )
+        super().__init__()
 
 
 class LogitMarginPenalty(ThinLoss):
@@ -512,13 +505,7 @@ class LogitMarginPenalty(ThinLoss):
         reduction: str = "mean",
     ) -> None:
         check_choice("norm", norm, MARGIN_NORMS)
-        super().__init__(
-            margin=margin,
-            norm=norm,
-            class_reduction=class_reduction,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None

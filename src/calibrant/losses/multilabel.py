@@ -104,7 +104,7 @@ class BCELoss(ThinLoss):
     _fn = staticmethod(bce_loss)
 
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        super().__init__()
 
 
 def _focal_terms(
@@ -177,9 +177,7 @@ class AsymmetricFocalLoss(ThinLoss):
     ) -> None:
         check_positive("gamma_pos", gamma_pos, strict=False)
         check_positive("gamma_neg", gamma_neg, strict=False)
-        super().__init__(
-            gamma_pos=gamma_pos, gamma_neg=gamma_neg, ignore_index=ignore_index, reduction=reduction
-        )
+        super().__init__()
 
 
 def binary_focal_loss(
@@ -243,7 +241,7 @@ class BinaryFocalLoss(ThinLoss):
         reduction: str = "mean",
     ) -> None:
         check_positive("gamma", gamma, strict=False)
-        super().__init__(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
+        super().__init__()
 
 
 def asl_loss(
@@ -328,15 +326,7 @@ class ASLLoss(ThinLoss):
     ) -> None:
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
-        super().__init__(
-            gamma_pos=gamma_pos,
-            gamma_neg=gamma_neg,
-            margin=margin,
-            clip_eps=clip_eps,
-            detach_focal_weight=detach_focal_weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()
 
 
 def _h(z: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -499,7 +489,7 @@ class TwoWayLoss(ThinLoss):
     ) -> None:
         check_positive("t_pos", t_pos)
         check_positive("t_neg", t_neg)
-        super().__init__(t_pos=t_pos, t_neg=t_neg, ignore_index=ignore_index, reduction=reduction)
+        super().__init__()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -446,16 +446,7 @@ class _OverlapLoss(ThinLoss):
         **extra: Any,
     ) -> None:
         _check_options(activation, smooth, class_reduction, reduction)
-        super().__init__(
-            **extra,
-            activation=activation,
-            smooth=smooth,
-            per_sample=per_sample,
-            include_background=include_background,
-            class_reduction=class_reduction,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()  # hparams: the loss's own (``**extra``), then the options
 
 
 class DiceLoss(_OverlapLoss):

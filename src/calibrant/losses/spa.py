@@ -227,16 +227,7 @@ class SPALoss(ThinLoss):
         reduction: str = "mean",
     ) -> None:
         _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-        super().__init__(
-            zeta_pos=zeta_pos,
-            k_pos=k_pos,
-            b_pos=b_pos,
-            zeta_neg=zeta_neg,
-            k_neg=k_neg,
-            b_neg=b_neg,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()
 
     @property
     def link_params(self) -> dict[str, float]:
@@ -356,12 +347,8 @@ class LPRLoss(ThinLoss):
     ) -> None:
         if not callable(link):
             check_choice("link", link, ("sigmoid", "spa"))
-        super().__init__(
-            link=link,
-            link_params=dict(link_params) if link_params else None,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        link_params = dict(link_params) if link_params else None  # a copy, stored as given
+        super().__init__()
 
 
 class SampleMean(nn.Module):

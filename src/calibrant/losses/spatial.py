@@ -601,9 +601,7 @@ class SVLSLoss(ThinLoss):
         reduction: str = "mean",
     ) -> None:
         _check_kernel(kernel_size, sigma)
-        super().__init__(
-            kernel_size=kernel_size, sigma=sigma, ignore_index=ignore_index, reduction=reduction
-        )
+        super().__init__()
 
 
 class NeighborPenalty(ThinLoss):
@@ -628,17 +626,7 @@ class NeighborPenalty(ThinLoss):
         check_choice("padding", padding, PADDINGS)
         check_choice("distance", distance, DISTANCES)
         check_choice("on", on, ON)
-        super().__init__(
-            kernel=kernel,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            padding=padding,
-            distance=distance,
-            on=on,
-            class_reduction=class_reduction,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
+        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
