@@ -6,7 +6,8 @@ metrics); nothing here knows a concrete loss.
 - :func:`as_float` is the one float caster: float32 for every low-precision input, float64 stays
   float64 (so ``gradcheck`` sees double precision).
 - :func:`prepare` (multi-class) and :func:`multilabel_inputs` (multi-label) validate a
-  ``(logits, target)`` pair and return float logits, a safe target and the validity mask.
+  ``(logits, target)`` pair and return float logits, a safe target and the validity mask;
+  :func:`partial_losses` is the body of every multi-label loss given by its two partial losses.
 - :func:`reduce_classes` and :func:`reduce_total` are the class and batch reductions of the
   penalties; :func:`fused_inputs` and :func:`fused_finish` are what a term's ``ce_kernel`` hook
   (:mod:`calibrant.losses.fusion`) needs.
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from calibrant._checks import check_choice, check_finite, check_logits_target
-from calibrant._tensor import REDUCTIONS, finite_or_raise, labels_and_mask
+from calibrant._tensor import REDUCTIONS, finite_or_raise, float32, labels_and_mask, reduce
 
 __all__ = [
     "CLASS_REDUCTIONS",
@@ -46,6 +47,7 @@ __all__ = [
     "fused_finish",
     "fused_inputs",
     "multilabel_inputs",
+    "partial_losses",
     "prepare",
     "reduce_classes",
     "reduce_total",
@@ -116,6 +118,25 @@ def multilabel_inputs(
     x = as_float(logits)
     y = torch.where(valid, target, torch.zeros_like(target)).to(x.dtype)
     return x, y, valid
+
+
+def partial_losses(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    partials: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    ignore_index: int | None,
+    reduction: str,
+) -> torch.Tensor:
+    r"""A multi-label loss from its partial losses: :math:`y\,\ell_{+1}(v) + (1-y)\,\ell_{-1}(v)`.
+
+    ``partials(v) -> (ℓ+, ℓ−)`` maps the float logits to the two partial losses; the value is
+    reduced over the valid entries (:func:`calibrant._tensor.reduce`), in float32.
+    """
+    with float32(logits):
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
+        pos, neg = partials(x)
+        return reduce(y * pos + (1 - y) * neg, valid, reduction)
 
 
 # ----------------------------------------------------------------------------------------------

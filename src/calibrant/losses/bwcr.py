@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce
@@ -181,8 +180,16 @@ def bwcr_consistency(
         return reduce(values, mask, reduction)
 
 
+@LOSSES.register(
+    "bwcr",
+    function=bwcr_consistency,
+    inputs="two_view",
+    task="multiclass",
+    granularity="element",
+    spatial=True,
+)
 class BWCRConsistency(ThinLoss):
-    """Module form of :func:`bwcr_consistency`.
+    """Module form of :func:`bwcr_consistency`, registered as ``bwcr`` (the official defaults).
 
     ``forward(logits, logits2, target, valid=None, valid2=None)``.
     """
@@ -202,16 +209,3 @@ class BWCRConsistency(ThinLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-
-
-@LOSSES.register(
-    "bwcr",
-    function=bwcr_consistency,
-    inputs="two_view",
-    task="multiclass",
-    granularity="element",
-    spatial=True,
-)
-def _bwcr(**kw) -> nn.Module:
-    """BWCR consistency term with R = 10, l_max = 1, l_min = 0.01, α = 1 (official code)."""
-    return BWCRConsistency(**kw)

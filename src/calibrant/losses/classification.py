@@ -64,6 +64,7 @@ __all__ = [
 MARGIN_NORMS = ("l1", "l2", "legacy_l2")
 #: The FLSD-53 schedule of Mukhoti et al. (2020): γ = 5 for p < 0.2, γ = 3 otherwise.
 FLSD53: tuple[tuple[float, float], ...] = ((0.2, 5.0), (float("inf"), 3.0))
+_MC = {"task": "multiclass", "granularity": "element", "spatial": False}  # registry metadata
 
 
 def cross_entropy_loss(
@@ -416,6 +417,7 @@ def logit_margin_penalty(
         return reduce(values, mask, reduction)
 
 
+@LOSSES.register("ce", function=cross_entropy_loss, **_MC)
 class CrossEntropyLoss(ThinLoss):
     """Module form of :func:`cross_entropy_loss`."""
 
@@ -448,6 +450,7 @@ class CrossEntropyLoss(ThinLoss):
         return (ce_sum if self.reduction == "sum" else ce_sum / max(n, 1)), value
 
 
+@LOSSES.register("ls", function=label_smoothing_loss, **_MC)
 class LabelSmoothingLoss(ThinLoss):
     """Module form of :func:`label_smoothing_loss`."""
 
@@ -459,6 +462,7 @@ class LabelSmoothingLoss(ThinLoss):
         super().__init__()
 
 
+@LOSSES.register("focal", function=focal_loss, **_MC)
 class FocalLoss(ThinLoss):
     """Module form of :func:`focal_loss`."""
 
@@ -522,23 +526,6 @@ class LogitMarginPenalty(ThinLoss):
 
 
 # --- registered presets (published defaults, METHODS §8) -------------------------------------
-
-_MC = {"task": "multiclass", "granularity": "element", "spatial": False}
-
-
-@LOSSES.register("ce", function=cross_entropy_loss, **_MC)
-def _ce(*, ignore_index: int | None = -100, reduction: str = "mean") -> nn.Module:
-    return CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction)
-
-
-@LOSSES.register("ls", function=label_smoothing_loss, **_MC)
-def _ls(smoothing: float = 0.1, **kw) -> nn.Module:
-    return LabelSmoothingLoss(smoothing, **kw)
-
-
-@LOSSES.register("focal", function=focal_loss, **_MC)
-def _focal(gamma: float = 3.0, **kw) -> nn.Module:
-    return FocalLoss(gamma, **kw)
 
 
 @LOSSES.register("focal_adaptive", function=partial(focal_loss, gamma_schedule=FLSD53), **_MC)

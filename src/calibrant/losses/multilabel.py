@@ -34,14 +34,12 @@ Reference:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from calibrant._checks import check_choice, check_finite, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
-from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs
+from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs, partial_losses
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -57,6 +55,8 @@ __all__ = [
     "TwoWayLoss",
     "phi_correct",
 ]
+
+_ML = {"task": "multilabel", "spatial": False}  # registry metadata of every loss here
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +98,7 @@ def bce_loss(
         return reduce(values, valid, reduction)
 
 
+@LOSSES.register("bce", granularity="element", **_ML)
 class BCELoss(ThinLoss):
     """Module form of :func:`bce_loss` (logits in, not probabilities)."""
 
@@ -156,12 +157,16 @@ def asymmetric_focal_loss(
     """
     check_positive("gamma_pos", gamma_pos, strict=False)
     check_positive("gamma_neg", gamma_neg, strict=False)
-    with float32(logits):
-        x, y, valid = multilabel_inputs(logits, target, ignore_index)
-        pos, neg = _focal_terms(x, gamma_pos, gamma_neg)
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+    return partial_losses(
+        logits,
+        target,
+        lambda x: _focal_terms(x, gamma_pos, gamma_neg),
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
 
 
+@LOSSES.register("asymmetric_focal", granularity="element", **_ML)
 class AsymmetricFocalLoss(ThinLoss):
     """Module form of :func:`asymmetric_focal_loss`."""
 
@@ -219,14 +224,15 @@ def binary_focal_loss(
     check_positive("gamma", gamma, strict=False)
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha!r}")
-    with float32(logits):
-        x, y, valid = multilabel_inputs(logits, target, ignore_index)
+
+    def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos, neg = _focal_terms(x, gamma, gamma)
-        if alpha is not None:
-            pos, neg = alpha * pos, (1.0 - alpha) * neg
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+        return (pos, neg) if alpha is None else (alpha * pos, (1.0 - alpha) * neg)
+
+    return partial_losses(logits, target, partials, ignore_index=ignore_index, reduction=reduction)
 
 
+@LOSSES.register("focal_binary", granularity="element", **_ML)
 class BinaryFocalLoss(ThinLoss):
     """Module form of :func:`binary_focal_loss`."""
 
@@ -295,8 +301,8 @@ def asl_loss(
     check_positive("gamma_neg", gamma_neg, strict=False)
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
-    with float32(logits):
-        x, y, valid = multilabel_inputs(logits, target, ignore_index)
+
+    def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p, q = torch.sigmoid(x), torch.sigmoid(-x)
         p_m = (p - margin).clamp(min=0.0)  # shifted probability of negatives
         one_minus_pm = (q + margin).clamp(max=1.0)  # 1 - p_m
@@ -305,9 +311,12 @@ def asl_loss(
             w_pos, w_neg = w_pos.detach(), w_neg.detach()
         pos = -w_pos * torch.log(p.clamp(min=clip_eps))
         neg = -w_neg * torch.log(one_minus_pm.clamp(min=clip_eps))
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+        return pos, neg
+
+    return partial_losses(logits, target, partials, ignore_index=ignore_index, reduction=reduction)
 
 
+@LOSSES.register("asl", granularity="element", **_ML)
 class ASLLoss(ThinLoss):
     """Module form of :func:`asl_loss` (ASY)."""
 
@@ -474,6 +483,7 @@ def twl_loss(
         return term(0) + term(1)
 
 
+@LOSSES.register("twl", granularity="batch", **_ML)
 class TwoWayLoss(ThinLoss):
     """Module form of :func:`twl_loss`."""
 
@@ -490,33 +500,3 @@ class TwoWayLoss(ThinLoss):
         check_positive("t_pos", t_pos)
         check_positive("t_neg", t_neg)
         super().__init__()
-
-
-# ----------------------------------------------------------------------------------------------
-# registry
-# ----------------------------------------------------------------------------------------------
-
-
-@LOSSES.register("bce", task="multilabel", granularity="element", spatial=False)
-def _build_bce(**kwargs: Any) -> BCELoss:
-    return BCELoss(**kwargs)
-
-
-@LOSSES.register("focal_binary", task="multilabel", granularity="element", spatial=False)
-def _build_focal_binary(**kwargs: Any) -> BinaryFocalLoss:
-    return BinaryFocalLoss(**kwargs)
-
-
-@LOSSES.register("asymmetric_focal", task="multilabel", granularity="element", spatial=False)
-def _build_asymmetric_focal(**kwargs: Any) -> AsymmetricFocalLoss:
-    return AsymmetricFocalLoss(**kwargs)
-
-
-@LOSSES.register("asl", task="multilabel", granularity="element", spatial=False)
-def _build_asl(**kwargs: Any) -> ASLLoss:
-    return ASLLoss(**kwargs)
-
-
-@LOSSES.register("twl", task="multilabel", granularity="batch", spatial=False)
-def _build_twl(**kwargs: Any) -> TwoWayLoss:
-    return TwoWayLoss(**kwargs)

@@ -48,7 +48,7 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
-from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs
+from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs, partial_losses
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.multilabel import BCELoss
 from calibrant.registry import LOSSES
@@ -202,13 +202,16 @@ def spa_loss(
         Cheng & Vasconcelos, "Towards calibrated multi-label deep neural networks", CVPR 2024.
     """
     _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-    with float32(logits):
-        x, y, valid = multilabel_inputs(logits, target, ignore_index)
+
+    def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos = -F.logsigmoid(k_pos * (x - b_pos)) / zeta_pos
         neg = -F.logsigmoid(-k_neg * (x - b_neg)) / zeta_neg
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+        return pos, neg
+
+    return partial_losses(logits, target, partials, ignore_index=ignore_index, reduction=reduction)
 
 
+@LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
 class SPALoss(ThinLoss):
     """Module form of :func:`spa_loss`; :meth:`probs` gives the calibrated probabilities."""
 
@@ -332,6 +335,7 @@ def lpr_loss(
         return reduce(per_sample, sample_ok, reduction)
 
 
+@LOSSES.register("lpr", task="multilabel", granularity="sample", spatial=False)
 class LPRLoss(ThinLoss):
     """Module form of :func:`lpr_loss`."""
 
@@ -398,16 +402,6 @@ class SampleMean(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------
-
-
-@LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
-def _build_spa(**kwargs: Any) -> SPALoss:
-    return SPALoss(**kwargs)
-
-
-@LOSSES.register("lpr", task="multilabel", granularity="sample", spatial=False)
-def _build_lpr(**kwargs: Any) -> LPRLoss:
-    return LPRLoss(**kwargs)
 
 
 def _with_lpr(

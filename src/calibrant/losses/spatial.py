@@ -62,6 +62,7 @@ __all__ = [
 KERNELS = ("mean", "gaussian")
 DISTANCES = ("l1", "l2")
 ON = ("logits", "probs")
+_SEG = {"task": "multiclass", "granularity": "element", "spatial": True}  # registry metadata
 
 
 def _gaussian_1d(kernel_size: int, sigma: float) -> list[float]:
@@ -587,6 +588,7 @@ def neighbor_penalty(
         return reduce(values, mask, reduction)
 
 
+@LOSSES.register("svls", function=svls_loss, **_SEG)
 class SVLSLoss(ThinLoss):
     """Module form of :func:`svls_loss`."""
 
@@ -657,14 +659,6 @@ class NeighborPenalty(ThinLoss):
 
 
 # --- registered presets (published defaults, METHODS §8) -------------------------------------
-
-_SEG = {"task": "multiclass", "granularity": "element", "spatial": True}
-
-
-@LOSSES.register("svls", function=svls_loss, **_SEG)
-def _svls(kernel_size: int = 3, sigma: float = 1.0, **kw) -> nn.Module:
-    """SVLS, k = 3, σ = 1."""
-    return SVLSLoss(kernel_size, sigma, **kw)
 
 
 @LOSSES.register("nacl", **_SEG)
