@@ -218,6 +218,11 @@ class ThinLoss(nn.Module):
         caller = inspect.currentframe().f_back  # the subclass ``__init__`` that called us
         try:
             names, _, varkw, scope = inspect.getargvalues(caller)
+            if not names or scope[names[0]] is not self:
+                raise TypeError(
+                    f"{type(self).__name__} needs an __init__ that calls super().__init__() "
+                    "(ThinLoss stores that __init__'s arguments)"
+                )
             hparams = dict(scope[varkw]) if varkw else {}  # a subclass's own, passed up
             hparams.update((name, scope[name]) for name in names[1:])  # all but ``self``
         finally:

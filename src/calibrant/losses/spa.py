@@ -179,13 +179,13 @@ def spa_loss(
     Args:
         logits: ``(B, T, *spatial)``.
         target: same shape, values in {0, 1} or ``ignore_index``.
-        zeta_pos: ζ+ > 0, default 1 ((ζ+, k+, b+) = (1, 1, 0) makes the positive loss BCE).
-        k_pos: k+ > 0, default 1.
-        b_pos: b+, default 0.
-        zeta_neg: ζ− > 0, default 5 ((5, 3, 1) is the paper's illustrated example; per-dataset
-            values are not published [unverified], tune on validation).
-        k_neg: k− > 0, default 3.
-        b_neg: b−, default 1.
+        zeta_pos: ζ+ > 0 (default 1); this and the five below are the link parameters of
+            :func:`spa_logit`, with the same defaults and meaning.
+        k_pos: k+ > 0 (1).
+        b_pos: b+ (0).
+        zeta_neg: ζ− > 0 (5).
+        k_neg: k− > 0 (3).
+        b_neg: b− (1).
         ignore_index: target value to ignore, or ``None``.
         reduction: ``"none" | "mean" | "sum"``; mean is eq. 21's label mean averaged over the
             batch.
