@@ -204,11 +204,12 @@ class ThinLoss(nn.Module):
 
     A subclass sets ``_fn`` (its pure function, as a ``staticmethod``) and an ``__init__`` with
     the public signature that checks what it must and then calls ``super().__init__()``: the
-    arguments of that ``__init__`` become :attr:`hparams` (those in its ``**kwargs`` first, then
-    the named ones in signature order), as ``LightningModule.save_hyperparameters`` collects
-    them. ``forward(*inputs)`` is
-    ``_fn(*inputs, **hparams)``, each hyper-parameter reads (and writes) as an attribute
-    (``loss.margin``), and the repr lists them. ``reduction``, where given, is checked here.
+    arguments of that ``__init__``, as they are at the call, become :attr:`hparams` (those in
+    its ``**kwargs`` first, then the named ones in signature order), the way
+    ``LightningModule.save_hyperparameters`` collects them. So each hyper-parameter is written
+    once, in the signature. ``forward(*inputs)`` is ``_fn(*inputs, **hparams)``; each
+    hyper-parameter reads (and writes) as an attribute (``loss.margin``), and the repr lists
+    them. ``reduction``, where given, is checked here.
     """
 
     _fn: Callable[..., torch.Tensor]
@@ -232,7 +233,7 @@ class ThinLoss(nn.Module):
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """The former name of :attr:`hparams` (``NeighborPenalty`` and ``BWCRConsistency``)."""
+        """:attr:`hparams` under its former name (``NeighborPenalty.kwargs`` and BWCR's)."""
         return self.hparams
 
     def __getattr__(self, name: str) -> Any:

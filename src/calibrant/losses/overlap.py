@@ -51,13 +51,10 @@ import torch.nn.functional as F
 
 from calibrant._checks import (
     check_choice,
-    check_finite,
-    check_labels_in_range,
-    check_logits_target,
     check_positive,
 )
-from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce, valid_mask
-from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs
+from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce
+from calibrant.losses._base import ThinLoss, multilabel_inputs, prepare
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -106,18 +103,14 @@ def _probs_target_weight(
         logs = torch.stack((F.logsigmoid(x), F.logsigmoid(-x)))
         w = valid.to(x.dtype)
     else:
-        check_logits_target(logits, target)
-        check_finite("logits", logits)
-        num_classes = logits.shape[1]
-        check_labels_in_range(target, num_classes, ignore_index)
+        x, safe, mask = prepare(logits, target, ignore_index)
+        num_classes = x.shape[1]
         if not include_background and num_classes < 2:
             raise ValueError("include_background=False needs at least 2 classes")
-        x = as_float(logits)
-        safe, mask = valid_mask(target, ignore_index)
         g = one_hot(safe, num_classes).to(x.dtype)
         p = torch.softmax(x, dim=1)
         logs = torch.stack((torch.log_softmax(x, dim=1), torch.log((1.0 - p).clamp(min=_LOG_EPS))))
-        w = mask.unsqueeze(1).to(x.dtype).expand_as(p)
+        w = (x.new_ones(()) if mask is None else mask.unsqueeze(1).to(x.dtype)).expand_as(p)
         if not include_background:
             x, p, g, w, logs = x[:, 1:], p[:, 1:], g[:, 1:], w[:, 1:], logs[:, :, 1:]
     return x, p, g, w, logs
