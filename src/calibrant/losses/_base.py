@@ -47,6 +47,7 @@ __all__ = [
     "fused_finish",
     "fused_inputs",
     "multilabel_inputs",
+    "multilabel_valid",
     "partial_losses",
     "prepare",
     "reduce_classes",
@@ -85,6 +86,13 @@ def prepare(
     return as_float(logits), safe, mask
 
 
+def multilabel_valid(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """The bool mask of the entries of a multi-label target that are not ``ignore_index``."""
+    if ignore_index is None:
+        return torch.ones_like(target, dtype=torch.bool)
+    return target != ignore_index
+
+
 def multilabel_inputs(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,10 +114,7 @@ def multilabel_inputs(
             f"{tuple(logits.shape)}"
         )
     check_finite("logits", logits)
-    if ignore_index is None:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:
-        valid = target != ignore_index
+    valid = multilabel_valid(target, ignore_index)
     if bool((valid & (target != 0) & (target != 1)).any()):
         raise ValueError(
             f"multi-label target must hold only 0, 1 (or ignore_index={ignore_index}); got "

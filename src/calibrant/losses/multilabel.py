@@ -108,6 +108,19 @@ class BCELoss(ThinLoss):
         super().__init__()
 
 
+def _check_focal(gamma_pos: float, gamma_neg: float, margin: float = 0.0) -> None:
+    """Focusing exponents γ± ≥ 0 and the ASY probability margin m ∈ [0, 1)."""
+    check_positive("gamma_pos", gamma_pos, strict=False)
+    check_positive("gamma_neg", gamma_neg, strict=False)
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
+
+
+def _check_temperatures(t_pos: float, t_neg: float) -> None:
+    check_positive("t_pos", t_pos)
+    check_positive("t_neg", t_neg)
+
+
 def _focal_terms(
     x: torch.Tensor, gamma_pos: float, gamma_neg: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,8 +168,7 @@ def asymmetric_focal_loss(
         Lin et al., "Focal loss for dense object detection", ICCV 2017; Cheng & Vasconcelos,
         "Towards calibrated multi-label deep neural networks", CVPR 2024 (eq. 7).
     """
-    check_positive("gamma_pos", gamma_pos, strict=False)
-    check_positive("gamma_neg", gamma_neg, strict=False)
+    _check_focal(gamma_pos, gamma_neg)
     return partial_losses(
         logits,
         target,
@@ -180,8 +192,7 @@ class AsymmetricFocalLoss(ThinLoss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        check_positive("gamma_pos", gamma_pos, strict=False)
-        check_positive("gamma_neg", gamma_neg, strict=False)
+        _check_focal(gamma_pos, gamma_neg)
         super().__init__()
 
 
@@ -297,10 +308,7 @@ def asl_loss(
     Reference:
         Ridnik et al., "Asymmetric loss for multi-label classification", ICCV 2021.
     """
-    check_positive("gamma_pos", gamma_pos, strict=False)
-    check_positive("gamma_neg", gamma_neg, strict=False)
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
+    _check_focal(gamma_pos, gamma_neg, margin)
 
     def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p, q = torch.sigmoid(x), torch.sigmoid(-x)
@@ -333,8 +341,7 @@ class ASLLoss(ThinLoss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
+        _check_focal(gamma_pos, gamma_neg, margin)
         super().__init__()
 
 
@@ -391,10 +398,7 @@ def phi_correct(
         Cheng & Vasconcelos, "Towards calibrated multi-label deep neural networks", CVPR 2024,
         Theorem 2.
     """
-    check_positive("gamma_neg", gamma_neg, strict=False)
-    check_positive("gamma_pos", gamma_pos, strict=False)
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
+    _check_focal(gamma_pos, gamma_neg, margin)
     check_finite("probs", probs)
     with float32(probs):
         z = as_float(probs).clamp(eps, 1.0 - eps)
@@ -461,8 +465,7 @@ def twl_loss(
         Kobayashi, "Two-way multi-label loss", CVPR 2023.
     """
     check_choice("reduction", reduction, REDUCTIONS)
-    check_positive("t_pos", t_pos)
-    check_positive("t_neg", t_neg)
+    _check_temperatures(t_pos, t_neg)
     with float32(logits):
         x, y, valid = multilabel_inputs(logits, target, ignore_index)
         x = x.movedim(1, -1).reshape(-1, x.shape[1])  # (N, T)
@@ -497,6 +500,5 @@ class TwoWayLoss(ThinLoss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        check_positive("t_pos", t_pos)
-        check_positive("t_neg", t_neg)
+        _check_temperatures(t_pos, t_neg)
         super().__init__()

@@ -48,7 +48,13 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
-from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs, partial_losses
+from calibrant.losses._base import (
+    ThinLoss,
+    as_float,
+    multilabel_inputs,
+    multilabel_valid,
+    partial_losses,
+)
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.multilabel import BCELoss
 from calibrant.registry import LOSSES
@@ -391,11 +397,7 @@ class SampleMean(nn.Module):
                 f"SampleMean needs an element-wise base loss with reduction='none'; got values "
                 f"of shape {tuple(values.shape)} for target {tuple(target.shape)}"
             )
-        if self.ignore_index is None:
-            valid = torch.ones_like(target, dtype=torch.bool)
-        else:
-            valid = target != self.ignore_index
-        per_sample, ok = _per_sample_mean(values, valid)
+        per_sample, ok = _per_sample_mean(values, multilabel_valid(target, self.ignore_index))
         return reduce(per_sample, ok, self.reduction)
 
 
