@@ -18,11 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce
-from calibrant.losses.classification import CLASS_REDUCTIONS, _as_float, prepare, reduce_classes
+from calibrant.losses._base import CLASS_REDUCTIONS, ThinLoss, as_float, prepare, reduce_classes
 from calibrant.registry import LOSSES
 
 __all__ = ["boundary_weight_map", "bwcr_consistency", "BWCRConsistency"]
@@ -166,7 +165,7 @@ def bwcr_consistency(
                 raise ValueError(
                     f"{name} shape {tuple(v.shape)} must equal target shape {tuple(target.shape)}"
                 )
-            values = values * _as_float(v.to(values.dtype))
+            values = values * as_float(v.to(values.dtype))
         if weighted:
             w = boundary_weight_map(
                 target,
@@ -181,11 +180,21 @@ def bwcr_consistency(
         return reduce(values, mask, reduction)
 
 
-class BWCRConsistency(nn.Module):
-    """Module form of :func:`bwcr_consistency`.
+@LOSSES.register(
+    "bwcr",
+    function=bwcr_consistency,
+    inputs="two_view",
+    task="multiclass",
+    granularity="element",
+    spatial=True,
+)
+class BWCRConsistency(ThinLoss):
+    """Module form of :func:`bwcr_consistency`, registered as ``bwcr`` (the official defaults).
 
     ``forward(logits, logits2, target, valid=None, valid2=None)``.
     """
+
+    _fn = staticmethod(bwcr_consistency)
 
     def __init__(
         self,
@@ -200,37 +209,3 @@ class BWCRConsistency(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.kwargs = {
-            "radius": radius,
-            "l_max": l_max,
-            "l_min": l_min,
-            "alpha": alpha,
-            "weighted": weighted,
-            "class_reduction": class_reduction,
-            "ignore_index": ignore_index,
-            "reduction": reduction,
-        }
-
-    def forward(
-        self,
-        logits: torch.Tensor,
-        logits2: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor | None = None,
-        valid2: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """See :func:`bwcr_consistency`."""
-        return bwcr_consistency(logits, logits2, target, valid, valid2, **self.kwargs)
-
-
-@LOSSES.register(
-    "bwcr",
-    function=bwcr_consistency,
-    inputs="two_view",
-    task="multiclass",
-    granularity="element",
-    spatial=True,
-)
-def _bwcr(**kw) -> nn.Module:
-    """BWCR consistency term with R = 10, l_max = 1, l_min = 0.01, α = 1 (official code)."""
-    return BWCRConsistency(**kw)

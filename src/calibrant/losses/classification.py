@@ -32,12 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import (
-    check_choice,
-    check_logits_target,
-    check_positive,
+from calibrant._checks import check_choice, check_positive
+from calibrant._tensor import float32, reduce, row_chunks
+from calibrant.losses._base import (
+    CLASS_REDUCTIONS,
+    ThinLoss,
+    fused_finish,
+    fused_inputs,
+    prepare,
+    reduce_classes,
+    reduce_total,
 )
-from calibrant._tensor import finite_or_raise, float32, labels_and_mask, reduce, row_chunks
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.fusion import FusedPlan, ce_plus
 from calibrant.registry import LOSSES
@@ -56,40 +61,10 @@ __all__ = [
     "LogitMarginPenalty",
 ]
 
-CLASS_REDUCTIONS = ("mean", "sum")
 MARGIN_NORMS = ("l1", "l2", "legacy_l2")
 #: The FLSD-53 schedule of Mukhoti et al. (2020): γ = 5 for p < 0.2, γ = 3 otherwise.
 FLSD53: tuple[tuple[float, float], ...] = ((0.2, 5.0), (float("inf"), 3.0))
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """Float32 for any low-precision input; float64 stays float64 (for gradcheck)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def prepare(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, *, min_spatial: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate a multi-class pair and return ``(float logits, safe target, valid mask)``.
-
-    ``mask`` is ``None`` when no element is ignored (so that :func:`calibrant._tensor.reduce`
-    skips the masking passes). Call inside the :func:`calibrant._tensor.float32` context.
-    Shared by every multi-class loss.
-
-    Raises:
-        ValueError: on non-finite logits, a shape/dtype mismatch or labels out of range.
-    """
-    check_logits_target(logits, target, min_dims=2 + min_spatial)
-    finite_or_raise("logits", logits)
-    safe, mask = labels_and_mask(target, logits.shape[1], ignore_index)
-    return _as_float(logits), safe, mask
-
-
-def reduce_classes(values: torch.Tensor, class_reduction: str) -> torch.Tensor:
-    """Sum ``(B, C, *)`` over classes, divided by ``C`` for ``class_reduction="mean"``."""
-    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
-    out = values.sum(1)
-    return out / values.shape[1] if class_reduction == "mean" else out
+_MC = {"task": "multiclass", "granularity": "element", "spatial": False}  # registry metadata
 
 
 def cross_entropy_loss(
@@ -127,10 +102,7 @@ def cross_entropy_loss(
         total = F.cross_entropy(
             x, y, ignore_index=-100 if mask is None else ignore_index, reduction="sum"
         )
-        if reduction == "sum":
-            return total
-        count = y.numel() if mask is None else mask.sum()
-        return total / torch.clamp(torch.as_tensor(count, device=x.device), min=1)
+        return reduce_total(total, reduction, mask=mask, numel=y.numel())
 
 
 def label_smoothing_loss(
@@ -445,12 +417,14 @@ def logit_margin_penalty(
         return reduce(values, mask, reduction)
 
 
-class CrossEntropyLoss(nn.Module):
+@LOSSES.register("ce", function=cross_entropy_loss, **_MC)
+class CrossEntropyLoss(ThinLoss):
     """Module form of :func:`cross_entropy_loss`."""
+
+    _fn = staticmethod(cross_entropy_loss)
 
     def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
         super().__init__()
-        self.ignore_index, self.reduction = ignore_index, reduction
 
     def fused_with(
         self, other: nn.Module, logits: torch.Tensor, target: torch.Tensor
@@ -475,35 +449,24 @@ class CrossEntropyLoss(nn.Module):
         n = plan.labels.numel()
         return (ce_sum if self.reduction == "sum" else ce_sum / max(n, 1)), value
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`cross_entropy_loss`."""
-        return cross_entropy_loss(
-            logits, target, ignore_index=self.ignore_index, reduction=self.reduction
-        )
 
-
-class LabelSmoothingLoss(nn.Module):
+@LOSSES.register("ls", function=label_smoothing_loss, **_MC)
+class LabelSmoothingLoss(ThinLoss):
     """Module form of :func:`label_smoothing_loss`."""
+
+    _fn = staticmethod(label_smoothing_loss)
 
     def __init__(
         self, smoothing: float = 0.1, *, ignore_index: int | None = -100, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.smoothing, self.ignore_index, self.reduction = smoothing, ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`label_smoothing_loss`."""
-        return label_smoothing_loss(
-            logits,
-            target,
-            smoothing=self.smoothing,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
 
 
-class FocalLoss(nn.Module):
+@LOSSES.register("focal", function=focal_loss, **_MC)
+class FocalLoss(ThinLoss):
     """Module form of :func:`focal_loss`."""
+
+    _fn = staticmethod(focal_loss)
 
     def __init__(
         self,
@@ -514,23 +477,12 @@ class FocalLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.gamma, self.gamma_schedule = gamma, gamma_schedule
-        self.ignore_index, self.reduction = ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`focal_loss`."""
-        return focal_loss(
-            logits,
-            target,
-            gamma=self.gamma,
-            gamma_schedule=self.gamma_schedule,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
 
 
-class ConfidencePenalty(nn.Module):
+class ConfidencePenalty(ThinLoss):
     """Module form of :func:`confidence_penalty`."""
+
+    _fn = staticmethod(confidence_penalty)
 
     def __init__(
         self,
@@ -540,25 +492,12 @@ class ConfidencePenalty(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.class_reduction, self.ignore_index, self.reduction = (
-            class_reduction,
-            ignore_index,
-            reduction,
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`confidence_penalty`."""
-        return confidence_penalty(
-            logits,
-            target,
-            class_reduction=self.class_reduction,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
 
 
-class LogitMarginPenalty(nn.Module):
+class LogitMarginPenalty(ThinLoss):
     """Module form of :func:`logit_margin_penalty`."""
+
+    _fn = staticmethod(logit_margin_penalty)
 
     def __init__(
         self,
@@ -569,10 +508,8 @@ class LogitMarginPenalty(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
         check_choice("norm", norm, MARGIN_NORMS)
-        self.margin, self.norm, self.class_reduction = margin, norm, class_reduction
-        self.ignore_index, self.reduction = ignore_index, reduction
+        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
@@ -580,57 +517,15 @@ class LogitMarginPenalty(nn.Module):
         """The fused-CE plan (:mod:`calibrant.losses.fusion`): every norm, nothing ignored."""
         if ignore_index != self.ignore_index or self.reduction not in ("mean", "sum"):
             return None
-        check_logits_target(logits, target, min_dims=2)
-        safe, mask = labels_and_mask(target, logits.shape[1], self.ignore_index)
-        if mask is not None:
+        inputs = fused_inputs(logits, target, self.ignore_index, min_dims=2)
+        if inputs is None:
             return None
-        x = _as_float(logits)
-        k, n = x.shape[1], safe.numel()
-
-        def finish(total: torch.Tensor) -> torch.Tensor:
-            if self.class_reduction == "mean":
-                total = total / k
-            return total if self.reduction == "sum" else total / max(n, 1)
-
+        x, safe = inputs
+        finish = fused_finish(x.shape[1], safe.numel(), self.class_reduction, self.reduction)
         return FusedPlan(x, safe, _MarginChunks(float(self.margin), self.norm), finish)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`logit_margin_penalty`."""
-        return logit_margin_penalty(
-            logits,
-            target,
-            margin=self.margin,
-            norm=self.norm,
-            class_reduction=self.class_reduction,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters in the module repr."""
-        return (
-            f"margin={self.margin:g}, norm={self.norm!r}, class_reduction={self.class_reduction!r}"
-        )
 
 
 # --- registered presets (published defaults, METHODS §8) -------------------------------------
-
-_MC = {"task": "multiclass", "granularity": "element", "spatial": False}
-
-
-@LOSSES.register("ce", function=cross_entropy_loss, **_MC)
-def _ce(*, ignore_index: int | None = -100, reduction: str = "mean") -> nn.Module:
-    return CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction)
-
-
-@LOSSES.register("ls", function=label_smoothing_loss, **_MC)
-def _ls(smoothing: float = 0.1, **kw) -> nn.Module:
-    return LabelSmoothingLoss(smoothing, **kw)
-
-
-@LOSSES.register("focal", function=focal_loss, **_MC)
-def _focal(gamma: float = 3.0, **kw) -> nn.Module:
-    return FocalLoss(gamma, **kw)
 
 
 @LOSSES.register("focal_adaptive", function=partial(focal_loss, gamma_schedule=FLSD53), **_MC)

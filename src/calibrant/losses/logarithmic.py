@@ -34,6 +34,11 @@ from calibrant.registry import LOSSES
 __all__ = ["adaptive_log", "AdaptiveLogLoss", "adaptive_log_dice_loss"]
 
 
+def _check_all(gamma: float, omega: float, epsilon: float) -> None:
+    for name, value in (("gamma", gamma), ("omega", omega), ("epsilon", epsilon)):
+        check_positive(name, value)
+
+
 def adaptive_log(
     value: torch.Tensor, *, gamma: float = 0.1, omega: float = 10.0, epsilon: float = 0.5
 ) -> torch.Tensor:
@@ -67,9 +72,7 @@ def adaptive_log(
         Kaul, Pears & Manandhar, "Penalizing small errors using an adaptive logarithmic loss",
         ICPR workshops 2021 (ALL paper).
     """
-    check_positive("gamma", gamma)
-    check_positive("omega", omega)
-    check_positive("epsilon", epsilon)
+    _check_all(gamma, omega, epsilon)
     c = gamma - omega * math.log1p(gamma / epsilon)
     a = value.abs()
     return torch.where(a < gamma, omega * torch.log1p(a / epsilon), a - c)
@@ -107,9 +110,7 @@ class AdaptiveLogLoss(nn.Module):
         reduction: str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("gamma", gamma)
-        check_positive("omega", omega)
-        check_positive("epsilon", epsilon)
+        _check_all(gamma, omega, epsilon)
         if reduction is not None:
             check_choice("reduction", reduction, REDUCTIONS)
         self.base = base

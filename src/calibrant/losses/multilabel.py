@@ -10,8 +10,8 @@ they get zero loss and zero gradient, and the value does not depend on their log
 
 which leaves ``σ(v)`` miscalibrated for γ > 0; :func:`phi_correct` maps it back to the
 posterior. The strictly proper SPA loss and the LPR regulariser are in
-:mod:`calibrant.losses.spa`, which imports the input plumbing below (as does
-:mod:`calibrant.losses.overlap`).
+:mod:`calibrant.losses.spa`; the input plumbing shared with it and with
+:mod:`calibrant.losses.overlap` is :func:`calibrant.losses._base.multilabel_inputs`.
 
 Reduction (METHODS §10.C3): ``"mean"`` averages over every valid (sample, label) entry, i.e. the
 per-example label mean of the SPA paper's eq. 21 averaged over the batch. The reference ASL code
@@ -34,14 +34,12 @@ Reference:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from calibrant._checks import check_choice, check_finite, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
+from calibrant.losses._base import ThinLoss, as_float, multilabel_inputs, partial_losses
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -58,63 +56,7 @@ __all__ = [
     "phi_correct",
 ]
 
-
-# ----------------------------------------------------------------------------------------------
-# shared plumbing for multi-label inputs
-# ----------------------------------------------------------------------------------------------
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (float64 stays float64 so gradcheck sees double precision)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _multilabel_inputs(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate a multi-label pair; return float logits, safe {0,1} target and the validity mask.
-
-    Raises:
-        ValueError: non-floating or non-finite logits, a shape mismatch, fewer than 2 dims, or
-            target values other than 0, 1 and ``ignore_index``.
-    """
-    if not torch.is_floating_point(logits):
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() < 2:
-        raise ValueError(
-            f"multi-label logits must have shape (B, T, *spatial), got {tuple(logits.shape)}"
-        )
-    if logits.shape != target.shape:
-        raise ValueError(
-            f"multi-label target shape {tuple(target.shape)} must equal logits shape "
-            f"{tuple(logits.shape)}"
-        )
-    check_finite("logits", logits)
-    if ignore_index is None:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:
-        valid = target != ignore_index
-    if bool((valid & (target != 0) & (target != 1)).any()):
-        raise ValueError(
-            f"multi-label target must hold only 0, 1 (or ignore_index={ignore_index}); got "
-            f"{torch.unique(target[valid & (target != 0) & (target != 1)])[:5].tolist()}"
-        )
-    x = _upcast(logits)
-    y = torch.where(valid, target, torch.zeros_like(target)).to(x.dtype)
-    return x, y, valid
-
-
-class _Loss(nn.Module):
-    """Thin module base: stores hyper-parameters; subclasses call their function in forward."""
-
-    def __init__(self, **hparams: Any) -> None:
-        super().__init__()
-        check_choice("reduction", hparams.get("reduction", "mean"), REDUCTIONS)
-        self.hparams = hparams
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown in the module repr."""
-        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+_ML = {"task": "multilabel", "spatial": False}  # registry metadata of every loss here
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,20 +93,32 @@ def bce_loss(
         Equals ``torch.nn.functional.binary_cross_entropy_with_logits`` on valid entries.
     """
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         values = F.binary_cross_entropy_with_logits(x, y, reduction="none")
         return reduce(values, valid, reduction)
 
 
-class BCELoss(_Loss):
+@LOSSES.register("bce", granularity="element", **_ML)
+class BCELoss(ThinLoss):
     """Module form of :func:`bce_loss` (logits in, not probabilities)."""
 
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
+    _fn = staticmethod(bce_loss)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`bce_loss`."""
-        return bce_loss(logits, target, **self.hparams)
+    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
+        super().__init__()
+
+
+def _check_focal(gamma_pos: float, gamma_neg: float, margin: float = 0.0) -> None:
+    """Focusing exponents γ± ≥ 0 and the ASY probability margin m ∈ [0, 1)."""
+    check_positive("gamma_pos", gamma_pos, strict=False)
+    check_positive("gamma_neg", gamma_neg, strict=False)
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
+
+
+def _check_temperatures(t_pos: float, t_neg: float) -> None:
+    check_positive("t_pos", t_pos)
+    check_positive("t_neg", t_neg)
 
 
 def _focal_terms(
@@ -214,16 +168,21 @@ def asymmetric_focal_loss(
         Lin et al., "Focal loss for dense object detection", ICCV 2017; Cheng & Vasconcelos,
         "Towards calibrated multi-label deep neural networks", CVPR 2024 (eq. 7).
     """
-    check_positive("gamma_pos", gamma_pos, strict=False)
-    check_positive("gamma_neg", gamma_neg, strict=False)
-    with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
-        pos, neg = _focal_terms(x, gamma_pos, gamma_neg)
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+    _check_focal(gamma_pos, gamma_neg)
+    return partial_losses(
+        logits,
+        target,
+        lambda x: _focal_terms(x, gamma_pos, gamma_neg),
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
 
 
-class AsymmetricFocalLoss(_Loss):
+@LOSSES.register("asymmetric_focal", granularity="element", **_ML)
+class AsymmetricFocalLoss(ThinLoss):
     """Module form of :func:`asymmetric_focal_loss`."""
+
+    _fn = staticmethod(asymmetric_focal_loss)
 
     def __init__(
         self,
@@ -233,15 +192,8 @@ class AsymmetricFocalLoss(_Loss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        check_positive("gamma_pos", gamma_pos, strict=False)
-        check_positive("gamma_neg", gamma_neg, strict=False)
-        super().__init__(
-            gamma_pos=gamma_pos, gamma_neg=gamma_neg, ignore_index=ignore_index, reduction=reduction
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`asymmetric_focal_loss`."""
-        return asymmetric_focal_loss(logits, target, **self.hparams)
+        _check_focal(gamma_pos, gamma_neg)
+        super().__init__()
 
 
 def binary_focal_loss(
@@ -283,16 +235,19 @@ def binary_focal_loss(
     check_positive("gamma", gamma, strict=False)
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha!r}")
-    with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+
+    def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos, neg = _focal_terms(x, gamma, gamma)
-        if alpha is not None:
-            pos, neg = alpha * pos, (1.0 - alpha) * neg
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+        return (pos, neg) if alpha is None else (alpha * pos, (1.0 - alpha) * neg)
+
+    return partial_losses(logits, target, partials, ignore_index=ignore_index, reduction=reduction)
 
 
-class BinaryFocalLoss(_Loss):
+@LOSSES.register("focal_binary", granularity="element", **_ML)
+class BinaryFocalLoss(ThinLoss):
     """Module form of :func:`binary_focal_loss`."""
+
+    _fn = staticmethod(binary_focal_loss)
 
     def __init__(
         self,
@@ -303,11 +258,7 @@ class BinaryFocalLoss(_Loss):
         reduction: str = "mean",
     ) -> None:
         check_positive("gamma", gamma, strict=False)
-        super().__init__(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`binary_focal_loss`."""
-        return binary_focal_loss(logits, target, **self.hparams)
+        super().__init__()
 
 
 def asl_loss(
@@ -357,12 +308,9 @@ def asl_loss(
     Reference:
         Ridnik et al., "Asymmetric loss for multi-label classification", ICCV 2021.
     """
-    check_positive("gamma_pos", gamma_pos, strict=False)
-    check_positive("gamma_neg", gamma_neg, strict=False)
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
-    with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+    _check_focal(gamma_pos, gamma_neg, margin)
+
+    def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p, q = torch.sigmoid(x), torch.sigmoid(-x)
         p_m = (p - margin).clamp(min=0.0)  # shifted probability of negatives
         one_minus_pm = (q + margin).clamp(max=1.0)  # 1 - p_m
@@ -371,11 +319,16 @@ def asl_loss(
             w_pos, w_neg = w_pos.detach(), w_neg.detach()
         pos = -w_pos * torch.log(p.clamp(min=clip_eps))
         neg = -w_neg * torch.log(one_minus_pm.clamp(min=clip_eps))
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+        return pos, neg
+
+    return partial_losses(logits, target, partials, ignore_index=ignore_index, reduction=reduction)
 
 
-class ASLLoss(_Loss):
+@LOSSES.register("asl", granularity="element", **_ML)
+class ASLLoss(ThinLoss):
     """Module form of :func:`asl_loss` (ASY)."""
+
+    _fn = staticmethod(asl_loss)
 
     def __init__(
         self,
@@ -388,21 +341,8 @@ class ASLLoss(_Loss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
-        super().__init__(
-            gamma_pos=gamma_pos,
-            gamma_neg=gamma_neg,
-            margin=margin,
-            clip_eps=clip_eps,
-            detach_focal_weight=detach_focal_weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`asl_loss`."""
-        return asl_loss(logits, target, **self.hparams)
+        _check_focal(gamma_pos, gamma_neg, margin)
+        super().__init__()
 
 
 def _h(z: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -458,13 +398,10 @@ def phi_correct(
         Cheng & Vasconcelos, "Towards calibrated multi-label deep neural networks", CVPR 2024,
         Theorem 2.
     """
-    check_positive("gamma_neg", gamma_neg, strict=False)
-    check_positive("gamma_pos", gamma_pos, strict=False)
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
+    _check_focal(gamma_pos, gamma_neg, margin)
     check_finite("probs", probs)
     with float32(probs):
-        z = _upcast(probs).clamp(eps, 1.0 - eps)
+        z = as_float(probs).clamp(eps, 1.0 - eps)
         u = (z - margin).clamp(min=0.0)
         h_neg = torch.where(u > 0, _h(u, gamma_neg), torch.zeros_like(u))
         h_pos = _h(1.0 - z, gamma_pos)
@@ -528,10 +465,9 @@ def twl_loss(
         Kobayashi, "Two-way multi-label loss", CVPR 2023.
     """
     check_choice("reduction", reduction, REDUCTIONS)
-    check_positive("t_pos", t_pos)
-    check_positive("t_neg", t_neg)
+    _check_temperatures(t_pos, t_neg)
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         x = x.movedim(1, -1).reshape(-1, x.shape[1])  # (N, T)
         y = y.movedim(1, -1).reshape(-1, y.shape[1])
         valid = valid.movedim(1, -1).reshape(-1, valid.shape[1])
@@ -550,8 +486,11 @@ def twl_loss(
         return term(0) + term(1)
 
 
-class TwoWayLoss(_Loss):
+@LOSSES.register("twl", granularity="batch", **_ML)
+class TwoWayLoss(ThinLoss):
     """Module form of :func:`twl_loss`."""
+
+    _fn = staticmethod(twl_loss)
 
     def __init__(
         self,
@@ -561,40 +500,5 @@ class TwoWayLoss(_Loss):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        check_positive("t_pos", t_pos)
-        check_positive("t_neg", t_neg)
-        super().__init__(t_pos=t_pos, t_neg=t_neg, ignore_index=ignore_index, reduction=reduction)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`twl_loss`."""
-        return twl_loss(logits, target, **self.hparams)
-
-
-# ----------------------------------------------------------------------------------------------
-# registry
-# ----------------------------------------------------------------------------------------------
-
-
-@LOSSES.register("bce", task="multilabel", granularity="element", spatial=False)
-def _build_bce(**kwargs: Any) -> BCELoss:
-    return BCELoss(**kwargs)
-
-
-@LOSSES.register("focal_binary", task="multilabel", granularity="element", spatial=False)
-def _build_focal_binary(**kwargs: Any) -> BinaryFocalLoss:
-    return BinaryFocalLoss(**kwargs)
-
-
-@LOSSES.register("asymmetric_focal", task="multilabel", granularity="element", spatial=False)
-def _build_asymmetric_focal(**kwargs: Any) -> AsymmetricFocalLoss:
-    return AsymmetricFocalLoss(**kwargs)
-
-
-@LOSSES.register("asl", task="multilabel", granularity="element", spatial=False)
-def _build_asl(**kwargs: Any) -> ASLLoss:
-    return ASLLoss(**kwargs)
-
-
-@LOSSES.register("twl", task="multilabel", granularity="batch", spatial=False)
-def _build_twl(**kwargs: Any) -> TwoWayLoss:
-    return TwoWayLoss(**kwargs)
+        _check_temperatures(t_pos, t_neg)
+        super().__init__()

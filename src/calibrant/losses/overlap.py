@@ -16,6 +16,23 @@ whole batch and all positions (``per_sample=False``, the ALL authors' code: one 
 or over the positions of each sample (``per_sample=True``). The multi-class loss is the paper's
 ``Σ_c (1 − M_c)`` (``class_reduction="sum"``) or its mean over classes (``"mean"``).
 
+Every loss here takes ``(logits, target)``, its own parameters, and these keyword options:
+
+- ``activation``: ``"sigmoid"`` (default; target like the logits, in {0, 1}) or ``"softmax"``
+  (integer target ``(B, *spatial)``).
+- ``smooth``: additive smoothing s in numerator and denominator (1, the authors' code).
+- ``per_sample``: one overlap per sample instead of one per batch (``False``: batch-global).
+- ``include_background``: keep channel 0 (``True``; ``False`` is for softmax only).
+- ``class_reduction``: ``"sum"`` over classes (default, the paper's ``Σ_c (1 − M_c)``) or
+  ``"mean"``.
+- ``ignore_index``: target value to ignore (its entries leave every count; ``-100``), or ``None``.
+- ``reduction``: with ``per_sample=True``, ``"none"`` gives ``(B,)``, ``"mean"`` (default)
+  averages over samples with a valid entry, ``"sum"`` sums; a batch-global loss is one scalar for
+  every reduction.
+
+Shape: logits ``(B, C, *spatial)``; the loss is a scalar (batch-global) or ``(B,)``
+(``per_sample=True, reduction="none"``).
+
 Example:
     >>> import torch
     >>> from calibrant.losses.overlap import dice_loss, jaccard_loss
@@ -26,20 +43,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from calibrant._checks import (
     check_choice,
-    check_finite,
-    check_labels_in_range,
-    check_logits_target,
     check_positive,
 )
-from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce, valid_mask
-from calibrant.losses.multilabel import _Loss, _multilabel_inputs, _upcast
+from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce
+from calibrant.losses._base import ThinLoss, multilabel_inputs, prepare
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -77,30 +92,25 @@ def _probs_target_weight(
     ``log_p_pair`` stacks ``log p`` and ``log(1 − p)`` on a new leading dim (used by Combo).
     All tensors are ``(B, C', *spatial)`` (``C'`` drops the background when asked).
     """
-    check_choice("activation", activation, ACTIVATIONS)
     if activation == "sigmoid":
         if not include_background:
             raise ValueError(
                 "include_background=False applies to activation='softmax' only; with sigmoid "
                 "every channel is a label (drop channels from logits and target instead)"
             )
-        x, g, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, g, valid = multilabel_inputs(logits, target, ignore_index)
         p = torch.sigmoid(x)
         logs = torch.stack((F.logsigmoid(x), F.logsigmoid(-x)))
         w = valid.to(x.dtype)
     else:
-        check_logits_target(logits, target)
-        check_finite("logits", logits)
-        num_classes = logits.shape[1]
-        check_labels_in_range(target, num_classes, ignore_index)
+        x, safe, mask = prepare(logits, target, ignore_index)
+        num_classes = x.shape[1]
         if not include_background and num_classes < 2:
             raise ValueError("include_background=False needs at least 2 classes")
-        x = _upcast(logits)
-        safe, mask = valid_mask(target, ignore_index)
         g = one_hot(safe, num_classes).to(x.dtype)
         p = torch.softmax(x, dim=1)
         logs = torch.stack((torch.log_softmax(x, dim=1), torch.log((1.0 - p).clamp(min=_LOG_EPS))))
-        w = mask.unsqueeze(1).to(x.dtype).expand_as(p)
+        w = (x.new_ones(()) if mask is None else mask.unsqueeze(1).to(x.dtype)).expand_as(p)
         if not include_background:
             x, p, g, w, logs = x[:, 1:], p[:, 1:], g[:, 1:], w[:, 1:], logs[:, :, 1:]
     return x, p, g, w, logs
@@ -120,22 +130,28 @@ def _counts(
     return tp, p_sum - tp, g_sum - tp
 
 
-def _finish(
-    per_class: torch.Tensor,
-    w: torch.Tensor,
-    per_sample: bool,
-    class_reduction: str,
-    reduction: str,
-) -> torch.Tensor:
-    """Reduce ``(…, C')`` per-class losses over classes, then over samples when per-sample."""
-    values = per_class.sum(-1) if class_reduction == "sum" else per_class.mean(-1)
-    if not per_sample:
-        return values
-    sample_ok = w.flatten(1).sum(1) > 0
-    return reduce(values, sample_ok, reduction)
+class _Soft(NamedTuple):
+    """What a term of :func:`_overlap` reads: the masked inputs, the soft counts, the options."""
+
+    p: torch.Tensor
+    g: torch.Tensor
+    w: torch.Tensor
+    logs: torch.Tensor
+    tp: torch.Tensor
+    fp: torch.Tensor
+    fn: torch.Tensor
+    smooth: float
+    per_sample: bool
+    class_reduction: str
 
 
-def _check_common(smooth: float, class_reduction: str, reduction: str) -> None:
+def _over_classes(per_class: torch.Tensor, class_reduction: str) -> torch.Tensor:
+    """Sum or mean of ``(…, C')`` per-class values over the classes."""
+    return per_class.sum(-1) if class_reduction == "sum" else per_class.mean(-1)
+
+
+def _check_options(activation: str, smooth: float, class_reduction: str, reduction: str) -> None:
+    check_choice("activation", activation, ACTIVATIONS)
     check_positive("smooth", smooth, strict=False)
     check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -144,28 +160,31 @@ def _check_common(smooth: float, class_reduction: str, reduction: str) -> None:
 def _overlap(
     logits: torch.Tensor,
     target: torch.Tensor,
-    index_fn,
+    term: Callable[[_Soft], torch.Tensor],
     *,
-    activation: str,
-    smooth: float,
-    per_sample: bool,
-    include_background: bool,
-    class_reduction: str,
-    ignore_index: int | None,
-    reduction: str,
-    exponent: float = 1.0,
+    activation: str = "sigmoid",
+    smooth: float = 1.0,
+    per_sample: bool = False,
+    include_background: bool = True,
+    class_reduction: str = "sum",
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """``class_reduce((1 − M_c)^exponent)`` with ``M_c = index_fn(TP, FP, FN, smooth)``."""
-    _check_common(smooth, class_reduction, reduction)
+    """Every overlap loss: the options of the module docstring around ``term``.
+
+    ``term`` maps the soft counts to the loss per batch ``()`` or per sample ``(B,)``; per-sample
+    values are then reduced over the samples that have a valid entry.
+    """
+    _check_options(activation, smooth, class_reduction, reduction)
     with float32(logits):
-        _, p, g, w, _ = _probs_target_weight(
+        _, p, g, w, logs = _probs_target_weight(
             logits, target, activation, include_background, ignore_index
         )
         tp, fp, fn = _counts(p, g, w, per_sample)
-        loss = 1.0 - index_fn(tp, fp, fn, smooth)
-        if exponent != 1.0:
-            loss = loss.clamp(min=0.0).pow(exponent)
-        return _finish(loss, w, per_sample, class_reduction, reduction)
+        values = term(_Soft(p, g, w, logs, tp, fp, fn, smooth, per_sample, class_reduction))
+        if not per_sample:
+            return values
+        return reduce(values, w.flatten(1).sum(1) > 0, reduction)
 
 
 def _dice_index(tp, fp, fn, s):
@@ -176,23 +195,39 @@ def _jaccard_index(tp, fp, fn, s):
     return (tp + s) / (tp + fp + fn + s)
 
 
+def _tversky_index(alpha: float, beta: float):
+    def index(tp, fp, fn, s):
+        return (tp + s) / (tp + alpha * fn + beta * fp + s)
+
+    return index
+
+
+def _one_minus(index, exponent: float = 1.0) -> Callable[[_Soft], torch.Tensor]:
+    """The term ``class_reduce((1 − M_c)^exponent)`` with ``M_c = index(TP, FP, FN, s)``."""
+
+    def term(soft: _Soft) -> torch.Tensor:
+        loss = 1.0 - index(soft.tp, soft.fp, soft.fn, soft.smooth)
+        if exponent != 1.0:
+            loss = loss.clamp(min=0.0).pow(exponent)
+        return _over_classes(loss, soft.class_reduction)
+
+    return term
+
+
+def _check_alpha(alpha: float, beta: float | None) -> float:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    beta = 1.0 - alpha if beta is None else beta
+    check_positive("beta", beta, strict=False)
+    return beta
+
+
 # ----------------------------------------------------------------------------------------------
 # Dice, Jaccard, Tversky, focal-Tversky
 # ----------------------------------------------------------------------------------------------
 
 
-def dice_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    activation: str = "sigmoid",
-    smooth: float = 1.0,
-    per_sample: bool = False,
-    include_background: bool = True,
-    class_reduction: str = "sum",
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
-) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, **options: Any) -> torch.Tensor:
     r"""Soft Dice loss (METHODS §5.1).
 
     .. math::
@@ -200,17 +235,9 @@ def dice_loss(
 
     Args:
         logits: ``(B, C, *spatial)``.
-        target: see ``activation``.
-        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
-            target ``(B, *spatial)``).
-        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
-        per_sample: one overlap per sample instead of one per batch (batch-global, default).
-        include_background: keep channel 0 (softmax only).
-        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
-        ignore_index: target value to ignore (its entries leave every count), or ``None``.
-        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
-            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
-            every reduction.
+        target: as ``activation`` says (module docstring).
+        **options: ``activation``, ``smooth``, ``per_sample``, ``include_background``,
+            ``class_reduction``, ``ignore_index``, ``reduction`` (module docstring).
 
     Shape:
         A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
@@ -223,32 +250,10 @@ def dice_loss(
     Reference:
         Milletari et al., "V-Net", 3DV 2016; Kaul et al. (ALL paper) baselines.
     """
-    return _overlap(
-        logits,
-        target,
-        _dice_index,
-        activation=activation,
-        smooth=smooth,
-        per_sample=per_sample,
-        include_background=include_background,
-        class_reduction=class_reduction,
-        ignore_index=ignore_index,
-        reduction=reduction,
-    )
+    return _overlap(logits, target, _one_minus(_dice_index), **options)
 
 
-def jaccard_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    activation: str = "sigmoid",
-    smooth: float = 1.0,
-    per_sample: bool = False,
-    include_background: bool = True,
-    class_reduction: str = "sum",
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
-) -> torch.Tensor:
+def jaccard_loss(logits: torch.Tensor, target: torch.Tensor, **options: Any) -> torch.Tensor:
     r"""Soft Jaccard (IoU) loss (METHODS §5.1; the ALL tables' "JI" row).
 
     .. math::
@@ -256,56 +261,21 @@ def jaccard_loss(
 
     Args:
         logits: ``(B, C, *spatial)``.
-        target: see ``activation``.
-        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
-            target ``(B, *spatial)``).
-        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
-        per_sample: one overlap per sample instead of one per batch (batch-global, default).
-        include_background: keep channel 0 (softmax only).
-        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
-        ignore_index: target value to ignore (its entries leave every count), or ``None``.
-        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
-            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
-            every reduction.
+        target: as ``activation`` says.
+        **options: the overlap options of the module docstring (as for :func:`dice_loss`).
 
     Shape:
-        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+        Per batch ``()``, or per sample ``(B,)`` with ``per_sample=True, reduction="none"``.
 
     Example:
-        >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
-        >>> round(float(jaccard_loss(logits, torch.tensor([[[1, 0, 1]]]))), 4)
-        0.0179
+        >>> v, y = torch.tensor([[[4.0, -4.0, 4.0]]]), torch.tensor([[[1, 0, 1]]])
+        >>> round(float(jaccard_loss(v, y)), 4), jaccard_loss(v, y, per_sample=True).shape
+        (0.0179, torch.Size([]))
 
     Reference:
         Rahman & Wang, "Optimizing intersection-over-union in deep neural networks", 2016.
     """
-    return _overlap(
-        logits,
-        target,
-        _jaccard_index,
-        activation=activation,
-        smooth=smooth,
-        per_sample=per_sample,
-        include_background=include_background,
-        class_reduction=class_reduction,
-        ignore_index=ignore_index,
-        reduction=reduction,
-    )
-
-
-def _tversky_index(alpha: float, beta: float):
-    def index(tp, fp, fn, s):
-        return (tp + s) / (tp + alpha * fn + beta * fp + s)
-
-    return index
-
-
-def _check_alpha(alpha: float, beta: float | None) -> float:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    beta = 1.0 - alpha if beta is None else beta
-    check_positive("beta", beta, strict=False)
-    return beta
+    return _overlap(logits, target, _one_minus(_jaccard_index), **options)
 
 
 def tversky_loss(
@@ -314,13 +284,7 @@ def tversky_loss(
     *,
     alpha: float = 0.7,
     beta: float | None = None,
-    activation: str = "sigmoid",
-    smooth: float = 1.0,
-    per_sample: bool = False,
-    include_background: bool = True,
-    class_reduction: str = "sum",
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
+    **options: Any,
 ) -> torch.Tensor:
     r"""Tversky loss (Salehi et al.; METHODS §5.1).
 
@@ -330,22 +294,13 @@ def tversky_loss(
 
     Args:
         logits: ``(B, C, *spatial)``.
-        target: see ``activation``.
+        target: as ``activation`` says.
         alpha: weight of false negatives (0.7, FocusNetSeries code).
         beta: weight of false positives (default ``1 − alpha`` = 0.3).
-        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
-            target ``(B, *spatial)``).
-        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
-        per_sample: one overlap per sample instead of one per batch (batch-global, default).
-        include_background: keep channel 0 (softmax only).
-        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
-        ignore_index: target value to ignore (its entries leave every count), or ``None``.
-        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
-            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
-            every reduction.
+        **options: the overlap options of the module docstring.
 
     Shape:
-        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+        A scalar, or ``(B,)`` for ``per_sample=True, reduction="none"``.
 
     Example:
         >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
@@ -356,18 +311,7 @@ def tversky_loss(
         Salehi et al., "Tversky loss function for image segmentation", MLMI 2017.
     """
     beta = _check_alpha(alpha, beta)
-    return _overlap(
-        logits,
-        target,
-        _tversky_index(alpha, beta),
-        activation=activation,
-        smooth=smooth,
-        per_sample=per_sample,
-        include_background=include_background,
-        class_reduction=class_reduction,
-        ignore_index=ignore_index,
-        reduction=reduction,
-    )
+    return _overlap(logits, target, _one_minus(_tversky_index(alpha, beta)), **options)
 
 
 def focal_tversky_loss(
@@ -377,13 +321,7 @@ def focal_tversky_loss(
     alpha: float = 0.7,
     beta: float | None = None,
     exponent: float = 0.75,
-    activation: str = "sigmoid",
-    smooth: float = 1.0,
-    per_sample: bool = False,
-    include_background: bool = True,
-    class_reduction: str = "sum",
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
+    **options: Any,
 ) -> torch.Tensor:
     r"""Focal Tversky loss (Abraham & Khan; METHODS §5.1).
 
@@ -392,23 +330,14 @@ def focal_tversky_loss(
 
     Args:
         logits: ``(B, C, *spatial)``.
-        target: see ``activation``.
+        target: as ``activation`` says.
         alpha: weight of false negatives (0.7).
         beta: weight of false positives (default ``1 − alpha``).
         exponent: ``1/γ`` (0.75, FocusNetSeries code).
-        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
-            target ``(B, *spatial)``).
-        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
-        per_sample: one overlap per sample instead of one per batch (batch-global, default).
-        include_background: keep channel 0 (softmax only).
-        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
-        ignore_index: target value to ignore (its entries leave every count), or ``None``.
-        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
-            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
-            every reduction.
+        **options: the overlap options of the module docstring.
 
     Shape:
-        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+        As :func:`tversky_loss`.
 
     Example:
         >>> logits = torch.tensor([[[4.0, -4.0, 4.0]]])
@@ -420,24 +349,19 @@ def focal_tversky_loss(
     """
     beta = _check_alpha(alpha, beta)
     check_positive("exponent", exponent)
-    return _overlap(
-        logits,
-        target,
-        _tversky_index(alpha, beta),
-        activation=activation,
-        smooth=smooth,
-        per_sample=per_sample,
-        include_background=include_background,
-        class_reduction=class_reduction,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        exponent=exponent,
-    )
+    term = _one_minus(_tversky_index(alpha, beta), exponent)
+    return _overlap(logits, target, term, **options)
 
 
 # ----------------------------------------------------------------------------------------------
 # Combo
 # ----------------------------------------------------------------------------------------------
+
+
+def _check_combo(alpha: float, beta: float) -> None:
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
 def combo_loss(
@@ -446,13 +370,7 @@ def combo_loss(
     *,
     alpha: float = 0.5,
     beta: float = 0.5,
-    activation: str = "sigmoid",
-    smooth: float = 1.0,
-    per_sample: bool = False,
-    include_background: bool = True,
-    class_reduction: str = "sum",
-    ignore_index: int | None = -100,
-    reduction: str = "mean",
+    **options: Any,
 ) -> torch.Tensor:
     r"""Combo loss (Taghanaki et al.; METHODS §5.1, §10.D3).
 
@@ -466,22 +384,13 @@ def combo_loss(
 
     Args:
         logits: ``(B, C, *spatial)``.
-        target: see ``activation``.
+        target: as ``activation`` says.
         alpha: weight of the BCE term (0.5; not given in the ALL paper [unverified]).
         beta: weight of positives inside the BCE (0.5 [unverified]).
-        activation: ``"sigmoid"`` (target like logits, in {0, 1}) or ``"softmax"`` (integer
-            target ``(B, *spatial)``).
-        smooth: additive smoothing s in numerator and denominator (1, the authors' code).
-        per_sample: one overlap per sample instead of one per batch (batch-global, default).
-        include_background: keep channel 0 (softmax only).
-        class_reduction: ``"sum"`` over classes (the paper's ``Σ_c (1 − M_c)``) or ``"mean"``.
-        ignore_index: target value to ignore (its entries leave every count), or ``None``.
-        reduction: with ``per_sample=True``: ``"none"`` gives ``(B,)``, ``"mean"`` averages over
-            samples with a valid entry, ``"sum"`` sums; batch-global losses are one scalar for
-            every reduction.
+        **options: the overlap options of the module docstring.
 
     Shape:
-        A scalar (batch-global) or ``(B,)`` (``per_sample=True, reduction="none"``).
+        As :func:`dice_loss`.
 
     Example:
         >>> logits, target = torch.zeros(1, 1, 2), torch.tensor([[[1, 0]]])
@@ -491,25 +400,20 @@ def combo_loss(
     Reference:
         Taghanaki et al., "Combo loss: handling input and output imbalance ...", CMIG 2019.
     """
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-    _check_common(smooth, class_reduction, reduction)
-    with float32(logits):
-        _, p, g, w, logs = _probs_target_weight(
-            logits, target, activation, include_background, ignore_index
+    _check_combo(alpha, beta)
+
+    def term(soft: _Soft) -> torch.Tensor:
+        p, g, w, logs = soft.p, soft.g, soft.w, soft.logs
+        di = _over_classes(
+            _dice_index(soft.tp, soft.fp, soft.fn, soft.smooth), soft.class_reduction
         )
-        tp, fp, fn = _counts(p, g, w, per_sample)
-        di = _dice_index(tp, fp, fn, smooth)
-        di = di.sum(-1) if class_reduction == "sum" else di.mean(-1)
         bce = -(beta * g * logs[0] + (1.0 - beta) * (1.0 - g) * logs[1])
         bce = torch.where(w > 0, bce, torch.zeros_like(bce))
-        dims = tuple(range(1, p.dim())) if per_sample else tuple(range(p.dim()))
+        dims = tuple(range(1, p.dim())) if soft.per_sample else tuple(range(p.dim()))
         wbce = bce.sum(dims) / w.sum(dims).clamp(min=1.0)
-        values = alpha * wbce - (1.0 - alpha) * di
-        if not per_sample:
-            return values
-        return reduce(values, w.flatten(1).sum(1) > 0, reduction)
+        return alpha * wbce - (1.0 - alpha) * di
+
+    return _overlap(logits, target, term, **options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,7 +421,9 @@ def combo_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-class _OverlapLoss(_Loss):
+class _OverlapLoss(ThinLoss):
+    """The module base of the overlap losses: the options of the module docstring, checked."""
+
     _fn = staticmethod(dice_loss)
 
     def __init__(
@@ -532,22 +438,8 @@ class _OverlapLoss(_Loss):
         reduction: str = "mean",
         **extra: Any,
     ) -> None:
-        check_choice("activation", activation, ACTIVATIONS)
-        _check_common(smooth, class_reduction, reduction)
-        super().__init__(
-            **extra,
-            activation=activation,
-            smooth=smooth,
-            per_sample=per_sample,
-            include_background=include_background,
-            class_reduction=class_reduction,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Call the loss function with the stored hyper-parameters."""
-        return type(self)._fn(logits, target, **self.hparams)
+        _check_options(activation, smooth, class_reduction, reduction)
+        super().__init__()  # hparams: the loss's own (``**extra``), then the options
 
 
 class DiceLoss(_OverlapLoss):
@@ -596,6 +488,7 @@ class ComboLoss(_OverlapLoss):
     _fn = staticmethod(combo_loss)
 
     def __init__(self, *, alpha: float = 0.5, beta: float = 0.5, **kwargs: Any) -> None:
+        _check_combo(alpha, beta)
         super().__init__(alpha=alpha, beta=beta, **kwargs)
 
 

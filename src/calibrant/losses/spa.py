@@ -19,8 +19,8 @@ calibrated log-odds of each example,
 and the registered ``spa_lpr``/``bce_lpr`` losses are eq. 21's per-sample label mean of the task
 loss (:class:`SampleMean`) plus ``λ L_LPR``.
 
-Inputs, ``ignore_index`` and reductions follow :mod:`calibrant.losses.multilabel`, whose private
-input plumbing this module imports.
+Inputs, ``ignore_index`` and reductions follow :mod:`calibrant.losses.multilabel` (the same
+:func:`calibrant.losses._base.multilabel_inputs`).
 
 Example:
     >>> import torch
@@ -48,8 +48,15 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import REDUCTIONS, float32, reduce
+from calibrant.losses._base import (
+    ThinLoss,
+    as_float,
+    multilabel_inputs,
+    multilabel_valid,
+    partial_losses,
+)
 from calibrant.losses.combine import WeightedSum
-from calibrant.losses.multilabel import BCELoss, _Loss, _multilabel_inputs, _upcast
+from calibrant.losses.multilabel import BCELoss
 from calibrant.registry import LOSSES
 
 __all__ = [
@@ -130,7 +137,7 @@ def spa_logit(
     """
     _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
     with float32(logits):
-        v = _upcast(logits)
+        v = as_float(logits)
         offset = math.log(k_neg / zeta_neg) - math.log(k_pos / zeta_pos)
         return offset + F.logsigmoid(k_neg * (v - b_neg)) - F.logsigmoid(-k_pos * (v - b_pos))
 
@@ -178,13 +185,13 @@ def spa_loss(
     Args:
         logits: ``(B, T, *spatial)``.
         target: same shape, values in {0, 1} or ``ignore_index``.
-        zeta_pos: ζ+ > 0, default 1 ((ζ+, k+, b+) = (1, 1, 0) makes the positive loss BCE).
-        k_pos: k+ > 0, default 1.
-        b_pos: b+, default 0.
-        zeta_neg: ζ− > 0, default 5 ((5, 3, 1) is the paper's illustrated example; per-dataset
-            values are not published [unverified], tune on validation).
-        k_neg: k− > 0, default 3.
-        b_neg: b−, default 1.
+        zeta_pos: ζ+ > 0 (default 1); this and the five below are the link parameters of
+            :func:`spa_logit`, with the same defaults and meaning.
+        k_pos: k+ > 0 (1).
+        b_pos: b+ (0).
+        zeta_neg: ζ− > 0 (5).
+        k_neg: k− > 0 (3).
+        b_neg: b− (1).
         ignore_index: target value to ignore, or ``None``.
         reduction: ``"none" | "mean" | "sum"``; mean is eq. 21's label mean averaged over the
             batch.
@@ -201,15 +208,20 @@ def spa_loss(
         Cheng & Vasconcelos, "Towards calibrated multi-label deep neural networks", CVPR 2024.
     """
     _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-    with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+
+    def partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos = -F.logsigmoid(k_pos * (x - b_pos)) / zeta_pos
         neg = -F.logsigmoid(-k_neg * (x - b_neg)) / zeta_neg
-        return reduce(y * pos + (1 - y) * neg, valid, reduction)
+        return pos, neg
+
+    return partial_losses(logits, target, partials, ignore_index=ignore_index, reduction=reduction)
 
 
-class SPALoss(_Loss):
+@LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
+class SPALoss(ThinLoss):
     """Module form of :func:`spa_loss`; :meth:`probs` gives the calibrated probabilities."""
+
+    _fn = staticmethod(spa_loss)
 
     def __init__(
         self,
@@ -224,27 +236,16 @@ class SPALoss(_Loss):
         reduction: str = "mean",
     ) -> None:
         _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.link_params = {
-            "zeta_pos": zeta_pos,
-            "k_pos": k_pos,
-            "b_pos": b_pos,
-            "zeta_neg": zeta_neg,
-            "k_neg": k_neg,
-            "b_neg": b_neg,
-        }
+        super().__init__()
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`spa_loss`."""
-        return spa_loss(logits, target, **self.link_params, **self.hparams)
+    @property
+    def link_params(self) -> dict[str, float]:
+        """The six link parameters (:data:`SPA_DEFAULTS` keys), as :func:`spa_probs` takes them."""
+        return {k: self.hparams[k] for k in SPA_DEFAULTS}
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities through the inverse link (:func:`spa_probs`)."""
         return spa_probs(logits, **self.link_params)
-
-    def extra_repr(self) -> str:
-        """Link parameters and reduction settings."""
-        return ", ".join(f"{k}={v!r}" for k, v in {**self.link_params, **self.hparams}.items())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ def lpr_loss(
     """
     check_choice("reduction", reduction, REDUCTIONS)
     with float32(logits):
-        x, y, valid = _multilabel_inputs(logits, target, ignore_index)
+        x, y, valid = multilabel_inputs(logits, target, ignore_index)
         z = _link_logit(x, link, link_params)
         pos = (valid & (y > 0.5)).to(z.dtype)
         neg = (valid & (y < 0.5)).to(z.dtype)
@@ -340,8 +341,11 @@ def lpr_loss(
         return reduce(per_sample, sample_ok, reduction)
 
 
-class LPRLoss(_Loss):
+@LOSSES.register("lpr", task="multilabel", granularity="sample", spatial=False)
+class LPRLoss(ThinLoss):
     """Module form of :func:`lpr_loss`."""
+
+    _fn = staticmethod(lpr_loss)
 
     def __init__(
         self,
@@ -353,16 +357,8 @@ class LPRLoss(_Loss):
     ) -> None:
         if not callable(link):
             check_choice("link", link, ("sigmoid", "spa"))
-        super().__init__(
-            link=link,
-            link_params=dict(link_params) if link_params else None,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`lpr_loss`."""
-        return lpr_loss(logits, target, **self.hparams)
+        link_params = dict(link_params) if link_params else None  # a copy, stored as given
+        super().__init__()
 
 
 class SampleMean(nn.Module):
@@ -401,27 +397,13 @@ class SampleMean(nn.Module):
                 f"SampleMean needs an element-wise base loss with reduction='none'; got values "
                 f"of shape {tuple(values.shape)} for target {tuple(target.shape)}"
             )
-        if self.ignore_index is None:
-            valid = torch.ones_like(target, dtype=torch.bool)
-        else:
-            valid = target != self.ignore_index
-        per_sample, ok = _per_sample_mean(values, valid)
+        per_sample, ok = _per_sample_mean(values, multilabel_valid(target, self.ignore_index))
         return reduce(per_sample, ok, self.reduction)
 
 
 # ----------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------
-
-
-@LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
-def _build_spa(**kwargs: Any) -> SPALoss:
-    return SPALoss(**kwargs)
-
-
-@LOSSES.register("lpr", task="multilabel", granularity="sample", spatial=False)
-def _build_lpr(**kwargs: Any) -> LPRLoss:
-    return LPRLoss(**kwargs)
 
 
 def _with_lpr(

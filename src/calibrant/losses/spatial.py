@@ -26,23 +26,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import check_choice, check_logits_target, check_positive
+from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import (
     PADDINGS,
     float32,
-    labels_and_mask,
     neighbor_proportions,
     reduce,
     row_chunks,
     valid_mask,
     window_counts,
 )
-from calibrant.losses.classification import (
+from calibrant.losses._base import (
     CLASS_REDUCTIONS,
-    CrossEntropyLoss,
-    _as_float,
+    ThinLoss,
+    fused_finish,
+    fused_inputs,
     prepare,
+    reduce_total,
 )
+from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.fusion import FusedPlan
 from calibrant.registry import LOSSES
@@ -60,6 +62,7 @@ __all__ = [
 KERNELS = ("mean", "gaussian")
 DISTANCES = ("l1", "l2")
 ON = ("logits", "probs")
+_SEG = {"task": "multiclass", "granularity": "element", "spatial": True}  # registry metadata
 
 
 def _gaussian_1d(kernel_size: int, sigma: float) -> list[float]:
@@ -493,10 +496,7 @@ def _nacl_fast(x, target, mask, *, kernel_size, padding, ignore_index, class_red
     total = _ScaledL1Sum.apply(x.contiguous(), tau, scale, m)
     if class_reduction == "mean":
         total = total / k
-    if reduction == "sum":
-        return total
-    count = target.numel() if mask is None else mask.sum()
-    return total / torch.clamp(torch.as_tensor(count, device=x.device), min=1)
+    return reduce_total(total, reduction, mask=mask, numel=target.numel())
 
 
 def neighbor_penalty(
@@ -588,8 +588,11 @@ def neighbor_penalty(
         return reduce(values, mask, reduction)
 
 
-class SVLSLoss(nn.Module):
+@LOSSES.register("svls", function=svls_loss, **_SEG)
+class SVLSLoss(ThinLoss):
     """Module form of :func:`svls_loss`."""
+
+    _fn = staticmethod(svls_loss)
 
     def __init__(
         self,
@@ -599,25 +602,14 @@ class SVLSLoss(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
         _check_kernel(kernel_size, sigma)
-        self.kernel_size, self.sigma = kernel_size, sigma
-        self.ignore_index, self.reduction = ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`svls_loss`."""
-        return svls_loss(
-            logits,
-            target,
-            kernel_size=self.kernel_size,
-            sigma=self.sigma,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
+        super().__init__()
 
 
-class NeighborPenalty(nn.Module):
+class NeighborPenalty(ThinLoss):
     """Module form of :func:`neighbor_penalty`."""
+
+    _fn = staticmethod(neighbor_penalty)
 
     def __init__(
         self,
@@ -632,22 +624,11 @@ class NeighborPenalty(nn.Module):
         ignore_index: int | None = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
         check_choice("kernel", kernel, KERNELS)
         check_choice("padding", padding, PADDINGS)
         check_choice("distance", distance, DISTANCES)
         check_choice("on", on, ON)
-        self.kwargs = {
-            "kernel": kernel,
-            "kernel_size": kernel_size,
-            "sigma": sigma,
-            "padding": padding,
-            "distance": distance,
-            "on": on,
-            "class_reduction": class_reduction,
-            "ignore_index": ignore_index,
-            "reduction": reduction,
-        }
+        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
@@ -657,51 +638,27 @@ class NeighborPenalty(nn.Module):
         Only for the mean kernel, L1 on logits, ``label0``/``zeros`` padding and nothing
         ignored.
         """
-        kw = self.kwargs
         if not (
-            kw["ignore_index"] == ignore_index
-            and kw["kernel"] == "mean"
-            and kw["distance"] == "l1"
-            and kw["on"] == "logits"
-            and kw["padding"] in ("label0", "zeros")
-            and kw["reduction"] in ("mean", "sum")
+            self.ignore_index == ignore_index
+            and self.kernel == "mean"
+            and self.distance == "l1"
+            and self.on == "logits"
+            and self.padding in ("label0", "zeros")
+            and self.reduction in ("mean", "sum")
         ):
             return None
-        check_logits_target(logits, target, min_dims=3)
-        k = logits.shape[1]
-        safe, mask = labels_and_mask(target, k, kw["ignore_index"])
-        if mask is not None:
+        inputs = fused_inputs(logits, target, self.ignore_index, min_dims=3)
+        if inputs is None:
             return None
-        x = _as_float(logits)
-        tau = window_counts(safe, k, kernel_size=kw["kernel_size"], padding=kw["padding"])
-        scale = 1.0 / kw["kernel_size"] ** (x.dim() - 2)
-        n = safe.numel()
-
-        def finish(total: torch.Tensor) -> torch.Tensor:
-            if kw["class_reduction"] == "mean":
-                total = total / k
-            return total if kw["reduction"] == "sum" else total / max(n, 1)
-
+        x, safe = inputs
+        k = x.shape[1]
+        tau = window_counts(safe, k, kernel_size=self.kernel_size, padding=self.padding)
+        scale = 1.0 / self.kernel_size ** (x.dim() - 2)
+        finish = fused_finish(k, safe.numel(), self.class_reduction, self.reduction)
         return FusedPlan(x, safe, _ScaledL1Chunks(tau, scale), finish)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """See :func:`neighbor_penalty`."""
-        return neighbor_penalty(logits, target, **self.kwargs)
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters in the module repr."""
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
 
 
 # --- registered presets (published defaults, METHODS §8) -------------------------------------
-
-_SEG = {"task": "multiclass", "granularity": "element", "spatial": True}
-
-
-@LOSSES.register("svls", function=svls_loss, **_SEG)
-def _svls(kernel_size: int = 3, sigma: float = 1.0, **kw) -> nn.Module:
-    """SVLS, k = 3, σ = 1."""
-    return SVLSLoss(kernel_size, sigma, **kw)
 
 
 @LOSSES.register("nacl", **_SEG)
