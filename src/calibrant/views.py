@@ -64,7 +64,7 @@ from torch import nn
 
 from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import float32, reduce
-from calibrant.losses.classification import CLASS_REDUCTIONS, prepare
+from calibrant.losses._base import CLASS_REDUCTIONS, prepare
 
 __all__ = [
     "View",
@@ -452,7 +452,7 @@ def two_view_objective(term_factory: Callable[..., nn.Module], **kw: Any) -> Two
     Example:
         >>> from calibrant.registry import LOSSES
         >>> obj = two_view_objective(LOSSES.get("bwcr").factory, l2=0.1, weighted=False)
-        >>> obj.weights["cons"], obj.consistency.kwargs["weighted"]
+        >>> obj.weights["cons"], obj.consistency.hparams["weighted"]
         (0.1, False)
     """
     own = {k: kw.pop(k) for k in list(kw) if k in _OBJECTIVE_OPTIONS}

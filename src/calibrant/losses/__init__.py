@@ -1,29 +1,22 @@
-"""Calibration-aware losses: each a pure function plus a thin ``nn.Module``, registered by name."""
+"""Calibration-aware losses: each a pure function plus a thin ``nn.Module``, registered by name.
 
-from calibrant.losses.bwcr import *  # noqa: F403
-from calibrant.losses.bwcr import __all__ as _bwcr_all
-from calibrant.losses.classification import *  # noqa: F403
-from calibrant.losses.classification import __all__ as _classification_all
-from calibrant.losses.combine import *  # noqa: F403
-from calibrant.losses.combine import __all__ as _combine_all
-from calibrant.losses.logarithmic import *  # noqa: F403
-from calibrant.losses.logarithmic import __all__ as _logarithmic_all
-from calibrant.losses.multilabel import *  # noqa: F403
-from calibrant.losses.multilabel import __all__ as _multilabel_all
-from calibrant.losses.overlap import *  # noqa: F403
-from calibrant.losses.overlap import __all__ as _overlap_all
-from calibrant.losses.spa import *  # noqa: F403
-from calibrant.losses.spa import __all__ as _spa_all
-from calibrant.losses.spatial import *  # noqa: F403
-from calibrant.losses.spatial import __all__ as _spatial_all
+Every public module of this package is imported here, so its losses register in
+:data:`calibrant.registry.LOSSES`, and its ``__all__`` is re-exported: adding a loss is one new
+file with one registration (``docs/adding_a_loss.md``). Private modules (``_base``) hold the
+shared plumbing.
+"""
 
-__all__ = [
-    *_bwcr_all,
-    *_classification_all,
-    *_combine_all,
-    *_logarithmic_all,
-    *_multilabel_all,
-    *_overlap_all,
-    *_spa_all,
-    *_spatial_all,
-]
+import importlib
+import pkgutil
+
+__all__: list[str] = []
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):
+        continue
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in _module.__all__:
+        globals()[_name] = getattr(_module, _name)
+    __all__ += _module.__all__
+
+del _info, _module, _name

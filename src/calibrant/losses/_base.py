@@ -236,11 +236,6 @@ class ThinLoss(nn.Module):
         check_choice("reduction", hparams.get("reduction", "mean"), REDUCTIONS)
         self.hparams = hparams
 
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """:attr:`hparams` under its former name (``NeighborPenalty.kwargs`` and BWCR's)."""
-        return self.hparams
-
     def __getattr__(self, name: str) -> Any:
         hparams = self.__dict__.get("hparams")
         if hparams is not None and name in hparams:
