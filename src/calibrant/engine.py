@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -521,7 +520,6 @@ def fit(
     log: Callable[[dict[str, Any]], None] | None = None,
     step_log: Callable[[int, int, torch.Tensor], None] | None = None,
     patience: int | None = None,
-    halt_after_step: int | None = None,
     callbacks: Iterable[Callback] = (),
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs with validation, ALM steps, model selection and checkpoints.
@@ -566,11 +564,10 @@ def fit(
         patience: early stopping: end training once ``metrics[select]`` has not improved for
             this many epochs (``None``: train all ``epochs``). Resumes exactly (the best epoch
             is in the checkpoint).
-        halt_after_step: testing hook that simulates a crash (``os._exit``) after that global
-            step, without any save beyond the periodic ones.
         callbacks: :class:`Callback` objects (progress bars, TensorBoard/CSV logging):
-            ``on_train_step`` after every step, the ``on_eval_*`` hooks of the validation pass
-            (phase ``"val"``), ``on_epoch_end`` after ``log``.
+            ``on_train_step`` after every step (before that step's periodic checkpoint; a test
+            simulates a crash with a callback that ends the process there), the ``on_eval_*``
+            hooks of the validation pass (phase ``"val"``), ``on_epoch_end`` after ``log``.
 
     Returns:
         The per-epoch log dicts (including those before a resume).
@@ -646,8 +643,6 @@ def fit(
                 cb.on_train_step(step, steps_in_epoch, running)
         if checkpoint_every and state["global_step"] % checkpoint_every == 0:
             save("last.pt")
-        if halt_after_step is not None and state["global_step"] >= halt_after_step:
-            os._exit(3)
 
     for epoch in range(state["epoch"], epochs):
         batch_size = train_loader.batch_size or 1
