@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from calibrant.checkpoint import load_checkpoint
 from calibrant.cli import Progress, main
+from tests._crash import EXIT_CODE
 from tests.conftest import require_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +63,13 @@ def test_train_writes_report_checkpoints_and_figures(trained):
 
 def test_killed_run_resumes_to_the_same_result(trained, acdc_root, tmp_path):
     out = tmp_path / "crac"
-    cmd = [sys.executable, "-m", "calibrant", "train", "acdc_crac", *TINY, "--out", str(out)]
-    cmd += ["--data-root", acdc_root, "--device", "cpu", "--quiet", "--halt-after-step", "7"]
-    killed = subprocess.run(cmd, cwd=ROOT, capture_output=True)
-    assert killed.returncode == 3, killed.stderr.decode()[-2000:]
+    # the command line in a subprocess that a test callback kills after 7 steps (saved at 5)
+    cmd = [sys.executable, "-m", "tests._crash", "7", "train", "acdc_crac", *TINY, "--out"]
+    cmd += [str(out), "--data-root", acdc_root, "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True)
+    assert killed.returncode == EXIT_CODE, killed.stderr.decode()[-2000:]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] < 7
     assert (
         main(
             [

@@ -11,6 +11,7 @@ from torch import nn
 from calibrant.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from calibrant.engine import EpochSampler, fit, predict_volume, sliding_window
 from calibrant.models import to_channels_last
+from tests._crash import EXIT_CODE, CrashAfter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def _criterion(kind: str) -> nn.Module:
 def _run(
     ckpt_dir: str,
     resume: bool,
-    halt: int | None,
+    crash_after: int | None,
     epochs: int = 4,
     kind: str = "ce",
     channels_last: bool = False,
@@ -71,15 +72,16 @@ def _run(
         checkpoint_dir=ckpt_dir,
         checkpoint_every=3,
         resume=resume,
-        halt_after_step=halt,
+        callbacks=[CrashAfter(crash_after)] if crash_after is not None else (),
     )
     return model.state_dict(), history
 
 
-def _subprocess(ckpt_dir, resume, halt, kind="ce", channels_last=False):
+def _subprocess(ckpt_dir, resume, crash_after, kind="ce", channels_last=False):
     code = (
         "from tests.test_engine import _run; "
-        f"_run({str(ckpt_dir)!r}, {resume}, {halt}, kind={kind!r}, channels_last={channels_last})"
+        f"_run({str(ckpt_dir)!r}, {resume}, {crash_after}, kind={kind!r}, "
+        f"channels_last={channels_last})"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True)
@@ -88,12 +90,12 @@ def _subprocess(ckpt_dir, resume, halt, kind="ce", channels_last=False):
 @pytest.mark.parametrize(("kind", "channels_last"), [("ce", False), ("bwcr", False), ("ce", True)])
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, kind, channels_last):
     opts = dict(kind=kind, channels_last=channels_last)
-    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, halt=None, **opts)
+    ref_state, ref_history = _run(str(tmp_path / "ref"), resume=False, crash_after=None, **opts)
     # 7 steps per epoch; die at global step 11 (mid epoch 2), last periodic save at step 9.
-    killed = _subprocess(tmp_path / "run", resume=False, halt=11, **opts)
-    assert killed.returncode == 3, killed.stderr.decode()[-2000:]
+    killed = _subprocess(tmp_path / "run", resume=False, crash_after=11, **opts)
+    assert killed.returncode == EXIT_CODE, killed.stderr.decode()[-2000:]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["global_step"] == 9
-    state, history = _run(str(tmp_path / "run"), resume=True, halt=None, **opts)
+    state, history = _run(str(tmp_path / "run"), resume=True, crash_after=None, **opts)
     for name, ref in ref_state.items():
         assert torch.equal(state[name], ref), name
         if channels_last and ref.dim() == 4:  # the resumed weights keep the layout
@@ -106,8 +108,8 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, kind, chann
 def test_bwcr_checkpoint_holds_the_advanced_view_generator(tmp_path):
     from calibrant.views import TwoViewObjective
 
-    killed = _subprocess(tmp_path / "run", resume=False, halt=4, kind="bwcr")
-    assert killed.returncode == 3, killed.stderr.decode()[-2000:]
+    killed = _subprocess(tmp_path / "run", resume=False, crash_after=4, kind="bwcr")
+    assert killed.returncode == EXIT_CODE, killed.stderr.decode()[-2000:]
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     fresh = TwoViewObjective(nn.Identity(), seed=3).get_extra_state()["generator"]
     assert not torch.equal(ckpt["criterion"]["_extra_state"]["generator"], fresh)
@@ -178,7 +180,7 @@ def test_early_stopping(tmp_path, scores, patience, epochs_run, best_epoch):
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        _run(str(tmp_path), resume=True, halt=None)
+        _run(str(tmp_path), resume=True, crash_after=None)
 
 
 def test_corrupt_checkpoint_is_an_error(tmp_path):

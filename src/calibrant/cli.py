@@ -145,7 +145,6 @@ def cmd_train(args) -> int:
                 world_size=world,
                 resume=args.resume,
                 overwrite=args.overwrite,
-                halt_after_step=args.halt_after_step,
                 callbacks=[progress, logger],
             )
     finally:
@@ -449,7 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="training logs in OUT/logs/: tensorboard (event files and scalars.csv), csv "
         "(scalars.csv only) or none; auto (default): tensorboard when installed, else csv",
     )
-    p.add_argument("--halt-after-step", type=int, default=None, help=argparse.SUPPRESS)
     common(p)
     p.set_defaults(func=cmd_train)
 

@@ -403,7 +403,6 @@ def train_run(
     overwrite: bool = False,
     log: Callable[[dict[str, Any]], None] | None = None,
     step_log: Callable[[int, int, torch.Tensor], None] | None = None,
-    halt_after_step: int | None = None,
     callbacks: Iterable[Any] = (),
 ) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
     """Train one run into the folder ``out``, test its best checkpoint and write its report.
@@ -444,7 +443,6 @@ def train_run(
             resume=resume,
             log=log,
             step_log=step_log,
-            halt_after_step=halt_after_step,
             callbacks=callbacks,
         )
     except BaseException:
@@ -463,7 +461,6 @@ def _train_run(
     resume: bool,
     log: Callable[[dict[str, Any]], None] | None,
     step_log: Callable[[int, int, torch.Tensor], None] | None,
-    halt_after_step: int | None,
     callbacks: Iterable[Any],
 ) -> tuple[Experiment, list[dict[str, Any]], dict[str, Any]]:
     """:func:`train_run` once the folder ``start.out`` was checked."""
@@ -513,7 +510,6 @@ def _train_run(
         log=log,
         step_log=step_log,
         patience=train_cfg.get("patience"),
-        halt_after_step=halt_after_step,
         callbacks=callbacks,
     )
     results = report.evaluate_run(
