@@ -153,9 +153,9 @@ def measure(name, repeats, device):
                 return F.cross_entropy(logits, y)
 
         elif name in ("crac", "crac_novalidate"):
-            alm = LOSSES.build(
-                "crac", num_classes=K, with_ce=False, validate=name == "crac"
-            ).to(device)
+            alm = LOSSES.build("crac", num_classes=K, with_ce=False, validate=name == "crac").to(
+                device
+            )
             alm.lam.fill_(0.5)
 
             def loss():

@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from calibrant import MODELS
+from calibrant import LOSSES, MODELS
 from calibrant.data.acdc import ACDC_CLASSES, ACDCSlices
 from calibrant.data.base import IndexedSubset
 from calibrant.engine import EpochSampler, loss_terms

@@ -29,7 +29,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice, StatsHandler, ValidationHandler
 from torch.utils.data import DataLoader, Dataset
 
-from calibrant import MODELS
+from calibrant import LOSSES, MODELS
 from calibrant.data.base import IndexedSubset
 from calibrant.data.msd import HIPPOCAMPUS_CLASSES, MSDPatches, MSDVolumes, dataset_dir
 from calibrant.engine import EpochSampler
