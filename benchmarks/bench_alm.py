@@ -169,7 +169,7 @@ def measure(name, repeats, device):
                 return research_crac_penalty(logits, y, lam, rho)
 
         elif name == "nacl_calibrant":
-            crit = LOSSES.build("nacl", num_classes=K, padding="zeros").to(device)
+            crit = LOSSES.build("nacl", padding="zeros").to(device)
 
             def loss():
                 return crit(logits, y)
