@@ -553,7 +553,7 @@ def test_fused_neighbor_phr_equals_generic_path(layout, shape, ignore):
     assert alm._fast_neighbor_phr(x, y) is not None
     value = alm(x, y)
     (grad,) = torch.autograd.grad(value, x)
-    alm._fast_neighbor_phr = lambda *a: None  # the generic constraint + _PenaltyMean path
+    alm._fast_neighbor_phr = lambda *a: None  # the generic constraint + PenaltyMean path
     ref = alm(x, y)
     (ref_grad,) = torch.autograd.grad(ref, x)
     torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
@@ -562,7 +562,7 @@ def test_fused_neighbor_phr_equals_generic_path(layout, shape, ignore):
 
 def test_fused_neighbor_phr_gradcheck():
     from calibrant.alm.constraints import neighbor_parts
-    from calibrant.alm.term import _NeighborPHR
+    from calibrant.alm.kernels import NeighborPHR
 
     g = torch.Generator().manual_seed(3)
     y = torch.randint(0, 3, (2, 5, 6), generator=g)
@@ -573,7 +573,7 @@ def test_fused_neighbor_phr_gradcheck():
         rho = torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.1
         m = None if mask is None else mask.unsqueeze(1).double()
         args = (counts.double(), f.double(), bnd.unsqueeze(1).double(), m, lam, rho, 7.0)
-        assert torch.autograd.gradcheck(lambda z, a=args: _NeighborPHR.apply(z, *a), (x,))
+        assert torch.autograd.gradcheck(lambda z, a=args: NeighborPHR.apply(z, *a), (x,))
 
 
 def test_fused_neighbor_phr_rejects_nan():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import calibrant.losses  # noqa: F401  (registers every loss)
-from calibrant.alm.term import _NeighborPHRChunks
+from calibrant.alm.kernels import NeighborPHRChunks
 from calibrant.losses.classification import _MarginChunks
 from calibrant.losses.fusion import _CEPlus
 from calibrant.losses.spatial import _ScaledL1Chunks
@@ -103,8 +103,8 @@ def _kernels(x, y, generator):
         "margin_l2": lambda: _MarginChunks(0.5, "l2"),
         "margin_legacy_l2": lambda: _MarginChunks(0.5, "legacy_l2"),
         "nacl": lambda: _ScaledL1Chunks(tau, 1 / 9),
-        "phr_split": lambda: _NeighborPHRChunks(counts, f, b, lam, rho, 7.0),
-        "phr_shared": lambda: _NeighborPHRChunks(
+        "phr_split": lambda: NeighborPHRChunks(counts, f, b, lam, rho, 7.0),
+        "phr_shared": lambda: NeighborPHRChunks(
             counts, f, b, lam[:1].expand(2, k), rho[:1].expand(2, k), 7.0
         ),
     }
