@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -66,6 +66,19 @@ __all__ = ["ALMPenalty", "alm_terms"]
 log = logging.getLogger(__name__)
 
 Constraint = Callable[[torch.Tensor, torch.Tensor, int | None], Violations]
+
+
+class _Label0Parts(NamedTuple):
+    """What the fused label-0 PHR paths share (see :meth:`ALMPenalty._label0_parts`)."""
+
+    safe: torch.Tensor
+    mask: torch.Tensor | None
+    counts: torch.Tensor
+    f: torch.Tensor
+    boundary: torch.Tensor
+    denom: float
+    lam: torch.Tensor
+    rho: torch.Tensor
 
 
 class ALMPenalty(nn.Module):
@@ -193,16 +206,19 @@ class ALMPenalty(nn.Module):
             and bool((self.lam >= 0).all())
         )
 
-    def _fast_neighbor_phr(self, logits: torch.Tensor, target: torch.Tensor):
-        """The fused training penalty for PHR on the label-0 neighbourhood constraint, or None."""
+    def _label0_parts(
+        self, logits: torch.Tensor, target: torch.Tensor, *, whole: bool
+    ) -> _Label0Parts | None:
+        """The set-up the fused label-0 PHR paths share, after :meth:`_fused_label0_phr` holds.
+
+        Checks the pair, builds the factored constraint (:func:`neighbor_parts`), the mean's
+        denominator and the per-pair λ/ρ tables. ``None`` when ``whole`` and a label is ignored.
+        """
         con = self.constraint
-        if not self._fused_label0_phr(logits):
-            return None  # the general path (which also raises on a class-count mismatch)
-        if self.validate:
-            finite_or_raise("logits", logits)
         check_logits_target(logits, target)
         safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
-        x = logits.float().contiguous()
+        if whole and mask is not None:
+            return None
         counts, f, boundary = neighbor_parts(
             safe,
             mask,
@@ -212,10 +228,20 @@ class ALMPenalty(nn.Module):
         )
         n = safe.numel() if mask is None else int(mask.sum())
         denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
-        m = None if mask is None else mask.unsqueeze(1).float()
         lam, rho = self.layout.pair_table(self.lam), self.layout.pair_table(self.rho)
-        bnd = boundary.unsqueeze(1)  # float32 {0, 1}
-        return NeighborPHR.apply(x, counts, f, bnd, m, lam, rho, float(denom))
+        return _Label0Parts(safe, mask, counts, f, boundary, float(denom), lam, rho)
+
+    def _fast_neighbor_phr(self, logits: torch.Tensor, target: torch.Tensor):
+        """The fused training penalty for PHR on the label-0 neighbourhood constraint, or None."""
+        if not self._fused_label0_phr(logits):
+            return None  # the general path (which also raises on a class-count mismatch)
+        if self.validate:
+            finite_or_raise("logits", logits)
+        p = self._label0_parts(logits, target, whole=False)
+        x = logits.float().contiguous()
+        m = None if p.mask is None else p.mask.unsqueeze(1).float()
+        bnd = p.boundary.unsqueeze(1)  # float32 {0, 1}
+        return NeighborPHR.apply(x, p.counts, p.f, bnd, m, p.lam, p.rho, p.denom)
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
@@ -224,25 +250,14 @@ class ALMPenalty(nn.Module):
 
         Float32 logits with nothing ignored only (this term computes in float32).
         """
-        if ignore_index != self.ignore_index or not self._fused_label0_phr(logits):
+        if ignore_index != self.ignore_index or logits.dtype == torch.float64:
             return None
-        con = self.constraint
-        check_logits_target(logits, target)
-        safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
-        if mask is not None or logits.dtype == torch.float64:
+        fused = self._fused_label0_phr(logits)
+        p = self._label0_parts(logits, target, whole=True) if fused else None
+        if p is None:
             return None
-        counts, f, boundary = neighbor_parts(
-            safe,
-            None,
-            self.num_classes,
-            kernel_size=con.kernel_size,
-            inner_target_scale=con.inner_target_scale,
-        )
-        n = safe.numel()
-        denom = max(n, 1) * self.layout.num_slots * self.layout.columns_per_slot
-        lam, rho = self.layout.pair_table(self.lam), self.layout.pair_table(self.rho)
-        kernel = NeighborPHRChunks(counts, f, boundary.unsqueeze(1), lam, rho, float(denom))
-        return FusedPlan(logits.float(), safe, kernel, lambda value: value)
+        kernel = NeighborPHRChunks(p.counts, p.f, p.boundary.unsqueeze(1), p.lam, p.rho, p.denom)
+        return FusedPlan(logits.float(), p.safe, kernel, lambda value: value)
 
     def _params(self, v: Violations) -> tuple[torch.Tensor, torch.Tensor]:
         dim = v.h.dim()
@@ -272,26 +287,17 @@ class ALMPenalty(nn.Module):
         ``Σ P′ = Σ clamp(λ + ρh, λ_min, λ_max)``. Chunk sums are float32 (cascade summation),
         their totals float64. Returns False where it does not apply.
         """
-        con = self.constraint
         if not self._fused_label0_phr(logits):
             return False
-        check_logits_target(logits, target)
-        safe, mask = labels_and_mask(target, self.num_classes, self.ignore_index)
-        if mask is not None:
+        p = self._label0_parts(logits, target, whole=True)
+        if p is None:
             return False
         if self.validate:
             finite_or_raise("logits", logits)
         b, k = logits.shape[:2]
         x = logits.float().reshape(b, k, -1)
-        counts, f, boundary = neighbor_parts(
-            safe,
-            None,
-            k,
-            kernel_size=con.kernel_size,
-            inner_target_scale=con.inner_target_scale,
-        )
-        counts, f, bnd = counts.reshape(b, k, -1), f.reshape(b, -1), boundary.reshape(b, -1)
-        lam, rho = self.layout.pair_table(self.lam), self.layout.pair_table(self.rho)
+        boundary, lam, rho = p.boundary, p.lam, p.rho
+        counts, f, bnd = p.counts.reshape(b, k, -1), p.f.reshape(b, -1), boundary.reshape(b, -1)
         lo, hi = self.cfg.lambda_min, self.cfg.lambda_max
         lam_l, rho_l = lam.tolist(), rho.tolist()
         n = x.shape[2]
