@@ -66,11 +66,26 @@ def phr(z: torch.Tensor, lam: Scalar, rho: Scalar) -> tuple[torch.Tensor, torch.
     return (t * t - lam * lam) / (2.0 * rho), t
 
 
-def _rational(z: torch.Tensor, lam: Scalar, rho: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
-    """``λz/(1−ρz)`` and its derivative, evaluated at ``min(z, 0)`` (the branch used for z < 0)."""
+def _rational_interior(
+    z: torch.Tensor, lam: Scalar, rho: Scalar, *, cubic: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P3 (``cubic=False``) or P2 (``cubic=True``) and its derivative: one body for both.
+
+    The exterior is ``λz + λρz²``, plus ``ρ²z³/6`` for P2; the interior ``λz/(1−ρz)`` is
+    evaluated at ``min(z, 0)``.
+    """
+    zp = torch.clamp_min(z, 0.0)
+    if cubic:
+        pos_v = lam * zp + lam * rho * zp * zp + rho * rho * zp * zp * zp / 6.0
+        pos_g = lam + 2.0 * lam * rho * zp + rho * rho * zp * zp / 2.0
+    else:
+        pos_v = lam * zp + lam * rho * zp * zp
+        pos_g = lam + 2.0 * lam * rho * zp
     zn = torch.clamp_max(z, 0.0)
     d = 1.0 - rho * zn
-    return lam * zn / d, lam / (d * d)
+    neg_v, neg_g = lam * zn / d, lam / (d * d)
+    pos = z >= 0
+    return torch.where(pos, pos_v, neg_v), torch.where(pos, pos_g, neg_g)
 
 
 def p2(z: torch.Tensor, lam: Scalar, rho: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,39 +107,24 @@ def p2(z: torch.Tensor, lam: Scalar, rho: Scalar) -> tuple[torch.Tensor, torch.T
         >>> p2(torch.tensor([1.0, -1.0]), 1.0, 1.0)
         (tensor([ 2.1667, -0.5000]), tensor([3.5000, 0.2500]))
     """
-    zp = torch.clamp_min(z, 0.0)
-    pos_v = lam * zp + lam * rho * zp * zp + rho * rho * zp * zp * zp / 6.0
-    pos_g = lam + 2.0 * lam * rho * zp + rho * rho * zp * zp / 2.0
-    neg_v, neg_g = _rational(z, lam, rho)
-    pos = z >= 0
-    return torch.where(pos, pos_v, neg_v), torch.where(pos, pos_g, neg_g)
+    return _rational_interior(z, lam, rho, cubic=True)
 
 
 def p3(z: torch.Tensor, lam: Scalar, rho: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Quadratic-exterior / rational-interior penalty P3.
+    r"""Quadratic-exterior / rational-interior penalty P3: :func:`p2` without the cubic term.
 
     .. math::
         P(z) = \begin{cases} \lambda z + \lambda\rho z^2 & z \ge 0 \\
         \lambda z / (1 - \rho z) & z < 0 \end{cases}
 
-    Args:
-        z: constraint values.
-        lam: multipliers, broadcastable to ``z``.
-        rho: penalty coefficients ``> 0``, broadcastable to ``z``.
-
-    Returns:
-        ``(P, P')``.
+    Arguments and result are those of :func:`p2`: ``(P, P')`` for constraint values ``z``,
+    with multipliers ``lam`` and coefficients ``rho > 0`` broadcastable to ``z``.
 
     Example:
         >>> p3(torch.tensor([1.0, -1.0]), 1.0, 1.0)
         (tensor([ 2.0000, -0.5000]), tensor([3.0000, 0.2500]))
     """
-    zp = torch.clamp_min(z, 0.0)
-    pos_v = lam * zp + lam * rho * zp * zp
-    pos_g = lam + 2.0 * lam * rho * zp
-    neg_v, neg_g = _rational(z, lam, rho)
-    pos = z >= 0
-    return torch.where(pos, pos_v, neg_v), torch.where(pos, pos_g, neg_g)
+    return _rational_interior(z, lam, rho, cubic=False)
 
 
 def relu(z: torch.Tensor, lam: Scalar, rho: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
