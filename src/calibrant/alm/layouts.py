@@ -69,7 +69,10 @@ class Layout(ABC):
     """
 
     name: ClassVar[str]
+    #: Whether the slots split pixels into regions (inner, boundary).
     needs_region: ClassVar[bool] = False
+    #: Whether each class has its own slot; else one slot spans a pixel's ``K`` columns.
+    per_class: ClassVar[bool] = False
 
     def __init__(self, num_classes: int) -> None:
         if int(num_classes) < 1:
@@ -86,9 +89,10 @@ class Layout(ABC):
         return f"{type(self).__name__}({self.num_classes})"
 
     @property
-    @abstractmethod
     def shape(self) -> tuple[int, ...]:
-        """Shape of the λ and ρ buffers."""
+        """Shape of the λ and ρ buffers: 2 regions if split, then K classes if per class, else 1."""
+        dims = (2,) * self.needs_region + (self.num_classes,) * self.per_class
+        return dims or (1,)
 
     @property
     def num_slots(self) -> int:
@@ -98,7 +102,7 @@ class Layout(ABC):
     @property
     def columns_per_slot(self) -> int:
         """Per-pixel constraint columns that share one slot (``K`` or 1)."""
-        return 1
+        return 1 if self.per_class else self.num_classes
 
     @abstractmethod
     def slot_names(self, class_names: Sequence[str] | None = None, sep: str = "/") -> list[str]:
@@ -156,14 +160,6 @@ class GlobalLayout(Layout):
 
     name = "global"
 
-    @property
-    def shape(self) -> tuple[int, ...]:  # noqa: D102
-        return (1,)
-
-    @property
-    def columns_per_slot(self) -> int:  # noqa: D102
-        return self.num_classes
-
     def slot_names(self, class_names=None, sep="/") -> list[str]:  # noqa: D102
         return ["all"]
 
@@ -190,10 +186,7 @@ class ClassLayout(Layout):
     """One multiplier per class (CALS, ``crac_class``)."""
 
     name = "class"
-
-    @property
-    def shape(self) -> tuple[int, ...]:  # noqa: D102
-        return (self.num_classes,)
+    per_class = True
 
     def slot_names(self, class_names=None, sep="/") -> list[str]:  # noqa: D102
         return self._classes(class_names)
@@ -244,14 +237,6 @@ class RegionLayout(_RegionLayouts):
 
     name = "region"
 
-    @property
-    def shape(self) -> tuple[int, ...]:  # noqa: D102
-        return (2,)
-
-    @property
-    def columns_per_slot(self) -> int:  # noqa: D102
-        return self.num_classes
-
     def slot_names(self, class_names=None, sep="/") -> list[str]:  # noqa: D102
         return list(_REGIONS)
 
@@ -278,10 +263,7 @@ class RegionClassLayout(_RegionLayouts):
     """One multiplier per region and class (CRaC)."""
 
     name = "region_class"
-
-    @property
-    def shape(self) -> tuple[int, ...]:  # noqa: D102
-        return (2, self.num_classes)
+    per_class = True
 
     def slot_names(self, class_names=None, sep="/") -> list[str]:  # noqa: D102
         return [f"{r}{sep}{c}" for r in _REGIONS for c in self._classes(class_names)]
