@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -63,8 +62,6 @@ __all__ = [
     "ACDCSlices",
     "acdc",
 ]
-
-log = logging.getLogger(__name__)
 
 ACDC_CLASSES = ("background", "right_ventricle", "myocardium", "left_ventricle")
 _H5_DIR = "ACDC_training_volumes"

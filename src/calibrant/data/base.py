@@ -317,11 +317,8 @@ class ArrayDataset(Dataset):
     ) -> None:
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-        self.inputs = inputs
-        self.targets = targets
-        self.info = info
-        self.transform = transform
-        self.convert = convert
+        self.inputs, self.targets, self.info = inputs, targets, info
+        self.transform, self.convert = transform, convert
 
     def __len__(self) -> int:
         return len(self.targets)
