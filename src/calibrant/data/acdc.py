@@ -50,7 +50,7 @@ from calibrant.data.base import (
     read_nifti,
     require_files,
 )
-from calibrant.data.cache import cached_cases
+from calibrant.data.cache import cached_volumes
 from calibrant.registry import DATASETS
 
 __all__ = [
@@ -322,33 +322,27 @@ class ACDCVolumes(ForegroundView, Dataset):
             raise FileNotFoundError(f"no ACDC volumes of split {split!r} found in {str(folder)!r}")
         size = tuple(int(s) for s in size)
         # all volumes are decoded and cached together, so every split reuses one cache entry
-        sources = [f for c in cases for f in c[2]]
         options = {"size": size, "crop": crop, "downsample": int(downsample), "layout": layout}
 
-        def build():
-            images, labels, spacings = [], [], []
-            for _, _, files in cases:
-                if layout == "h5":
-                    image, label = _read_h5(files[0])
-                    spacing = (1.0, 1.0, 1.0)
-                else:
-                    image, label, spacing = _read_nifti(*files)
-                if image.shape != label.shape:
-                    raise ValueError(
-                        f"{str(files[0])!r}: image {image.shape} and label {label.shape} differ"
-                    )
-                image, label = _fit(image, label, size, crop, int(downsample))
-                f = float(downsample)
-                images.append(image)
-                labels.append(label)
-                spacings.append((spacing[0], spacing[1] * f, spacing[2] * f))
-            return {"images": images, "labels": labels, "spacings": spacings}
+        def decode(*files):
+            if layout == "h5":
+                image, label = _read_h5(files[0])
+                spacing = (1.0, 1.0, 1.0)
+            else:
+                image, label, spacing = _read_nifti(*files)
+            if image.shape != label.shape:
+                raise ValueError(
+                    f"{str(files[0])!r}: image {image.shape} and label {label.shape} differ"
+                )
+            image, label = _fit(image, label, size, crop, int(downsample))
+            f = float(downsample)
+            return image, label, (spacing[0], spacing[1] * f, spacing[2] * f)
 
-        self.images, self.labels, self.spacings = cached_cases(
+        self.images, self.labels, self.spacings = cached_volumes(
             "acdc",
-            sources,
             options,
-            build,
+            [c[2] for c in cases],
+            decode,
             chosen,
             cache_dir=cache_dir,
             use_cache=use_cache,

@@ -41,6 +41,7 @@ __all__ = [
     "cache_key",
     "cached",
     "cached_cases",
+    "cached_volumes",
     "resolve_cache_dir",
 ]
 
@@ -166,6 +167,7 @@ def cached_cases(
     every split and seed reuses one cache entry; the chosen cases are then taken from it.
 
     Example:
+        >>> import numpy as np
         >>> build = lambda: {"images": [np.zeros(2), np.ones(2)], "labels": [np.zeros(2)] * 2,
         ...                  "spacings": [[1.0], [2.0]]}
         >>> images, labels, spacings = cached_cases("demo", [], {}, build, [1], use_cache=False)
@@ -179,3 +181,52 @@ def cached_cases(
     labels = [torch.from_numpy(data["labels"][i]) for i in chosen]
     spacings = [tuple(data["spacings"][i]) for i in chosen]
     return images, labels, spacings
+
+
+def cached_volumes(
+    name: str,
+    options: dict[str, Any],
+    cases: Sequence[Sequence[str | os.PathLike]],
+    decode: Callable[..., tuple[Any, Any, Sequence[float]]],
+    chosen: Sequence[int],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    data_root: str | os.PathLike | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[float, ...]]]:
+    """:func:`cached_cases` of a data set that decodes each case on its own.
+
+    ``cases`` holds the source files of every case and ``decode(*files)`` turns one case's files
+    into ``(image, label, spacing)`` (numpy arrays and a sequence of floats). Every case is
+    decoded into one cache entry (sources: all files, in order); the cases ``chosen`` are
+    returned as in :func:`cached_cases`.
+
+    Example:
+        >>> import numpy as np
+        >>> decode = lambda path: (np.full(2, float(path)), np.zeros(2), (float(path),))
+        >>> images, _, spacings = cached_volumes("demo", {}, [["1"], ["2"]], decode, [1],
+        ...                                      use_cache=False)
+        >>> images[0].tolist(), spacings
+        ([2.0, 2.0], [(2.0,)])
+    """
+
+    def build() -> dict[str, list]:
+        out: dict[str, list] = {"images": [], "labels": [], "spacings": []}
+        for files in cases:
+            image, label, spacing = decode(*files)
+            out["images"].append(image)
+            out["labels"].append(label)
+            out["spacings"].append(spacing)
+        return out
+
+    sources = [f for files in cases for f in files]
+    return cached_cases(
+        name,
+        sources,
+        options,
+        build,
+        chosen,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        data_root=data_root,
+    )

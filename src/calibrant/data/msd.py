@@ -36,7 +36,7 @@ from calibrant.data.base import (
     dataset_dir,
     read_nifti,
 )
-from calibrant.data.cache import cached_cases
+from calibrant.data.cache import cached_volumes
 from calibrant.registry import DATASETS
 
 __all__ = ["pad_to_size", "MSDVolumes", "MSDPatches", "msd_hippocampus", "msd"]
@@ -172,25 +172,19 @@ class MSDVolumes(ForegroundView, Dataset):
         keep = {c[0] for c in cases} if split == "all" else set(self.case_split[split])
         chosen = [i for i, c in enumerate(cases) if c[0] in keep]
         # all cases are decoded and cached together, so every split and seed reuses one entry
-        sources = [p for c in cases for p in c[1:]]
         options = {"normalize": normalize, "pad_to": list(pad_to) if pad_to else None}
 
-        def build():
-            out = {"images": [], "labels": [], "spacings": []}
-            for _, ip, lp in cases:
-                image, label, spacing = _load_case(ip, lp, normalize)
-                if pad_to is not None:
-                    image, label = pad_to_size(image, pad_to), pad_to_size(label, pad_to)
-                out["images"].append(image)
-                out["labels"].append(label)
-                out["spacings"].append(spacing)
-            return out
+        def decode(image_path, label_path):
+            image, label, spacing = _load_case(image_path, label_path, normalize)
+            if pad_to is not None:
+                image, label = pad_to_size(image, pad_to), pad_to_size(label, pad_to)
+            return image, label, spacing
 
-        self.images, self.labels, self.spacings = cached_cases(
+        self.images, self.labels, self.spacings = cached_volumes(
             "msd",
-            sources,
             options,
-            build,
+            [c[1:] for c in cases],
+            decode,
             chosen,
             cache_dir=cache_dir,
             use_cache=use_cache,
