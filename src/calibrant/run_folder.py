@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from calibrant import distributed as dist_utils
+from calibrant._files import read_json
 from calibrant.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = [
@@ -153,10 +154,7 @@ def prepare(
             )
         config = out / "config.json"
         if config.is_file():
-            try:
-                stored = json.loads(config.read_text())
-            except json.JSONDecodeError as e:
-                raise RunFolderError(f"cannot read {str(config)!r}: {e}") from e
+            stored = read_json(config, RunFolderError, "cannot read")
         else:
             stored = load_checkpoint(last, required=("config",))["config"]
         diffs = config_differences(stored, cfg)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from calibrant import report
+from calibrant._files import read_json
 from calibrant.bench.suite import Method, Suite
 from calibrant.checkpoint import load_checkpoint
 from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint, train_run
@@ -153,10 +154,7 @@ def _state(suite: Suite, results: Path, profile: str, task: str, method: str, se
     path = record_path(results, suite.name, profile, task, method, seed)
     if not path.is_file():
         return "todo"
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt benchmark record {str(path)!r}: {e}") from e
+    record = read_json(path, what="corrupt benchmark record")
     return "done" if is_current(suite, results, profile, record) else "stale"
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from calibrant import plot
+from calibrant._files import read_json
 from calibrant.bench.paired import claims_lines
 from calibrant.bench.runner import is_current, record_path, search_path
 from calibrant.bench.suite import Suite
@@ -41,10 +42,7 @@ def load_records(results: Path, suite: str, profile: str) -> list[dict[str, Any]
     folder = Path(results) / suite / profile
     records = []
     for path in sorted(folder.glob("*/*/seed*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"corrupt benchmark record {str(path)!r}: {e}") from e
+        record = read_json(path, what="corrupt benchmark record")
         if record.get("status") == "done":
             records.append(record)
     return records

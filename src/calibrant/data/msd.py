@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from calibrant._files import read_json
 from calibrant.data.acdc import seeded_case_split
 from calibrant.data.base import (
     DatasetInfo,
@@ -64,13 +64,8 @@ def _strip_nii(name: str) -> str:
 
 
 def _list_cases(folder: Path) -> tuple[list[tuple[str, Path, Path]], dict]:
-    meta: dict = {}
     meta_path = folder / "dataset.json"
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"cannot parse {str(meta_path)!r}: {err}") from err
+    meta: dict = read_json(meta_path) if meta_path.exists() else {}
     img_dir, lab_dir = folder / "imagesTr", folder / "labelsTr"
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise FileNotFoundError(
