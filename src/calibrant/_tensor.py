@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from calibrant._checks import check_choice, check_finite, check_labels_in_range
 
 __all__ = [
     "REDUCTIONS",
+    "Forward",
     "float32",
     "valid_mask",
     "finite_or_raise",
@@ -44,6 +45,9 @@ __all__ = [
 
 REDUCTIONS = ("mean", "sum", "none")
 PADDINGS = ("label0", "zeros", "replicate")
+
+#: A model's forward call, ``images -> logits`` (what a training step runs its views through).
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibrant._checks import check_choice, check_positive
-from calibrant._tensor import float32, reduce
+from calibrant._tensor import Forward, float32, reduce
 from calibrant.losses._base import CLASS_REDUCTIONS, prepare
 
 __all__ = [
@@ -387,10 +387,7 @@ class TwoViewObjective(nn.Module):
         )
 
     def train_step(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        inputs: torch.Tensor,
-        target: torch.Tensor,
+        self, forward: Forward, inputs: torch.Tensor, target: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """One two-view step: the weighted terms ``sup0``, ``sup1``, ``cons`` (sum = loss).
 

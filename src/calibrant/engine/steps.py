@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from calibrant import distributed as dist_utils
+from calibrant._tensor import Forward
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +136,7 @@ class TrainStep(Protocol):
     """
 
     def train_step(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        inputs: torch.Tensor,
-        target: torch.Tensor,
+        self, forward: Forward, inputs: torch.Tensor, target: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Named loss terms of one training step."""
         ...
