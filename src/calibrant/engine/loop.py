@@ -52,6 +52,17 @@ class _RunState:
     best_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def end_epoch(
+        self, record: dict[str, Any], score: float, better: Callable[[float, float], bool]
+    ) -> bool:
+        """Add the epoch's record and select on ``score``; True when it improved on the best."""
+        improved = self.best is None or better(score, self.best)
+        self.history.append(record)
+        self.epoch, self.step, self.totals = record["epoch"], 0, {}
+        if improved:
+            self.best, self.best_epoch = score, self.epoch
+        return improved
+
 
 @dataclass(frozen=True)
 class _Checkpoints:
@@ -238,7 +249,9 @@ def fit(
             "alm": alm_logs,
             "lr": [g["lr"] for g in optimizer.param_groups],
         }
-        _end_epoch(state, checkpoints, record, float(val[select]), better)
+        if state.end_epoch(record, float(val[select]), better):
+            checkpoints.save("best.pt", state)
+        checkpoints.save("last.pt", state)
         for cb in callbacks:
             cb.on_epoch_end(record)
         if patience is not None and state.epoch - state.best_epoch >= patience:
@@ -341,23 +354,6 @@ def _step_alm_terms(alms: list[nn.Module]) -> dict[str, Any]:
         if isinstance(record, Mapping):
             logs[f"alm{i}"] = _to_python(dict(record))
     return logs
-
-
-def _end_epoch(
-    state: _RunState,
-    checkpoints: _Checkpoints,
-    record: dict[str, Any],
-    score: float,
-    better: Callable[[float, float], bool],
-) -> None:
-    """Add the epoch's record and select on ``score``: ``best.pt`` if it improved, ``last.pt``."""
-    improved = state.best is None or better(score, state.best)
-    state.history.append(record)
-    state.epoch, state.step, state.totals = record["epoch"], 0, {}
-    if improved:
-        state.best, state.best_epoch = score, state.epoch
-        checkpoints.save("best.pt", state)
-    checkpoints.save("last.pt", state)
 
 
 class _ViewObserver:
