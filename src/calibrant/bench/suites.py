@@ -1,8 +1,10 @@
 """The registered suites: each paper's comparison under one protocol (METHODS.md §8-§9).
 
 ``crac-acdc``, ``crac-hippocampus``, ``spa-mulan`` and ``cals-classification`` (the ALL
-suites are in :mod:`calibrant.bench.suites_overlap`). The ``cpu`` profile is the shipped
-presets (reduced resolution, width and epochs, documented in each suite's ``reductions``);
+suites are in :mod:`calibrant.bench.suites_overlap`; the CRaC comparison's rows, columns and
+claims in :mod:`calibrant.bench.segmentation`; the ``converged`` profile's gate and evaluation
+in :mod:`calibrant.bench.converged`). The ``cpu`` profile is the shipped presets (reduced
+resolution, width and epochs, documented in each suite's ``reductions``);
 ``paper`` restores the published set-up where one exists. Methods use the papers' default
 hyper-parameters (METHODS §8); the ``(tuned)`` rows choose theirs on the validation split
 (:class:`~calibrant.bench.suite.Search`).
@@ -17,92 +19,26 @@ Example:
 from __future__ import annotations
 
 from calibrant.bench import claims
+from calibrant.bench.converged import (
+    CONVERGED,
+    OVERCONFIDENCE_GATE,
+    cls_eval,
+    multilabel_eval,
+    seg_eval,
+)
 from calibrant.bench.paired import PairedClaim
+from calibrant.bench.segmentation import (
+    SEGMENTATION_COLUMNS,
+    SEGMENTATION_METHODS,
+    segmentation_claims,
+)
 from calibrant.bench.suite import Claim, Column, Method, Pilot, Search, Suite, Task
 from calibrant.config import load_config
 from calibrant.registry import SUITES
 
 __all__ = ["SEGMENTATION_METHODS", "segmentation_claims"]
 
-# ------------------------------------------------------- the converged profile (issue #15)
-# The papers study networks trained to convergence, which are over-confident; the short `cpu`
-# profile's baselines are not, so no calibration method has anything to remove there. The
-# `converged` profile trains longer, without the regularisers that hide over-confidence, and
-# tests the *last* checkpoint. A pilot (CE/BCE, seed 1) runs first on each task and the other
-# methods run only where its test over-confidence is at least +3 points (the papers' protocol).
-CONVERGED = "converged"
-OVERCONFIDENCE_GATE = 0.03
-
-
-def _with_overconfidence(preset: str, val: list[dict], test: list[dict]) -> dict:
-    """The preset's eval section, tested on the last checkpoint, with over-confidence added."""
-    ev = load_config(preset)["eval"]
-    return {
-        "checkpoint": "last",
-        "val_metrics": [*ev.get("val_metrics", []), *val],
-        "test_metrics": [*ev.get("test_metrics", []), *test],
-    }
-
-
-def _seg_eval(preset: str) -> dict:
-    return _with_overconfidence(
-        preset,
-        val=[
-            {"name": "paper_ece", "as": "ece_paper"},
-            {"name": "paper_overconfidence", "as": "oc_paper"},
-        ],
-        test=[
-            {"name": "paper_overconfidence", "as": "oc_paper"},
-            {"name": "overconfidence", "as": "oc_pooled"},
-        ],
-    )
-
-
-def _cls_eval(preset: str) -> dict:
-    oc = [{"name": "ece", "as": "ece"}, {"name": "overconfidence", "as": "oc"}]
-    return _with_overconfidence(preset, val=oc, test=oc[1:])
-
-
-def _multilabel_eval(preset: str) -> dict:
-    oc = [
-        {"name": "multilabel_ace", "as": "ace"},
-        {"name": "multilabel_overconfidence", "as": "oc"},
-    ]
-    return _with_overconfidence(preset, val=oc, test=oc[1:])
-
-
 # -------------------------------------------------------------------- segmentation (CRaC table)
-
-SEGMENTATION_METHODS = (
-    Method("ce", "CE", {"name": "ce"}),
-    Method("focal", "FL", {"name": "focal", "gamma": 3.0}),
-    Method("ecp", "ECP", {"name": "ecp", "weight": 0.1}),
-    Method("ls", "LS", {"name": "ls", "smoothing": 0.1}),
-    Method("svls", "SVLS", {"name": "svls", "kernel_size": 3, "sigma": 1.0}),
-    Method("mbls", "MbLS", {"name": "mbls", "margin": 5.0, "weight": 0.1}),
-    Method("nacl", "NACL", {"name": "nacl", "weight": 0.1}),
-    Method("bwcr", "BWCR", {"name": "bwcr"}),
-    Method("cals_alm", "CALS-ALM", {"name": "cals_alm"}),
-    Method("crac", "CRaC", {"name": "crac"}),
-    # Investigation rows for the short CPU profile (not methods of the papers): the published ρ
-    # schedule (every 10 epochs) acts once in a 10-epoch run, so ρ may grow after every
-    # validation pass (the paper's 7 updates in 75 epochs); and ρ₀ = 1, the official config's
-    # value where the README's published runs use 0.1 (METHODS §10 B7).
-    Method("crac_rho1", "CRaC (ρ step 1)", {"name": "crac", "rho_step": 1}, investigation=True),
-    Method(
-        "crac_rho_init1", "CRaC (ρ₀ = 1)", {"name": "crac", "rho_init": 1.0}, investigation=True
-    ),
-    Method("ce_ts", "CE+TS", calibrator="temperature", base="ce"),
-)
-
-SEGMENTATION_COLUMNS = (
-    Column("dice", "DSC", higher_is_better=True),
-    Column("hd95", "HD95", higher_is_better=False, digits=2),
-    Column("ece_paper", "ECE", higher_is_better=False),
-    Column("tace_paper", "TACE", higher_is_better=False),
-    Column("ece_pooled", "ECE (all pixels)", higher_is_better=False),
-    Column("oc_paper", "over-confidence", higher_is_better=False, bold=False),
-)
 
 # 3D investigation rows: is CE under-confident only because 10 epochs are short? CE and CRaC
 # trained three times longer, the StepLR drop kept at 80 % of the run (seeds 1-2; not the papers').
@@ -137,38 +73,6 @@ _METHODS_2D = tuple(
 )
 
 
-def segmentation_claims(methods: tuple[Method, ...]) -> tuple[Claim, ...]:
-    """The CRaC comparison's claims over ``methods`` (the investigation rows left out).
-
-    "All methods" are the suite's own methods, so a suite without one of them (BWCR in 3D)
-    still reaches a verdict.
-
-    Example:
-        >>> [c.text for c in segmentation_claims(SEGMENTATION_METHODS)][-1]
-        'every calibration method beats CE on ECE'
-    """
-    compared = tuple(m.name for m in methods if not m.investigation)
-    probes = tuple(m.name for m in methods if m.investigation)
-    return (
-        Claim(
-            "CRaC has the lowest ECE and TACE of all methods",
-            claims.lowest("crac", ["ece_paper", "tace_paper"], among=compared),
-        ),
-        Claim(
-            "CRaC's Dice is within 1 point of the best",
-            claims.within_best("crac", "dice", 0.01, among=compared),
-        ),
-        Claim(
-            "NACL beats LS, MbLS and SVLS on ECE",
-            claims.beats("nacl", ["ls", "mbls", "svls"], "ece_paper"),
-        ),
-        Claim(
-            "every calibration method beats CE on ECE",
-            claims.beats_baseline("ce", "ece_paper", exclude=probes),
-        ),
-    )
-
-
 CRAC_ACDC_PAPER = {  # CRaC poster, ACDC columns (METHODS §9.1); HD is HD95 in voxels
     "focal": {"dice": 0.620, "hd95": 7.30, "ece_paper": 0.153, "tace_paper": 0.224},
     "ecp": {"dice": 0.782, "hd95": 4.44, "ece_paper": 0.130, "tace_paper": 0.151},
@@ -200,7 +104,7 @@ def _acdc_converged() -> dict:
     this profile's CE and CRaC rows.
     """
     demo = load_config("acdc_demo_ce")
-    return {**{k: demo[k] for k in ("data", "sched", "train")}, "eval": _seg_eval("acdc_ce")}
+    return {**{k: demo[k] for k in ("data", "sched", "train")}, "eval": seg_eval("acdc_ce")}
 
 
 _ACDC_CONVERGED_NOTE = (
@@ -402,7 +306,7 @@ def spa_mulan() -> Suite:
                     CONVERGED: {
                         "model": {"dropout": 0.0},
                         "optim": {"weight_decay": 0.0},
-                        "eval": _multilabel_eval("mulan_bce"),
+                        "eval": multilabel_eval("mulan_bce"),
                     }
                 },
             )
@@ -517,7 +421,7 @@ def cals_classification() -> Suite:
                         "data": {"max_per_class": 500},
                         "optim": {"weight_decay": 0.0},
                         "train": {"epochs": 60},
-                        "eval": _cls_eval("cifar10_ce"),
+                        "eval": cls_eval("cifar10_ce"),
                     }
                 },
             ),
@@ -534,7 +438,7 @@ def cals_classification() -> Suite:
                         "model": {"dropout": 0.0},
                         "optim": {"weight_decay": 0.0},
                         "train": {"epochs": 200},
-                        "eval": _cls_eval("fmnist_lt_ce"),
+                        "eval": cls_eval("fmnist_lt_ce"),
                     }
                 },
             ),
