@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibrant.bench.runner import load_predictions
+from calibrant.bench.records import load_predictions
 from calibrant.metrics import _binning as K
 from calibrant.metrics import multilabel_calibration_error, multilabel_classwise_map
 from calibrant.stats import Interval, bootstrap_indices, decide, percentile_interval

@@ -12,7 +12,8 @@ interrupted ``bench`` skips finished runs; an interrupted training resumes exact
 preset changed) is *stale*: it is re-run, and the results page leaves it out. Run folders are
 named by a hash of their config, so runs of different configs never share a folder. A post-hoc
 method (``CE+TS``, ``Focal+φ``) fits its calibrator on the validation split of its base
-method's run folder (training it first if needed).
+method's run folder (training it first if needed). Where records and run folders live, the
+recorded environment and the stored predictions are in :mod:`calibrant.bench.records`.
 
 Example:
     >>> from pathlib import Path
@@ -22,12 +23,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,6 +35,17 @@ import torch
 
 from calibrant import report
 from calibrant._files import read_json
+from calibrant.bench.records import (
+    _normalised,
+    _write_atomic,
+    _write_predictions,
+    config_key,
+    environment,
+    load_predictions,  # noqa: F401  (re-exported: it lived here)
+    record_path,
+    run_dir,
+    search_path,
+)
 from calibrant.bench.suite import Method, Suite
 from calibrant.checkpoint import load_checkpoint
 from calibrant.experiment import build_experiment, seed_everything, tested_checkpoint, train_run
@@ -55,29 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def record_path(results: Path, suite: str, profile: str, task: str, method: str, seed: int) -> Path:
-    """Where the JSON record of one run lives."""
-    return Path(results) / suite / profile / task / method / f"seed{seed}.json"
-
-
-def config_key(cfg: Mapping[str, Any]) -> str:
-    """A short hash of a resolved config: run folders of different configs never collide."""
-    text = json.dumps(_normalised(cfg), sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def run_dir(
-    work: Path, suite: str, profile: str, task: str, method: str, seed: int, key: str
-) -> Path:
-    """The scratch run folder of one trained run (``key``: :func:`config_key` of its config)."""
-    return Path(work) / suite / profile / task / method / f"seed{seed}-{key}"
-
-
-def search_path(results: Path, suite: str, profile: str, task: str, method: str) -> Path:
-    """Where the validation-split search of one (task, method) is recorded."""
-    return Path(results) / suite / profile / task / method / "search.json"
 
 
 def tuned_values(
@@ -180,44 +165,6 @@ def plan(
         for t in task_names
         for m in method_names
     ]
-
-
-def environment(device: torch.device | str) -> dict[str, Any]:
-    """Commit, library versions, device and thread count, recorded with every run."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, check=True)
-        return done.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        commit += "+dirty" if dirty else ""
-        # the library's own sources: tracked edits and new files (the code a record comes from)
-        src = here.parent.parent  # src/ (this file is src/calibrant/bench/runner.py)
-        dirty_src = bool(git("status", "--porcelain", "--", str(src)))
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty_src = "unknown", None
-    device = torch.device(device)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({os.cpu_count()} logical CPUs)"
-    )
-    return {
-        "commit": commit,
-        "dirty_src": dirty_src,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": name,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _normalised(cfg: Mapping[str, Any]) -> Any:
-    return json.loads(json.dumps(cfg, default=str))
 
 
 def _check_same_config(folder: Path, cfg: Mapping[str, Any], stored: Mapping[str, Any]) -> None:
@@ -369,38 +316,6 @@ def _pilot_value(suite: Suite, results: Path, profile: str, task: str) -> float 
         return None
     value = record["test"].get(pilot.metric)
     return None if value is None else float(value)
-
-
-def _write_predictions(path: Path, predictions: Mapping[str, list]) -> None:
-    """Per-sample test predictions beside a record (compressed; float32, small integers)."""
-    import numpy as np
-
-    arrays = {}
-    for name, values in predictions.items():
-        a = np.asarray(values)
-        arrays[name] = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def load_predictions(record_file: Path) -> dict[str, Any] | None:
-    """The per-sample predictions stored beside a record (``None`` if it has none)."""
-    import numpy as np
-
-    path = Path(record_file).with_suffix(".predictions.npz")
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
-def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _run_one(b: _Bench, run: PlannedRun) -> Path:
