@@ -1,5 +1,7 @@
 """The ``calibrant`` command line: the only place that picks devices, seeds, paths and loggers.
 
+Why this file is long: it is the whole command line (nine commands' parsing, messages, exit codes).
+
 Commands::
 
     calibrant train CONFIG --out DIR [key=value ...]      train (+ test evaluation and report)
@@ -36,9 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+import calibrant
 from calibrant import _extras
+from calibrant._paths import data_root
+from calibrant.checkpoint import CheckpointError
+from calibrant.config import apply_overrides, load_config, preset_names
+from calibrant.data.base import DataFileError
 from calibrant.progress import Progress
+from calibrant.registry import DATASETS, SUITES
+
+# The commands import config_schema, experiment, report, runlog and bench inside their functions,
+# for start-up speed only (each 15-125 ms): `calibrant --help` and `calibrant list` load none.
 
 log = logging.getLogger("calibrant")
 
@@ -70,8 +84,6 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -83,7 +95,6 @@ def _load_run_config(args) -> dict[str, Any]:
     Every key and value is checked (:func:`calibrant.config_schema.validate_config`) before
     anything is written: a misspelt key or a wrong value is a ``ConfigError`` (exit code 2).
     """
-    from calibrant.config import apply_overrides, load_config
     from calibrant.config_schema import validate_config
 
     cfg = apply_overrides(load_config(args.config), args.overrides)
@@ -95,8 +106,6 @@ def _load_run_config(args) -> dict[str, Any]:
 
 def _print_config(cfg: dict[str, Any]) -> None:
     """``train --dry-run``: the resolved config as YAML; nothing is written or built."""
-    import yaml
-
     print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None).rstrip())
     print("# config valid (dry run: nothing written)", file=sys.stderr)
 
@@ -104,8 +113,6 @@ def _print_config(cfg: dict[str, Any]) -> None:
 def _progress_output(progress: Progress):
     """Route log lines through tqdm while bars are drawn on a terminal (else a no-op)."""
     if progress.tty and not progress.quiet:
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         return logging_redirect_tqdm()
     return contextlib.nullcontext()
 
@@ -255,9 +262,6 @@ def cmd_data(args) -> int:
     ``--deep`` bypasses the cache and decodes every file of the dataset. Exit status: 0 when
     every checked dataset is ok, 1 when some are missing, 2 when some are unreadable.
     """
-    from calibrant._paths import data_root
-    from calibrant.registry import DATASETS
-
     names = args.names or DATASETS.names()
     unknown = [n for n in names if n not in DATASETS.names()]
     if unknown:
@@ -292,7 +296,6 @@ def cmd_bench(args) -> int:
     """Run the missing runs of a benchmark suite, then regenerate its results page."""
     from calibrant.bench import plan, render_suite, run_suite
     from calibrant.bench.runner import BenchFailures
-    from calibrant.registry import SUITES
 
     _setup_logging(args.quiet, 0)
     suite = SUITES.build(args.suite)
@@ -351,9 +354,6 @@ def cmd_bench(args) -> int:
 
 def cmd_list(args) -> int:
     """Print registered names of one family (all families when none is given)."""
-    import calibrant
-    from calibrant.config import preset_names
-
     if args.family == "keys":  # the keys of the plain config sections, typed
         from calibrant.config_schema import describe_keys
 
@@ -382,8 +382,6 @@ def cmd_list(args) -> int:
 
 
 def _registered_summary() -> str:
-    import calibrant
-
     return (
         f"losses: {' '.join(calibrant.LOSSES.names())}\n"
         f"(ALM objectives among them: {' '.join(calibrant.LOSSES.names(alm=True))})\n"
@@ -551,9 +549,6 @@ def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argp
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a usage or input error)."""
-    from calibrant.checkpoint import CheckpointError
-    from calibrant.data.base import DataFileError
-
     parser = build_parser()
     args = _parse_args(parser, argv)
     if getattr(args, "threads", None):

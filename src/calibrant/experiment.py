@@ -1,5 +1,7 @@
 """Build every object of a run from a config: data, model, criterion, optimiser, metrics.
 
+Why this file is long: it is the one map from config sections to registry entries, and train_run.
+
 This is the only place that maps config sections to registry entries. It takes explicit values
 (data root, device, seed, rank) from the CLI and never reads the environment itself.
 

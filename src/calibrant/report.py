@@ -1,5 +1,8 @@
 """Run reports: test evaluation, ``metrics.json``, a Markdown table and the figures.
 
+Why this file is long: it writes every result file of a run folder (metrics, evaluations,
+calibrators, predictions, the report and its figures).
+
 A run folder written by ``calibrant train`` holds::
 
     config.json            the resolved config
