@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -362,6 +363,10 @@ def _class_max(xs: torch.Tensor, out: torch.Tensor) -> None:
         torch.maximum(out, xs[:, k], out=out)
 
 
+def _check_norm(norm: str, **_: Any) -> None:
+    check_choice("norm", norm, MARGIN_NORMS)
+
+
 def logit_margin_penalty(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -406,7 +411,7 @@ def logit_margin_penalty(
         Liu et al., "The devil is in the margin: margin-based label smoothing for network
         calibration", CVPR 2022; METHODS §2.5.
     """
-    check_choice("norm", norm, MARGIN_NORMS)
+    _check_norm(norm)
     check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
     check_positive("margin", margin, strict=False)
     with float32(logits):
@@ -418,13 +423,8 @@ def logit_margin_penalty(
 
 
 @LOSSES.register("ce", function=cross_entropy_loss, **_MC)
-class CrossEntropyLoss(ThinLoss):
+class CrossEntropyLoss(ThinLoss, fn=cross_entropy_loss):
     """Module form of :func:`cross_entropy_loss`."""
-
-    _fn = staticmethod(cross_entropy_loss)
-
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__()
 
     def fused_with(
         self, other: nn.Module, logits: torch.Tensor, target: torch.Tensor
@@ -451,65 +451,21 @@ class CrossEntropyLoss(ThinLoss):
 
 
 @LOSSES.register("ls", function=label_smoothing_loss, **_MC)
-class LabelSmoothingLoss(ThinLoss):
+class LabelSmoothingLoss(ThinLoss, fn=label_smoothing_loss, positional=True):
     """Module form of :func:`label_smoothing_loss`."""
-
-    _fn = staticmethod(label_smoothing_loss)
-
-    def __init__(
-        self, smoothing: float = 0.1, *, ignore_index: int | None = -100, reduction: str = "mean"
-    ) -> None:
-        super().__init__()
 
 
 @LOSSES.register("focal", function=focal_loss, **_MC)
-class FocalLoss(ThinLoss):
+class FocalLoss(ThinLoss, fn=focal_loss, positional=True):
     """Module form of :func:`focal_loss`."""
 
-    _fn = staticmethod(focal_loss)
 
-    def __init__(
-        self,
-        gamma: float = 3.0,
-        gamma_schedule: Sequence[tuple[float, float]] | None = None,
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-
-
-class ConfidencePenalty(ThinLoss):
+class ConfidencePenalty(ThinLoss, fn=confidence_penalty, positional=True):
     """Module form of :func:`confidence_penalty`."""
 
-    _fn = staticmethod(confidence_penalty)
 
-    def __init__(
-        self,
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-
-
-class LogitMarginPenalty(ThinLoss):
+class LogitMarginPenalty(ThinLoss, fn=logit_margin_penalty, check=_check_norm, positional=True):
     """Module form of :func:`logit_margin_penalty`."""
-
-    _fn = staticmethod(logit_margin_penalty)
-
-    def __init__(
-        self,
-        margin: float = 10.0,
-        norm: str = "l1",
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        check_choice("norm", norm, MARGIN_NORMS)
-        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None

@@ -84,7 +84,7 @@ SPA_DEFAULTS: dict[str, float] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_spa(zeta_pos: float, k_pos: float, zeta_neg: float, k_neg: float) -> None:
+def _check_spa(zeta_pos: float, k_pos: float, zeta_neg: float, k_neg: float, **_: Any) -> None:
     for name, value in (("zeta_pos", zeta_pos), ("k_pos", k_pos)):
         check_positive(name, value)
     for name, value in (("zeta_neg", zeta_neg), ("k_neg", k_neg)):
@@ -218,25 +218,8 @@ def spa_loss(
 
 
 @LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
-class SPALoss(ThinLoss):
+class SPALoss(ThinLoss, fn=spa_loss, check=_check_spa):
     """Module form of :func:`spa_loss`; :meth:`probs` gives the calibrated probabilities."""
-
-    _fn = staticmethod(spa_loss)
-
-    def __init__(
-        self,
-        *,
-        zeta_pos: float = 1.0,
-        k_pos: float = 1.0,
-        b_pos: float = 0.0,
-        zeta_neg: float = 5.0,
-        k_neg: float = 3.0,
-        b_neg: float = 1.0,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-        super().__init__()
 
     @property
     def link_params(self) -> dict[str, float]:

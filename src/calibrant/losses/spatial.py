@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +74,18 @@ def _gaussian_1d(kernel_size: int, sigma: float) -> list[float]:
     return [v / total for v in g]
 
 
-def _check_kernel(kernel_size: int, sigma: float) -> None:
+def _check_kernel(kernel_size: int, sigma: float, **_: Any) -> None:
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
     check_positive("sigma", sigma)
+
+
+def _check_choices(kernel: str, padding: str, distance: str, on: str, **_: Any) -> None:
+    """The string options of :class:`NeighborPenalty`."""
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("padding", padding, PADDINGS)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("on", on, ON)
 
 
 def svls_kernel(
@@ -589,46 +598,12 @@ def neighbor_penalty(
 
 
 @LOSSES.register("svls", function=svls_loss, **_SEG)
-class SVLSLoss(ThinLoss):
+class SVLSLoss(ThinLoss, fn=svls_loss, check=_check_kernel, positional=True):
     """Module form of :func:`svls_loss`."""
 
-    _fn = staticmethod(svls_loss)
 
-    def __init__(
-        self,
-        kernel_size: int = 3,
-        sigma: float = 1.0,
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_kernel(kernel_size, sigma)
-        super().__init__()
-
-
-class NeighborPenalty(ThinLoss):
+class NeighborPenalty(ThinLoss, fn=neighbor_penalty, check=_check_choices, positional=True):
     """Module form of :func:`neighbor_penalty`."""
-
-    _fn = staticmethod(neighbor_penalty)
-
-    def __init__(
-        self,
-        kernel: str = "mean",
-        kernel_size: int = 3,
-        sigma: float = 1.0,
-        padding: str = "label0",
-        distance: str = "l1",
-        on: str = "logits",
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        check_choice("kernel", kernel, KERNELS)
-        check_choice("padding", padding, PADDINGS)
-        check_choice("distance", distance, DISTANCES)
-        check_choice("on", on, ON)
-        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
