@@ -16,8 +16,8 @@ This module knows no concrete loss. The protocol, from the top:
   a :class:`FusedPlan` (the float logits, the labels, a chunk kernel and how to turn the
   kernel's raw sum into the term's value) or ``None`` where the fused maths is not the term's.
 - :func:`ce_plus` runs the plan. The chunk kernels live beside the terms that own them
-  (MbLS margin in :mod:`calibrant.losses.classification`, NACL in
-  :mod:`calibrant.losses.spatial`, CRaC's PHR in :mod:`calibrant.alm.term`).
+  (MbLS margin in :mod:`calibrant.losses._margin`, NACL in :mod:`calibrant.losses._neighbor`,
+  CRaC's PHR in :mod:`calibrant.alm.term`).
 
 The fused path is taken only where it is the same maths as the composition: no ignored element
 in the batch, ``reduction`` ``"mean"`` or ``"sum"`` for both terms and the penalties' fast
