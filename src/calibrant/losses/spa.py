@@ -38,6 +38,7 @@ Reference:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -68,16 +69,6 @@ __all__ = [
     "LPRLoss",
     "SampleMean",
 ]
-
-SPA_DEFAULTS: dict[str, float] = {
-    "zeta_pos": 1.0,
-    "k_pos": 1.0,
-    "b_pos": 0.0,
-    "zeta_neg": 5.0,
-    "k_neg": 3.0,
-    "b_neg": 1.0,
-}
-
 
 # ----------------------------------------------------------------------------------------------
 # SPA: strictly proper asymmetric loss and its inverse link
@@ -140,6 +131,14 @@ def spa_logit(
         v = as_float(logits)
         offset = math.log(k_neg / zeta_neg) - math.log(k_pos / zeta_pos)
         return offset + F.logsigmoid(k_neg * (v - b_neg)) - F.logsigmoid(-k_pos * (v - b_pos))
+
+
+#: The six SPA link parameters and their defaults: the keyword arguments of :func:`spa_logit`.
+SPA_DEFAULTS: dict[str, float] = {
+    name: p.default
+    for name, p in inspect.signature(spa_logit).parameters.items()
+    if p.kind is p.KEYWORD_ONLY
+}
 
 
 def spa_probs(logits: torch.Tensor, **params: float) -> torch.Tensor:

@@ -123,7 +123,6 @@ def svls_kernel(
 def _smoothed_targets(
     target: torch.Tensor,
     num_classes: int,
-    *,
     kernel_size: int,
     sigma: float,
     padding: str,
@@ -179,13 +178,7 @@ def svls_targets(
     """
     _check_kernel(kernel_size, sigma)
     return _smoothed_targets(
-        target,
-        num_classes,
-        kernel_size=kernel_size,
-        sigma=sigma,
-        padding="replicate",
-        ignore_index=ignore_index,
-        dtype=dtype,
+        target, num_classes, kernel_size, sigma, "replicate", ignore_index, dtype
     )
 
 
@@ -275,14 +268,7 @@ def nacl_targets(
         return neighbor_proportions(
             target, num_classes, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
         )
-    return _smoothed_targets(
-        target,
-        num_classes,
-        kernel_size=kernel_size,
-        sigma=sigma,
-        padding=padding,
-        ignore_index=ignore_index,
-    )
+    return _smoothed_targets(target, num_classes, kernel_size, sigma, padding, ignore_index)
 
 
 def _nacl_fast(x, target, mask, *, kernel_size, padding, ignore_index, class_reduction, reduction):
