@@ -222,14 +222,8 @@ def svls_loss(
         x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
         # nothing ignored (mask None): the renormalisation by the non-ignored share is exactly 1
         ignore = ignore_index if mask is not None else None
-        t = svls_targets(
-            target,
-            x.shape[1],
-            kernel_size=kernel_size,
-            sigma=sigma,
-            ignore_index=ignore,
-            dtype=x.dtype,  # float64 logits get targets built in float64, not rounded ones
-        )
+        # svls_targets, checked above; float64 logits get targets built in float64, not rounded
+        t = _smoothed_targets(target, x.shape[1], kernel_size, sigma, "replicate", ignore, x.dtype)
         values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
 
@@ -264,6 +258,19 @@ def nacl_targets(
     check_choice("kernel", kernel, KERNELS)
     check_choice("padding", padding, PADDINGS)
     _check_kernel(kernel_size, sigma)
+    return _nacl_targets(target, num_classes, kernel, kernel_size, sigma, padding, ignore_index)
+
+
+def _nacl_targets(
+    target: torch.Tensor,
+    num_classes: int,
+    kernel: str,
+    kernel_size: int,
+    sigma: float,
+    padding: str,
+    ignore_index: int | None,
+) -> torch.Tensor:
+    """:func:`nacl_targets` of checked arguments."""
     if kernel == "mean":
         return neighbor_proportions(
             target, num_classes, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
@@ -359,22 +366,16 @@ def neighbor_penalty(
                 class_reduction=class_reduction,
                 reduction=reduction,
             )
-        tau = nacl_targets(
-            target,
-            x.shape[1],
-            kernel=kernel,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            padding=padding,
-            ignore_index=ignore_index,
-        ).to(x.dtype)
+        k = x.shape[1]
+        tau = _nacl_targets(target, k, kernel, kernel_size, sigma, padding, ignore_index)
+        tau = tau.to(x.dtype)  # nacl_targets of the arguments checked above
         z = F.softmax(x, dim=1) if on == "probs" else x
         if distance == "l1":
             values = _L1ToTarget.apply(z, tau)
         else:
             values = (z - tau).square().sum(1)
         if class_reduction == "mean":
-            values = values / x.shape[1]
+            values = values / k
         return reduce(values, mask, reduction)
 
 
