@@ -19,10 +19,10 @@ Example:
     >>> from calibrant.losses._base import ThinLoss, as_float
     >>> as_float(torch.zeros(2).half()).dtype, as_float(torch.zeros(2).double()).dtype
     (torch.float32, torch.float64)
-    >>> class Shift(ThinLoss):
-    ...     _fn = staticmethod(lambda logits, target, *, by, reduction: (logits + by).sum())
-    ...     def __init__(self, by=1.0, *, reduction="sum"):
-    ...         super().__init__()
+    >>> def shift(logits, target, *, by=1.0, reduction="sum"):
+    ...     return (logits + by).sum()
+    >>> class Shift(ThinLoss, fn=shift, positional=True):  # Shift(by=1.0, *, reduction="sum")
+    ...     pass
     >>> loss = Shift(2.0)
     >>> loss, loss.by, loss(torch.zeros(3), None)
     (Shift(by=2.0, reduction='sum'), 2.0, tensor(6.))
