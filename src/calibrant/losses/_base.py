@@ -316,7 +316,7 @@ def _init_from(
         del hparams["self"]
         if check is not None:
             check(**hparams)
-        nn.Module.__init__(self)
+        super(ThinLoss, self).__init__()  # what ThinLoss.__init__ runs first
         self._keep(hparams)
 
     __init__.__signature__ = signature
