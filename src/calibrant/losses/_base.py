@@ -214,13 +214,14 @@ class ThinLoss(nn.Module):
     ``reduction``. ``check``, if given, is called with them by name (``**kwargs``) to refuse a
     bad value at construction.
 
-    A subclass whose constructor is not its function's sets ``_fn`` (a ``staticmethod``) and
-    an ``__init__`` with the public signature that checks what it must and then calls
+    A subclass whose constructor is not its function's (``LPRLoss`` copies its ``link_params``,
+    the overlap modules pass their options up) sets ``_fn`` (a ``staticmethod``) and an
+    ``__init__`` with the public signature that checks what it must and then calls
     ``super().__init__()``: the arguments of that ``__init__``, as they are at the call, become
     :attr:`hparams` (those in its ``**kwargs`` first, then the named ones in signature order),
     the way ``LightningModule.save_hyperparameters`` collects them.
 
-    Either way each hyper-parameter is written once, in a signature. ``forward(*inputs)`` is
+    Either way no hyper-parameter is written twice in the module. ``forward(*inputs)`` is
     ``_fn(*inputs, **hparams)``; each hyper-parameter reads (and writes) as an attribute
     (``loss.margin``), and the repr lists them. ``reduction``, where given, is checked here.
     """
