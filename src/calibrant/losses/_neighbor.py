@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from calibrant._checks import check_positive
 from calibrant._tensor import row_chunks
-from calibrant.losses.fusion import _positions_per_chunk
+from calibrant.losses.fusion import _positions_per_chunk, _softmax_chunks
 
 
 def _gaussian_1d(kernel_size: int, sigma: float) -> list[float]:
@@ -144,13 +144,8 @@ class _SoftTargetCE(torch.autograd.Function):
         xv, tv = x.reshape(b, c, -1), t.reshape(b, c, -1)
         gv = grad.reshape(b, 1, -1)
         gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
-        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _positions_per_chunk(c)):
-            xs, out = xv[bs, :, ps].contiguous(), gx[bs, :, ps]
-            p = out if out.is_contiguous() else torch.empty_like(xs)
-            torch.ops.aten._softmax.out(xs, 1, False, out=p)
+        for bs, ps, _, p in _softmax_chunks(xv, gx):
             p.sub_(tv[bs, :, ps]).mul_(gv[bs, :, ps])
-            if p is not out:
-                out.copy_(p)
         return gx.view(x.shape), None
 
 
