@@ -5,6 +5,8 @@
   :mod:`~calibrant.metrics.scores` and :mod:`~calibrant.metrics.overconfidence` takes: the ignored
   label, the pixel subset and whether the scores are logits or probabilities. It validates a
   batch and cuts it into the chunks of :mod:`~calibrant.metrics._binning`.
+* :class:`StreamingMetric` is the base of every metric class: not differentiable, no full-state
+  update, zero-initialised sum states.
 * :class:`CalMetric` keeps fixed-size sum states (float64 sums, int64 counts,
   ``dist_reduce_fx="sum"``), so streaming over batches and DDP ranks gives the one-shot value;
   :class:`MeanMetric` is the case of one float64 total over an int64 count.
@@ -23,7 +25,7 @@ from torchmetrics import Metric
 from calibrant._checks import check_choice
 from calibrant.metrics import _binning as K
 
-__all__ = ["CalMetric", "Inputs", "MeanMetric", "ratio"]
+__all__ = ["CalMetric", "Inputs", "MeanMetric", "StreamingMetric", "ratio"]
 
 
 class Inputs(NamedTuple):
@@ -79,16 +81,34 @@ def ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total / count if int(count) else total.new_tensor(float("nan"))
 
 
-class CalMetric(Metric):
+class StreamingMetric(Metric):
+    """Base of calibrant's metric classes: not differentiable, no full-state update.
+
+    A subclass sets ``higher_is_better`` and registers its sums with :meth:`_add_sum`.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def _add_sum(
+        self, name: str, shape: int | tuple[int, ...] = (), dtype: torch.dtype = torch.float64
+    ) -> None:
+        """Register a zero state ``name`` of ``shape`` and ``dtype``, summed across ranks."""
+        self.add_state(name, torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
+
+    def _add_list(self, name: str) -> None:
+        """Register a list state ``name``, concatenated across ranks (O(N): ranking only)."""
+        self.add_state(name, default=[], dist_reduce_fx="cat")
+
+
+class CalMetric(StreamingMetric):
     """Base: fixed-size sum states; ``_value()`` computes from local state without syncing.
 
     Also the base of the scores in :mod:`calibrant.metrics.scores`, so
     :class:`~calibrant.metrics.calibration.PerVolumeMean` wraps any of them.
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def _set_inputs(
         self,
@@ -101,9 +121,9 @@ class CalMetric(Metric):
 
     def _add_bins(self, shape: tuple[int, ...]) -> None:
         """Register per-bin ``count`` (int64), ``conf`` and ``acc`` (float64) sums of ``shape``."""
-        self.add_state("count", torch.zeros(shape, dtype=torch.int64), "sum")
-        self.add_state("conf", torch.zeros(shape, dtype=torch.float64), "sum")
-        self.add_state("acc", torch.zeros(shape, dtype=torch.float64), "sum")
+        self._add_sum("count", shape, torch.int64)
+        self._add_sum("conf", shape)
+        self._add_sum("acc", shape)
 
     def _bins(self) -> K.Bins:
         return K.Bins(self.count, self.conf, self.acc)
@@ -128,8 +148,8 @@ class MeanMetric(CalMetric):
     """
 
     def _add_mean_state(self) -> None:
-        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self._add_sum("total")
+        self._add_sum("count", dtype=torch.int64)
 
     def _add_to_mean(self, total: torch.Tensor, count: torch.Tensor) -> None:
         self.total += total

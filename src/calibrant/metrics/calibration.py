@@ -48,12 +48,11 @@ import math
 from typing import Any
 
 import torch
-from torchmetrics import Metric
 
 from calibrant._checks import check_choice
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, Inputs, ratio
+from calibrant.metrics._base import CalMetric, Inputs, StreamingMetric, ratio
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.registry import METRICS
 
@@ -517,7 +516,7 @@ class AdaptiveCalibrationError(_TopLabelHistogram):
         return K.adaptive_from_fine(self._bins(), self.n_bins, "interp")[1]
 
 
-class PerVolumeMean(Metric):
+class PerVolumeMean(StreamingMetric):
     """Mean over volumes of a metric computed on each volume (the papers' test protocol).
 
     Each :meth:`update` call is **one volume** (e.g. its slices stacked as a ``(S, C, H, W)``
@@ -538,18 +537,16 @@ class PerVolumeMean(Metric):
         (0.6255, 1)
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def __init__(self, metric: CalMetric, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(metric, CalMetric):
             raise ValueError(f"PerVolumeMean wraps a calibrant calibration metric, got {metric!r}")
         self.metric = metric
-        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("volumes", torch.zeros((), dtype=torch.int64), "sum")
-        self.add_state("skipped", torch.zeros((), dtype=torch.int64), "sum")
+        self._add_sum("total")
+        self._add_sum("volumes", dtype=torch.int64)
+        self._add_sum("skipped", dtype=torch.int64)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Add one volume."""

@@ -313,7 +313,7 @@ class _PerClassHistogram(CalMetric):
         self._set_inputs(ignore_index, pixel_subset, input_kind, num_classes)
         self.num_classes, self.hist_bins, self.threshold = num_classes, hist_bins, threshold
         self._add_bins((num_classes, hist_bins))
-        self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
+        self._add_sum("labels", num_classes, torch.int64)
 
     def update(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None

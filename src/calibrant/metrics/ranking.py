@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from calibrant._checks import (
@@ -41,7 +40,7 @@ from calibrant._checks import (
     check_multilabel_target,
 )
 from calibrant._tensor import float32, valid_mask
-from calibrant.metrics._base import ratio
+from calibrant.metrics._base import StreamingMetric, ratio
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -154,7 +153,7 @@ def accuracy(
 @METRICS.register(
     "accuracy", task="multiclass", better="higher", legend="top-1 accuracy", checks_finite=False
 )
-class Accuracy(Metric):
+class Accuracy(StreamingMetric):
     """Streaming top-1 accuracy with int64 ``correct`` / ``total`` states (exact).
 
     Args:
@@ -168,15 +167,13 @@ class Accuracy(Metric):
         tensor(0.5000, dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, ignore_index: int | None = -100, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ignore_index = ignore_index
-        self.add_state("correct", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_sum("correct", dtype=torch.int64)
+        self._add_sum("total", dtype=torch.int64)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Accumulate correct and valid counts of one batch."""
@@ -294,7 +291,7 @@ def multilabel_instancewise_map(logits: torch.Tensor, target: torch.Tensor) -> t
     better="higher",
     legend="mAP@x: average precision of each sample over its labels, mean over samples",
 )
-class MultilabelInstancewiseMAP(Metric):
+class MultilabelInstancewiseMAP(StreamingMetric):
     """Streaming instance-wise mAP (mAP@x): fixed-size sum of per-sample AP and a count (exact).
 
     Example:
@@ -305,14 +302,12 @@ class MultilabelInstancewiseMAP(Metric):
         tensor(0.6667, dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("ap_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_sum("ap_sum")
+        self._add_sum("count", dtype=torch.int64)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add the AP of every sample of the batch that has a positive label."""
@@ -331,7 +326,7 @@ class MultilabelInstancewiseMAP(Metric):
     better="higher",
     legend="mAP@y: average precision of each label over the samples, mean over labels",
 )
-class MultilabelClasswiseMAP(Metric):
+class MultilabelClasswiseMAP(StreamingMetric):
     """Streaming class-wise mAP (mAP@y), exact, with O(N x T) ``cat`` states (documented exception).
 
     Ranking samples needs all of them, so scores and targets are kept (as float32 logits and
@@ -345,14 +340,12 @@ class MultilabelClasswiseMAP(Metric):
         tensor(0.9167, dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("logits", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self._add_list("logits")
+        self._add_list("target")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Store the batch (validated)."""
@@ -563,7 +556,7 @@ def retrieval_map(
     better="higher",
     legend="retrieval mAP: average precision of the fixed query set, mean over queries",
 )
-class RetrievalMAP(Metric):
+class RetrievalMAP(StreamingMetric):
     """Streaming retrieval mAP, exact, with O(N x Q) ``cat`` states (documented exception).
 
     Each update stores the float64 log-scores and the relevance of the batch for the fixed
@@ -581,16 +574,14 @@ class RetrievalMAP(Metric):
         tensor(1., dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, queries: Sequence[Query], *, probs: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.queries = [(tuple(p), tuple(n)) for p, n in queries]
         self.probs = probs
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("relevant", default=[], dist_reduce_fx="cat")
+        self._add_list("scores")
+        self._add_list("relevant")
 
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         """Store the batch's query scores and relevance."""

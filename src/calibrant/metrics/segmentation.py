@@ -61,9 +61,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchmetrics import Metric
 
 from calibrant._checks import check_choice
+from calibrant.metrics._base import StreamingMetric
 from calibrant.metrics._label_maps import confusion_counts, prepare_label_maps, spacing_table
 from calibrant.metrics._surface import class_surface_distances, summarise_distances
 from calibrant.registry import METRICS
@@ -355,7 +355,7 @@ def average_symmetric_surface_distance(
     better="",
     legend="per-class means over the test cases of Dice and IoU (↑) and HD, HD95, ASSD (↓)",
 )
-class OverlapDistance(Metric):
+class OverlapDistance(StreamingMetric):
     r"""Streaming per-class means of per-case Dice/IoU/HD/HD95/ASSD (NaN cases excluded).
 
     States (fixed size, summed across processes): ``sums`` ``(M, C)`` float64, the sum over cases
@@ -382,9 +382,7 @@ class OverlapDistance(Metric):
         (tensor(0.8333, dtype=torch.float64), tensor([0, 2]))
     """
 
-    is_differentiable = False
     higher_is_better = None
-    full_state_update = False
 
     def __init__(
         self,
@@ -428,8 +426,8 @@ class OverlapDistance(Metric):
             validate=validate,
         )
         shape = (len(metrics), num_classes)
-        self.add_state("sums", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("counts", torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_sum("sums", shape)
+        self._add_sum("counts", shape, torch.int64)
 
     def update(
         self,
