@@ -11,12 +11,15 @@
   ``dist_reduce_fx="sum"``), so streaming over batches and DDP ranks gives the one-shot value;
   :class:`MeanMetric` is the case of one float64 total over an int64 count.
 * :func:`ratio` is the mean of a total over a count, NaN when nothing was counted.
+* :func:`element_function` and :func:`binned_function` give a metric's functional form the
+  public signature shared by these modules, so each function states only its body.
+* :func:`register_norms` registers one class under several names, one per ``norm``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -24,8 +27,20 @@ from torchmetrics import Metric
 
 from calibrant._checks import check_choice
 from calibrant.metrics import _binning as K
+from calibrant.registry import METRICS
 
-__all__ = ["CalMetric", "Inputs", "MeanMetric", "StreamingMetric", "ratio"]
+__all__ = [
+    "CalMetric",
+    "Inputs",
+    "MeanMetric",
+    "StreamingMetric",
+    "binned_function",
+    "element_function",
+    "ratio",
+    "register_norms",
+]
+
+T = TypeVar("T")
 
 
 class Inputs(NamedTuple):
@@ -74,6 +89,80 @@ class Inputs(NamedTuple):
             mask=mask,
             pixel_subset=self.pixel_subset,
         )
+
+
+def element_function(body: Callable[..., T]) -> Callable[..., T]:
+    """The public form of ``body(logits, target, mask, inputs)``: a metric over selected elements.
+
+    The returned function has the signature ``(logits, target, *, ignore_index=-100, mask=None,
+    pixel_subset="all", input_kind="logits")``, builds the :class:`Inputs` and calls ``body``;
+    it takes ``body``'s name, module and docstring (which documents these public arguments).
+    """
+
+    def function(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        ignore_index: int | None = -100,
+        mask: torch.Tensor | None = None,
+        pixel_subset: str = "all",
+        input_kind: str = "logits",
+    ) -> T:
+        return body(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+
+    return _named_like(function, body)
+
+
+def binned_function(body: Callable[..., T]) -> Callable[..., T]:
+    """:func:`element_function` for ``body(logits, target, mask, inputs, n_bins)``.
+
+    The public signature adds ``n_bins=15`` (before ``ignore_index``).
+    """
+
+    def function(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        n_bins: int = 15,
+        ignore_index: int | None = -100,
+        mask: torch.Tensor | None = None,
+        pixel_subset: str = "all",
+        input_kind: str = "logits",
+    ) -> T:
+        inputs = Inputs(ignore_index, pixel_subset, input_kind)
+        return body(logits, target, mask, inputs, n_bins)
+
+    return _named_like(function, body)
+
+
+def _named_like(function: Callable[..., T], body: Callable[..., T]) -> Callable[..., T]:
+    """``function`` under ``body``'s module, name, docstring and return annotation.
+
+    No ``__wrapped__``: :func:`inspect.signature` must report the public signature, not the body's.
+    """
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(function, attr, getattr(body, attr))
+    function.__annotations__["return"] = body.__annotations__["return"]
+    return function
+
+
+def register_norms(cls: type[Metric], legends: dict[str, tuple[str, str]], **meta: Any) -> None:
+    """Register ``cls`` in :data:`~calibrant.registry.METRICS` once per ``norm``.
+
+    Args:
+        cls: a metric class whose constructor takes ``norm``.
+        legends: registry name -> (``norm``, legend); each name builds ``cls(norm=norm, **kwargs)``.
+        **meta: metadata shared by the entries (``task``, ``better``).
+    """
+    for name, (norm, legend) in legends.items():
+        METRICS.register(name, legend=legend, **meta)(_with_norm(cls, norm))
+
+
+def _with_norm(cls: type[T], norm: str) -> Callable[..., T]:
+    def factory(**kwargs: Any) -> T:
+        return cls(norm=norm, **kwargs)
+
+    return factory
 
 
 def ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,14 @@ import torch
 from calibrant._checks import check_choice
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, Inputs, StreamingMetric, ratio
+from calibrant.metrics._base import (
+    CalMetric,
+    Inputs,
+    StreamingMetric,
+    binned_function,
+    ratio,
+    register_norms,
+)
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.registry import METRICS
 
@@ -115,16 +122,8 @@ def _top_label_error(logits, target, mask, inputs: Inputs, n_bins: int, norm: st
 # ----------------------------------------------------------------------------------------------
 
 
-def expected_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def expected_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label expected calibration error (ECE, L1) with ``n`` equal-width bins.
 
     .. math::
@@ -162,20 +161,11 @@ def expected_calibration_error(
     Reference:
         Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "l1")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "l1")
 
 
-def rms_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def rms_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label root-mean-square calibration error (RMSCE, L2) with ``n`` equal-width bins.
 
     .. math::
@@ -203,20 +193,11 @@ def rms_calibration_error(
     Reference:
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "l2")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "l2")
 
 
-def maximum_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def maximum_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label maximum calibration error (MCE): the largest gap of a non-empty bin.
 
     .. math::
@@ -244,20 +225,11 @@ def maximum_calibration_error(
     Reference:
         Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "max")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "max")
 
 
-def average_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def average_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label average calibration error: the unweighted mean gap of the non-empty bins.
 
     .. math::
@@ -288,20 +260,11 @@ def average_calibration_error(
     Reference:
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "avg")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "avg")
 
 
-def reliability_curve(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> ReliabilityCurve:
+@binned_function
+def reliability_curve(logits, target, mask, _inputs: Inputs, n_bins: int) -> ReliabilityCurve:
     """Top-label reliability curve: per-bin count, mean confidence and accuracy.
 
     Same bins and arguments as :func:`expected_calibration_error`; empty bins have NaN means.
@@ -331,20 +294,11 @@ def reliability_curve(
         DeGroot & Fienberg, The comparison and evaluation of forecasters, 1983.
     """
     K.check_n_bins(n_bins)
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return K.curve_from_bins(_top_label_bins(logits, target, mask, inputs, n_bins))
+    return K.curve_from_bins(_top_label_bins(logits, target, mask, _inputs, n_bins))
 
 
-def adaptive_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def adaptive_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Adaptive (equal-mass) top-label ECE, exact (sort-based).
 
     Edges are the sorted confidences interpolated at ``linspace(0, M, n+1)`` (as the research
@@ -379,8 +333,7 @@ def adaptive_calibration_error(
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
     K.check_n_bins(n_bins)
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    _, conf, acc = _top_label_bins(logits, target, mask, inputs, 1, keep=True)
+    _, conf, acc = _top_label_bins(logits, target, mask, _inputs, 1, keep=True)
     return K.reduce_bins(K.adaptive_exact(conf, acc, n_bins, "interp"), "l1")
 
 
@@ -570,44 +523,23 @@ class PerVolumeMean(StreamingMetric):
 # ----------------------------------------------------------------------------------------------
 
 
-@METRICS.register(
-    "ece",
+register_norms(
+    CalibrationError,
+    {
+        "ece": ("l1", f"top-label ECE, 15 equal-width confidence bins, {_POOLED}"),
+        "rmsce": ("l2", f"root-mean-square calibration error (top-label, 15 bins), {_POOLED}"),
+        "mce": (
+            "max",
+            f"maximum calibration error: the largest bin gap (top-label, 15 bins), {_POOLED}",
+        ),
+        "average_ce": (
+            "avg",
+            "average calibration error: unweighted mean gap of the non-empty bins, " + _POOLED,
+        ),
+    },
     task="multiclass",
     better="lower",
-    legend=f"top-label ECE, 15 equal-width confidence bins, {_POOLED}",
 )
-def _ece(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="l1", **kwargs)
-
-
-@METRICS.register(
-    "rmsce",
-    task="multiclass",
-    better="lower",
-    legend=f"root-mean-square calibration error (top-label, 15 bins), {_POOLED}",
-)
-def _rmsce(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="l2", **kwargs)
-
-
-@METRICS.register(
-    "mce",
-    task="multiclass",
-    better="lower",
-    legend=f"maximum calibration error: the largest bin gap (top-label, 15 bins), {_POOLED}",
-)
-def _mce(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="max", **kwargs)
-
-
-@METRICS.register(
-    "average_ce",
-    task="multiclass",
-    better="lower",
-    legend=f"average calibration error: unweighted mean gap of the non-empty bins, {_POOLED}",
-)
-def _average_ce(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="avg", **kwargs)
 
 
 @METRICS.register(

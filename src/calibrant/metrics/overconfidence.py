@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, Inputs
+from calibrant.metrics._base import CalMetric, Inputs, element_function
 from calibrant.metrics.calibration import CalibrationError, PerVolumeMean, _top_label_error
 from calibrant.metrics.multilabel import _check as _check_multilabel
 from calibrant.metrics.multilabel import _pairs
@@ -60,15 +60,8 @@ __all__ = [
 ]
 
 
-def overconfidence(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@element_function
+def overconfidence(logits, target, mask, _inputs: Inputs) -> torch.Tensor:
     r"""Mean top-label confidence minus accuracy over the valid elements.
 
     Args:
@@ -89,8 +82,7 @@ def overconfidence(
         >>> round(float(overconfidence(torch.tensor([[3.0, 0.0]]), torch.tensor([1]))), 4)
         0.9526
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, 1, "signed")
+    return _top_label_error(logits, target, mask, _inputs, 1, "signed")
 
 
 def _binary_decisions(logits, target, mask, input_kind) -> K.Bins:

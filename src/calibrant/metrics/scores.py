@@ -46,7 +46,7 @@ import torch
 
 from calibrant._tensor import float32, neighbor_proportions, valid_mask
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import Inputs, MeanMetric, ratio
+from calibrant.metrics._base import Inputs, MeanMetric, element_function, ratio
 from calibrant.metrics.calibration import _POOLED
 from calibrant.registry import METRICS
 
@@ -104,15 +104,8 @@ def _score_sums(logits, target, mask, inputs: Inputs) -> _Sums:
     return _Sums(brier, nll, count)
 
 
-def brier_score(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@element_function
+def brier_score(logits, target, mask, _inputs: Inputs) -> torch.Tensor:
     r"""Multi-class Brier score, :math:`\frac1M\sum_i\sum_k (s_{ik} - 1[y_i=k])^2`.
 
     Args:
@@ -133,19 +126,12 @@ def brier_score(
     Reference:
         Brier, Verification of forecasts expressed in terms of probability, 1950.
     """
-    sums = _score_sums(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+    sums = _score_sums(logits, target, mask, _inputs)
     return ratio(sums.brier, sums.count)
 
 
-def negative_log_likelihood(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@element_function
+def negative_log_likelihood(logits, target, mask, _inputs: Inputs) -> torch.Tensor:
     r"""Mean negative log-likelihood :math:`-\frac1M\sum_i \log s_{i,y_i}` (cross-entropy).
 
     Args:
@@ -165,7 +151,7 @@ def negative_log_likelihood(
         ...                                     torch.tensor([1]))), 4)
         0.6931
     """
-    sums = _score_sums(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+    sums = _score_sums(logits, target, mask, _inputs)
     return ratio(sums.nll, sums.count)
 
 
