@@ -32,6 +32,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +50,9 @@ __all__ = [
     "binary_scores_from_confusion",
     "binary_segmentation_scores",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="binary", better="higher")
 
 BINARY_SCORES = ("recall", "specificity", "precision", "f_measure", "jaccard")
 
@@ -143,10 +147,8 @@ def binary_segmentation_scores(
     return binary_scores_from_confusion(binary_confusion(logits, target, threshold=threshold))
 
 
-@METRICS.register(
+@_register(
     "binary_scores",
-    task="binary",
-    better="higher",
     legend="recall, specificity, precision, F and Jaccard of the foreground at σ > 0.5, "
     "confusion counts pooled over all pixels (the ALL paper's protocol, METHODS §9.3)",
 )
@@ -232,12 +234,7 @@ def _auroc_from_hist(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u / denom, tie / denom
 
 
-@METRICS.register(
-    "binary_auroc",
-    task="binary",
-    better="higher",
-    legend="AUC-ROC of the foreground probability over all pixels pooled",
-)
+@_register("binary_auroc", legend="AUC-ROC of the foreground probability over all pixels pooled")
 class BinaryAUROC(StreamingMetric):
     r"""Streaming AUC-ROC from a fixed histogram of :math:`\sigma(v)` (float64), per class.
 

@@ -44,6 +44,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -80,6 +81,9 @@ __all__ = [
     "AdaptiveCalibrationError",
     "PerVolumeMean",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multiclass", better="lower")
 
 #: Default number of fine bins for streamed equal-mass top-label binning.
 FINE_BINS = 1 << 14
@@ -411,12 +415,7 @@ class CalibrationError(_TopLabelHistogram):
         return K.curve_from_bins(self._bins())
 
 
-@METRICS.register(
-    "adaptive_ece",
-    task="multiclass",
-    better="lower",
-    legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}",
-)
+@_register("adaptive_ece", legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}")
 class AdaptiveCalibrationError(_TopLabelHistogram):
     """Streaming adaptive (equal-mass) top-label ECE from a fine equal-width histogram.
 
@@ -542,13 +541,7 @@ register_norms(
 )
 
 
-@METRICS.register(
-    "paper_ece",
-    task="multiclass",
-    protocol="per_volume",
-    better="lower",
-    legend=f"top-label ECE (15 bins) on {_PAPER}",
-)
+@_register("paper_ece", protocol="per_volume", legend=f"top-label ECE (15 bins) on {_PAPER}")
 def _paper_ece(**kwargs: Any) -> PerVolumeMean:
     """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
     return PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kwargs))

@@ -24,6 +24,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -44,6 +45,9 @@ __all__ = [
     "TACE_MODES",
     "CLASS_RANGES",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multiclass", better="lower")
 
 CLASS_RANGES = ("all", "present")
 #: TACE modes -> (binning scheme, default n_bins, default include_background, default class
@@ -326,10 +330,8 @@ class _PerClassHistogram(CalMetric):
         self.labels += labels
 
 
-@METRICS.register(
+@_register(
     "classwise_ece",
-    task="multiclass",
-    better="lower",
     legend="class-wise ECE: each class's probability against that label's frequency (15 bins), "
     f"mean over classes, {_POOLED}",
 )
@@ -407,10 +409,8 @@ class ClasswiseCalibrationError(_PerClassHistogram):
         ]
 
 
-@METRICS.register(
+@_register(
     "tace",
-    task="multiclass",
-    better="lower",
     legend=f"thresholded adaptive calibration error (class-wise; binning by mode), {_POOLED}",
 )
 class TACE(_PerClassHistogram):
@@ -501,11 +501,9 @@ class TACE(_PerClassHistogram):
 # ----------------------------------------------------------------------------------------------
 
 
-@METRICS.register(
+@_register(
     "paper_classwise_ece",
-    task="multiclass",
     protocol="per_volume",
-    better="lower",
     legend=f"class-wise ECE over the classes present, on {_PAPER}",
 )
 def _paper_classwise_ece(num_classes: int, **kwargs: Any) -> PerVolumeMean:
@@ -517,11 +515,9 @@ def _paper_classwise_ece(num_classes: int, **kwargs: Any) -> PerVolumeMean:
     )
 
 
-@METRICS.register(
+@_register(
     "paper_tace",
-    task="multiclass",
     protocol="per_volume",
-    better="lower",
     legend=f"TACE (the CRaC code's equal-width variant) on {_PAPER}",
 )
 def _paper_tace(num_classes: int, mode: str = "crac", **kwargs: Any) -> PerVolumeMean:

@@ -41,6 +41,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -58,6 +59,9 @@ __all__ = [
     "OverConfidence",
     "MultilabelOverConfidence",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, better="zero")
 
 
 @element_function
@@ -129,10 +133,9 @@ def multilabel_overconfidence(
     return K.reduce_bins(_binary_decisions(logits, target, mask, input_kind), "signed")
 
 
-@METRICS.register(
+@_register(
     "overconfidence",
     task="multiclass",
-    better="zero",
     legend="signed over-confidence: mean top-label confidence minus accuracy (> 0: "
     "over-confident), all samples pooled (for segmentation every pixel)",
 )
@@ -172,10 +175,9 @@ class OverConfidence(CalibrationError):
         )
 
 
-@METRICS.register(
+@_register(
     "multilabel_overconfidence",
     task="multilabel",
-    better="zero",
     legend="signed over-confidence of every (sample, label) decision at σ ≥ 0.5 (> 0: "
     "over-confident), all pairs pooled",
 )
@@ -211,11 +213,10 @@ class MultilabelOverConfidence(CalMetric):
         return K.reduce_bins(self._bins(), "signed")
 
 
-@METRICS.register(
+@_register(
     "paper_overconfidence",
     task="multiclass",
     protocol="per_volume",
-    better="zero",
     legend="signed over-confidence (confidence minus accuracy, > 0: over-confident) on "
     "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)",
 )

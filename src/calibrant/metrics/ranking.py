@@ -26,6 +26,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -57,6 +58,9 @@ __all__ = [
     "retrieval_relevance",
     "retrieval_score",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multilabel", better="higher")
 
 Query = tuple[Sequence[int], Sequence[int]]
 
@@ -150,9 +154,7 @@ def accuracy(
 
 # checks_finite=False: accuracy needs only the argmax, which is defined for any input (NaN counts
 # as the maximum), so it skips the extra pass over the logits that a finiteness check costs.
-@METRICS.register(
-    "accuracy", task="multiclass", better="higher", legend="top-1 accuracy", checks_finite=False
-)
+@_register("accuracy", task="multiclass", legend="top-1 accuracy", checks_finite=False)
 class Accuracy(StreamingMetric):
     """Streaming top-1 accuracy with int64 ``correct`` / ``total`` states (exact).
 
@@ -285,10 +287,8 @@ def multilabel_instancewise_map(logits: torch.Tensor, target: torch.Tensor) -> t
     return ratio(*_instancewise_update(logits, target))
 
 
-@METRICS.register(
+@_register(
     "map_instancewise",
-    task="multilabel",
-    better="higher",
     legend="mAP@x: average precision of each sample over its labels, mean over samples",
 )
 class MultilabelInstancewiseMAP(StreamingMetric):
@@ -320,10 +320,8 @@ class MultilabelInstancewiseMAP(StreamingMetric):
         return ratio(self.ap_sum, self.count)
 
 
-@METRICS.register(
+@_register(
     "map_classwise",
-    task="multilabel",
-    better="higher",
     legend="mAP@y: average precision of each label over the samples, mean over labels",
 )
 class MultilabelClasswiseMAP(StreamingMetric):
@@ -550,10 +548,8 @@ def retrieval_map(
     return _nanmean(ap)
 
 
-@METRICS.register(
+@_register(
     "retrieval_map",
-    task="multilabel",
-    better="higher",
     legend="retrieval mAP: average precision of the fixed query set, mean over queries",
 )
 class RetrievalMAP(StreamingMetric):

@@ -40,6 +40,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -58,6 +59,9 @@ __all__ = [
     "NegativeLogLikelihood",
     "NeighborhoodBrierScore",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multiclass", better="lower")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,11 +266,8 @@ class _ScoreMetric(MeanMetric):
         self._add_to_mean(getattr(sums, self.score), sums.count)
 
 
-@METRICS.register(
-    "brier",
-    task="multiclass",
-    better="lower",
-    legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}",
+@_register(
+    "brier", legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}"
 )
 class BrierScore(_ScoreMetric):
     """Streaming multi-class Brier score (see :func:`brier_score`).
@@ -287,12 +288,7 @@ class BrierScore(_ScoreMetric):
     score = "brier"
 
 
-@METRICS.register(
-    "nll",
-    task="multiclass",
-    better="lower",
-    legend=f"negative log-likelihood of the true label, mean over {_POOLED}",
-)
+@_register("nll", legend=f"negative log-likelihood of the true label, mean over {_POOLED}")
 class NegativeLogLikelihood(_ScoreMetric):
     """Streaming mean NLL (see :func:`negative_log_likelihood`).
 
@@ -312,10 +308,8 @@ class NegativeLogLikelihood(_ScoreMetric):
     score = "nll"
 
 
-@METRICS.register(
+@_register(
     "neighborhood_brier",
-    task="multiclass",
-    better="lower",
     legend="CRaC's neighbourhood Brier score: squared distance to the label proportions of each "
     "pixel's neighbourhood",
 )

@@ -56,6 +56,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -86,6 +87,9 @@ __all__ = [
     "HausdorffDistance95",
     "AverageSymmetricSurfaceDistance",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="segmentation")
 
 EMPTY_POLICIES = ("nan", "legacy", "diagonal")
 PERCENTILE_MODES = ("pooled", "directed_max")
@@ -349,9 +353,8 @@ def average_symmetric_surface_distance(
 # --------------------------------------------------------------------------------------------
 # Streaming classes
 # --------------------------------------------------------------------------------------------
-@METRICS.register(
+@_register(
     "overlap_distance",
-    task="segmentation",
     better="",
     legend="per-class means over the test cases of Dice and IoU (↑) and HD, HD95, ASSD (↓)",
 )
@@ -487,9 +490,7 @@ class _OneOverlapDistance(OverlapDistance):
 _PER_CASE = ", mean over the classes and the test cases (volumes)"  # ends the registry legends
 
 
-@METRICS.register(
-    "dice", task="segmentation", better="higher", legend="Dice overlap per class" + _PER_CASE
-)
+@_register("dice", better="higher", legend="Dice overlap per class" + _PER_CASE)
 class DiceScore(_OneOverlapDistance):
     """Streaming mean per-case Dice (see :class:`OverlapDistance` for arguments and states).
 
@@ -504,9 +505,7 @@ class DiceScore(_OneOverlapDistance):
     higher_is_better = True
 
 
-@METRICS.register(
-    "iou", task="segmentation", better="higher", legend="IoU (Jaccard) per class" + _PER_CASE
-)
+@_register("iou", better="higher", legend="IoU (Jaccard) per class" + _PER_CASE)
 class IoUScore(_OneOverlapDistance):
     """Streaming mean per-case IoU/Jaccard (see :class:`OverlapDistance`).
 
@@ -521,9 +520,8 @@ class IoUScore(_OneOverlapDistance):
     higher_is_better = True
 
 
-@METRICS.register(
+@_register(
     "hd",
-    task="segmentation",
     better="lower",
     legend="Hausdorff distance per class (in spacing units: mm for medical volumes)" + _PER_CASE,
 )
@@ -541,9 +539,8 @@ class HausdorffDistance(_OneOverlapDistance):
     higher_is_better = False
 
 
-@METRICS.register(
+@_register(
     "hd95",
-    task="segmentation",
     better="lower",
     legend="95th-percentile Hausdorff distance per class (in spacing units: mm for volumes)"
     + _PER_CASE,
@@ -562,9 +559,8 @@ class HausdorffDistance95(_OneOverlapDistance):
     higher_is_better = False
 
 
-@METRICS.register(
+@_register(
     "assd",
-    task="segmentation",
     better="lower",
     legend="average symmetric surface distance per class (in spacing units)" + _PER_CASE,
 )
