@@ -34,7 +34,7 @@ from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import CalMetric, Inputs
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.calibration import _PAPER, _POOLED, PerVolumeMean
+from calibrant.metrics.per_volume import _PAPER, _POOLED, PerVolumeMean
 from calibrant.registry import METRICS
 
 __all__ = [

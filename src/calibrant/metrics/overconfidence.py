@@ -48,9 +48,10 @@ import torch
 
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import CalMetric, Inputs, element_function
-from calibrant.metrics.calibration import CalibrationError, PerVolumeMean, _top_label_error
+from calibrant.metrics.calibration import CalibrationError, _top_label_error
 from calibrant.metrics.multilabel import _check as _check_multilabel
 from calibrant.metrics.multilabel import _pairs
+from calibrant.metrics.per_volume import PerVolumeMean
 from calibrant.registry import METRICS
 
 __all__ = [

@@ -48,7 +48,7 @@ import torch
 from calibrant._tensor import float32, neighbor_proportions, valid_mask
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import Inputs, MeanMetric, element_function, ratio
-from calibrant.metrics.calibration import _POOLED
+from calibrant.metrics.per_volume import _POOLED
 from calibrant.registry import METRICS
 
 __all__ = [
