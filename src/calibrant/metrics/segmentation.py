@@ -59,6 +59,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -479,9 +480,16 @@ class OverlapDistance(StreamingMetric):
 
 
 class _OneOverlapDistance(OverlapDistance):
-    """:class:`OverlapDistance` of the one metric named by the class attribute ``metric_name``."""
+    """:class:`OverlapDistance` of one metric, named with its direction in the class statement.
+
+    For example ``class DiceScore(_OneOverlapDistance, metric_name="dice", higher_is_better=True)``.
+    """
 
     metric_name: str
+
+    def __init_subclass__(cls, *, metric_name: str, higher_is_better: bool, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.metric_name, cls.higher_is_better = metric_name, higher_is_better
 
     def __init__(self, num_classes: int, **kwargs) -> None:
         super().__init__(num_classes, (self.metric_name,), **kwargs)
@@ -490,8 +498,21 @@ class _OneOverlapDistance(OverlapDistance):
 _PER_CASE = ", mean over the classes and the test cases (volumes)"  # ends the registry legends
 
 
-@_register("dice", better="higher", legend="Dice overlap per class" + _PER_CASE)
-class DiceScore(_OneOverlapDistance):
+def _register_one(legend: str):
+    """Register a :class:`_OneOverlapDistance` under its ``metric_name``.
+
+    ``better`` follows the class's ``higher_is_better``; the legend gets :data:`_PER_CASE`.
+    """
+
+    def decorator(cls: type[_OneOverlapDistance]) -> type[_OneOverlapDistance]:
+        better = "higher" if cls.higher_is_better else "lower"
+        return _register(cls.metric_name, better=better, legend=legend + _PER_CASE)(cls)
+
+    return decorator
+
+
+@_register_one("Dice overlap per class")
+class DiceScore(_OneOverlapDistance, metric_name="dice", higher_is_better=True):
     """Streaming mean per-case Dice (see :class:`OverlapDistance` for arguments and states).
 
     Example:
@@ -501,12 +522,9 @@ class DiceScore(_OneOverlapDistance):
         tensor([   nan, 0.6667], dtype=torch.float64)
     """
 
-    metric_name = "dice"
-    higher_is_better = True
 
-
-@_register("iou", better="higher", legend="IoU (Jaccard) per class" + _PER_CASE)
-class IoUScore(_OneOverlapDistance):
+@_register_one("IoU (Jaccard) per class")
+class IoUScore(_OneOverlapDistance, metric_name="iou", higher_is_better=True):
     """Streaming mean per-case IoU/Jaccard (see :class:`OverlapDistance`).
 
     Example:
@@ -516,16 +534,9 @@ class IoUScore(_OneOverlapDistance):
         tensor(0.5000, dtype=torch.float64)
     """
 
-    metric_name = "iou"
-    higher_is_better = True
 
-
-@_register(
-    "hd",
-    better="lower",
-    legend="Hausdorff distance per class (in spacing units: mm for medical volumes)" + _PER_CASE,
-)
-class HausdorffDistance(_OneOverlapDistance):
+@_register_one("Hausdorff distance per class (in spacing units: mm for medical volumes)")
+class HausdorffDistance(_OneOverlapDistance, metric_name="hd", higher_is_better=False):
     """Streaming mean per-case Hausdorff distance (see :class:`OverlapDistance`).
 
     Example:
@@ -535,17 +546,9 @@ class HausdorffDistance(_OneOverlapDistance):
         tensor(2., dtype=torch.float64)
     """
 
-    metric_name = "hd"
-    higher_is_better = False
 
-
-@_register(
-    "hd95",
-    better="lower",
-    legend="95th-percentile Hausdorff distance per class (in spacing units: mm for volumes)"
-    + _PER_CASE,
-)
-class HausdorffDistance95(_OneOverlapDistance):
+@_register_one("95th-percentile Hausdorff distance per class (in spacing units: mm for volumes)")
+class HausdorffDistance95(_OneOverlapDistance, metric_name="hd95", higher_is_better=False):
     """Streaming mean per-case HD95, pooled or directed-max (see :class:`OverlapDistance`).
 
     Example:
@@ -555,16 +558,11 @@ class HausdorffDistance95(_OneOverlapDistance):
         tensor(0.9500, dtype=torch.float64)
     """
 
-    metric_name = "hd95"
-    higher_is_better = False
 
-
-@_register(
-    "assd",
-    better="lower",
-    legend="average symmetric surface distance per class (in spacing units)" + _PER_CASE,
-)
-class AverageSymmetricSurfaceDistance(_OneOverlapDistance):
+@_register_one("average symmetric surface distance per class (in spacing units)")
+class AverageSymmetricSurfaceDistance(
+    _OneOverlapDistance, metric_name="assd", higher_is_better=False
+):
     """Streaming mean per-case ASSD (see :class:`OverlapDistance`).
 
     Example:
@@ -573,6 +571,3 @@ class AverageSymmetricSurfaceDistance(_OneOverlapDistance):
         >>> m.compute()
         tensor(0.5000, dtype=torch.float64)
     """
-
-    metric_name = "assd"
-    higher_is_better = False
