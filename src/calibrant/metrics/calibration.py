@@ -60,7 +60,7 @@ from calibrant.metrics._base import (
     register_norms,
 )
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.per_volume import _PAPER, _POOLED, PerVolumeMean
+from calibrant.metrics.per_volume import _POOLED, PerVolumeMean
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -483,9 +483,3 @@ register_norms(
     task="multiclass",
     better="lower",
 )
-
-
-@_register("paper_ece", protocol="per_volume", legend=f"top-label ECE (15 bins) on {_PAPER}")
-def _paper_ece(**kwargs: Any) -> PerVolumeMean:
-    """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
-    return PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kwargs))

@@ -34,7 +34,7 @@ from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import CalMetric, Inputs
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.per_volume import _PAPER, _POOLED, PerVolumeMean
+from calibrant.metrics.per_volume import _POOLED
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -494,32 +494,3 @@ class TACE(_PerClassHistogram):
             return self.conf.new_zeros(())
         b = bound[sel].mean()
         return b / self.n_bins if self.divide else b
-
-
-# ----------------------------------------------------------------------------------------------
-# Registry (the CLI's names)
-# ----------------------------------------------------------------------------------------------
-
-
-@_register(
-    "paper_classwise_ece",
-    protocol="per_volume",
-    legend=f"class-wise ECE over the classes present, on {_PAPER}",
-)
-def _paper_classwise_ece(num_classes: int, **kwargs: Any) -> PerVolumeMean:
-    """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
-    return PerVolumeMean(
-        ClasswiseCalibrationError(
-            num_classes, class_range="present", pixel_subset="gt_fg", **kwargs
-        )
-    )
-
-
-@_register(
-    "paper_tace",
-    protocol="per_volume",
-    legend=f"TACE (the CRaC code's equal-width variant) on {_PAPER}",
-)
-def _paper_tace(num_classes: int, mode: str = "crac", **kwargs: Any) -> PerVolumeMean:
-    """TACE (``mode="crac"`` by default) under the papers' per-volume protocol."""
-    return PerVolumeMean(TACE(num_classes, mode, pixel_subset="gt_fg", **kwargs))

@@ -51,7 +51,6 @@ from calibrant.metrics._base import CalMetric, Inputs, element_function
 from calibrant.metrics.calibration import CalibrationError, _top_label_error
 from calibrant.metrics.multilabel import _check as _check_multilabel
 from calibrant.metrics.multilabel import _pairs
-from calibrant.metrics.per_volume import PerVolumeMean
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -212,15 +211,3 @@ class MultilabelOverConfidence(CalMetric):
 
     def _value(self) -> torch.Tensor:
         return K.reduce_bins(self._bins(), "signed")
-
-
-@_register(
-    "paper_overconfidence",
-    task="multiclass",
-    protocol="per_volume",
-    legend="signed over-confidence (confidence minus accuracy, > 0: over-confident) on "
-    "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)",
-)
-def _paper_overconfidence(**kwargs: Any) -> PerVolumeMean:
-    """The segmentation papers' protocol, as ``paper_ece``: GT foreground, per-volume mean."""
-    return PerVolumeMean(OverConfidence(pixel_subset="gt_fg", **kwargs))
