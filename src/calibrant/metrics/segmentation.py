@@ -24,32 +24,13 @@ import torch
 
 from calibrant._checks import check_choice
 from calibrant.metrics._base import StreamingMetric
-from calibrant.metrics.per_case import (
-    ASSD_MODES,
-    EMPTY_POLICIES,
-    PERCENTILE_MODES,
-    SEGMENTATION_METRICS,
-    _check_options,
-    average_symmetric_surface_distance,
-    dice_score,
-    hausdorff_distance,
-    hausdorff_distance95,
-    iou_score,
-    segmentation_metrics,
-)
+from calibrant.metrics.per_case import *  # noqa: F403  (re-exported)
+from calibrant.metrics.per_case import SEGMENTATION_METRICS, _check_options, segmentation_metrics
+from calibrant.metrics.per_case import __all__ as _per_case_all
 from calibrant.registry import METRICS
 
 __all__ = [
-    "EMPTY_POLICIES",
-    "PERCENTILE_MODES",
-    "ASSD_MODES",
-    "SEGMENTATION_METRICS",
-    "segmentation_metrics",
-    "dice_score",
-    "iou_score",
-    "hausdorff_distance",
-    "hausdorff_distance95",
-    "average_symmetric_surface_distance",
+    *_per_case_all,
     "OverlapDistance",
     "DiceScore",
     "IoUScore",
