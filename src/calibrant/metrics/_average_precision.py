@@ -1,17 +1,21 @@
-"""The average-precision kernel of the ranking and retrieval metrics (private).
+"""The average-precision kernel and list-state base of the ranking metrics (private).
 
 Shared by :mod:`~calibrant.metrics.ranking` and :mod:`~calibrant.metrics.retrieval`:
-:func:`ap_columns` ranks every column of a score matrix at once, with scikit-learn's tie
-semantics (see the :mod:`~calibrant.metrics.ranking` docstring for the maths).
+:class:`RankedLists` is the base of the exact metrics that rank samples, and :func:`ap_columns`
+ranks every column of a score matrix at once, with scikit-learn's tie semantics (see the
+:mod:`~calibrant.metrics.ranking` docstring for the maths).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torchmetrics.utilities import dim_zero_cat
 
-from calibrant.metrics._base import ratio
+from calibrant.metrics._base import StreamingMetric, ratio
 
-__all__ = ["ap_columns", "nanmean", "nanmean_with_count"]
+__all__ = ["RankedLists", "ap_columns", "nanmean", "nanmean_with_count"]
 
 
 def ap_columns(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
@@ -50,3 +54,29 @@ def nanmean_with_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def nanmean(values: torch.Tensor) -> torch.Tensor:
     """Mean of the entries that are not NaN (NaN if there is none)."""
     return ratio(*nanmean_with_count(values))
+
+
+class RankedLists(StreamingMetric):
+    """Base of the exact metrics that rank samples: ``cat`` list states, ranked in ``compute``.
+
+    This is the documented exception to the fixed-size-state rule: the states grow with the
+    number of samples, and DDP gathers them. A subclass names its list states in ``lists``,
+    appends to them in ``update`` and ranks their concatenations in :meth:`_rank`.
+    """
+
+    higher_is_better = True
+    lists: tuple[str, ...]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in self.lists:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def compute(self) -> torch.Tensor:
+        """The metric over everything stored (NaN before the first update)."""
+        if len(getattr(self, self.lists[0])) == 0:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self._rank(*(dim_zero_cat(getattr(self, name)) for name in self.lists))
+
+    def _rank(self, *stored: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

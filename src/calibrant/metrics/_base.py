@@ -185,10 +185,6 @@ class StreamingMetric(Metric):
         """Register a zero state ``name`` of ``shape`` and ``dtype``, summed across ranks."""
         self.add_state(name, torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
 
-    def _add_list(self, name: str) -> None:
-        """Register a list state ``name``, concatenated across ranks (O(N): ranking only)."""
-        self.add_state(name, default=[], dist_reduce_fx="cat")
-
 
 class CalMetric(StreamingMetric):
     """Base: fixed-size sum states; ``_value()`` computes from local state without syncing.

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from torchmetrics.utilities import dim_zero_cat
 
 from calibrant._checks import (
     check_finite,
@@ -40,7 +39,12 @@ from calibrant._checks import (
     check_multilabel_target,
 )
 from calibrant._tensor import float32, valid_mask
-from calibrant.metrics._average_precision import ap_columns, nanmean, nanmean_with_count
+from calibrant.metrics._average_precision import (
+    RankedLists,
+    ap_columns,
+    nanmean,
+    nanmean_with_count,
+)
 from calibrant.metrics._base import StreamingMetric, ratio
 from calibrant.metrics.retrieval import (
     RetrievalMAP,
@@ -289,7 +293,7 @@ class MultilabelInstancewiseMAP(StreamingMetric):
     "map_classwise",
     legend="mAP@y: average precision of each label over the samples, mean over labels",
 )
-class MultilabelClasswiseMAP(StreamingMetric):
+class MultilabelClasswiseMAP(RankedLists):
     """Streaming class-wise mAP (mAP@y), exact, with O(N x T) ``cat`` states (documented exception).
 
     Ranking samples needs all of them, so scores and targets are kept (as float32 logits and
@@ -303,12 +307,7 @@ class MultilabelClasswiseMAP(StreamingMetric):
         tensor(0.9167, dtype=torch.float64)
     """
 
-    higher_is_better = True
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._add_list("logits")
-        self._add_list("target")
+    lists = ("logits", "target")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Store the batch (validated)."""
@@ -316,8 +315,5 @@ class MultilabelClasswiseMAP(StreamingMetric):
         self.logits.append(logits.detach().float())
         self.target.append(target.detach().to(torch.uint8))
 
-    def compute(self) -> torch.Tensor:
-        """Class-wise mAP over everything stored."""
-        if len(self.logits) == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        return multilabel_classwise_map(dim_zero_cat(self.logits), dim_zero_cat(self.target))
+    def _rank(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return multilabel_classwise_map(logits, target)

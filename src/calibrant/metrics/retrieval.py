@@ -18,11 +18,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.utilities import dim_zero_cat
 
 from calibrant._checks import check_finite
-from calibrant.metrics._average_precision import ap_columns, nanmean
-from calibrant.metrics._base import StreamingMetric
+from calibrant.metrics._average_precision import RankedLists, ap_columns, nanmean
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -230,7 +228,7 @@ def retrieval_map(
     "retrieval_map",
     legend="retrieval mAP: average precision of the fixed query set, mean over queries",
 )
-class RetrievalMAP(StreamingMetric):
+class RetrievalMAP(RankedLists):
     """Streaming retrieval mAP, exact, with O(N x Q) ``cat`` states (documented exception).
 
     Each update stores the float64 log-scores and the relevance of the batch for the fixed
@@ -248,14 +246,12 @@ class RetrievalMAP(StreamingMetric):
         tensor(1., dtype=torch.float64)
     """
 
-    higher_is_better = True
+    lists = ("scores", "relevant")
 
     def __init__(self, queries: Sequence[Query], *, probs: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.queries = [(tuple(p), tuple(n)) for p, n in queries]
         self.probs = probs
-        self._add_list("scores")
-        self._add_list("relevant")
 
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         """Store the batch's query scores and relevance."""
@@ -263,9 +259,6 @@ class RetrievalMAP(StreamingMetric):
         self.scores.append(retrieval_score(scores.detach(), self.queries, probs=self.probs))
         self.relevant.append(retrieval_relevance(target, self.queries))
 
-    def compute(self) -> torch.Tensor:
+    def _rank(self, scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
         """Mean AP over queries with at least one relevant sample."""
-        if len(self.scores) == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        ap = ap_columns(dim_zero_cat(self.scores), dim_zero_cat(self.relevant))
-        return nanmean(ap)
+        return nanmean(ap_columns(scores, relevant))
