@@ -342,15 +342,24 @@ def adaptive_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: in
 class _TopLabelHistogram(CalMetric):
     """Shared state and update of the top-label classes (private).
 
-    State: ``count``/``conf``/``acc`` sums over ``hist_bins`` equal-width confidence bins; a
-    subclass calls :meth:`_add_histogram` and reduces the bins in ``_value``.
+    State: ``count``/``conf``/``acc`` sums over ``hist_bins`` equal-width confidence bins (the
+    ``n_bins`` bins themselves, or the fine sub-bins of an equal-mass binning); a subclass
+    reduces the bins in ``_value``.
     """
 
-    def _add_histogram(
-        self, hist_bins: int, ignore_index: int | None, pixel_subset: str, input_kind: str
+    def __init__(
+        self,
+        n_bins: int,
+        hist_bins: int,
+        ignore_index: int | None,
+        pixel_subset: str,
+        input_kind: str,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
+        K.check_n_bins(n_bins)
         self._set_inputs(ignore_index, pixel_subset, input_kind)
-        self.hist_bins = hist_bins
+        self.n_bins, self.hist_bins = n_bins, hist_bins
         self._add_bins((hist_bins,))
 
     def update(
@@ -394,11 +403,9 @@ class CalibrationError(_TopLabelHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        K.check_n_bins(n_bins)
+        super().__init__(n_bins, n_bins, ignore_index, pixel_subset, input_kind, **kwargs)
         check_choice("norm", norm, K.NORMS)
-        self.n_bins, self.norm = n_bins, norm
-        self._add_histogram(n_bins, ignore_index, pixel_subset, input_kind)
+        self.norm = norm
 
     def _value(self) -> torch.Tensor:
         return K.reduce_bins(self._bins(), self.norm)
@@ -446,11 +453,9 @@ class AdaptiveCalibrationError(_TopLabelHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        K.check_n_bins(n_bins)
         K.check_n_bins(fine_bins, "fine_bins")
-        self.n_bins, self.fine_bins = n_bins, fine_bins
-        self._add_histogram(fine_bins, ignore_index, pixel_subset, input_kind)
+        super().__init__(n_bins, fine_bins, ignore_index, pixel_subset, input_kind, **kwargs)
+        self.fine_bins = fine_bins
 
     def _value(self) -> torch.Tensor:
         bins, _ = K.adaptive_from_fine(self._bins(), self.n_bins, "interp")

@@ -299,19 +299,20 @@ class _PerClassHistogram(CalMetric):
     """Shared state and update of the class-wise metrics (private).
 
     States: per (class, bin) count/conf/acc sums ``(C, hist_bins)`` and per-class label counts
-    ``(C,)``; a subclass calls :meth:`_add_histogram` with the input options.
+    ``(C,)``.
     """
 
-    def _add_histogram(
+    def __init__(
         self,
         num_classes: int,
         hist_bins: int,
-        *,
         threshold: float,
         ignore_index: int | None,
         pixel_subset: str,
         input_kind: str,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
         K.check_n_bins(num_classes, "num_classes")
         _check_threshold(threshold)
         self._set_inputs(ignore_index, pixel_subset, input_kind, num_classes)
@@ -372,19 +373,13 @@ class ClasswiseCalibrationError(_PerClassHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         K.check_n_bins(n_bins)
         _check_class_args(class_range, include_background)
+        super().__init__(
+            num_classes, n_bins, threshold, ignore_index, pixel_subset, input_kind, **kwargs
+        )
         self.n_bins = n_bins
         self.class_range, self.include_background = class_range, include_background
-        self._add_histogram(
-            num_classes,
-            n_bins,
-            threshold=threshold,
-            ignore_index=ignore_index,
-            pixel_subset=pixel_subset,
-            input_kind=input_kind,
-        )
 
     def _value(self) -> torch.Tensor:
         return _classwise_value(
@@ -456,20 +451,14 @@ class TACE(_PerClassHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        settings = _tace_settings(mode, n_bins, include_background, class_range)
         K.check_n_bins(fine_bins, "fine_bins")
-        (self.scheme, self.n_bins, self.include_background, self.class_range, self.divide) = (
-            _tace_settings(mode, n_bins, include_background, class_range)
+        hist_bins = settings[1] if settings[0] == "uniform" else fine_bins
+        super().__init__(
+            num_classes, hist_bins, threshold, ignore_index, pixel_subset, input_kind, **kwargs
         )
+        self.scheme, self.n_bins, self.include_background, self.class_range, self.divide = settings
         self.mode = mode
-        self._add_histogram(
-            num_classes,
-            self.n_bins if self.scheme == "uniform" else fine_bins,
-            threshold=threshold,
-            ignore_index=ignore_index,
-            pixel_subset=pixel_subset,
-            input_kind=input_kind,
-        )
 
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
         if self.scheme == "uniform":
