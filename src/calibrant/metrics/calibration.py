@@ -168,19 +168,8 @@ def rms_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) ->
     .. math::
         \mathrm{RMSCE} = \sqrt{\sum_b \frac{n_b}{M} (\mathrm{acc}_b - \mathrm{conf}_b)^2}
 
-    over the bins of :func:`expected_calibration_error`; it weighs large bin gaps more.
-
-    Args:
-        logits: ``(B, C, *spatial)`` scores, or probabilities with ``input_kind="probs"``.
-        target: ``(B, *spatial)`` labels.
-        n_bins: equal-width bins.
-        ignore_index: ignored label (``None``: none).
-        mask: optional bool ``(B, *spatial)`` subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
-
-    Returns:
-        float64 scalar; NaN when no element is valid.
+    over the bins of :func:`expected_calibration_error`, whose arguments, return value, errors
+    and shapes it shares; it weighs large bin gaps more.
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
@@ -200,19 +189,8 @@ def maximum_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int
     .. math::
         \mathrm{MCE} = \max_{b: n_b > 0} |\mathrm{acc}_b - \mathrm{conf}_b|
 
-    over the equal-width bins of :func:`expected_calibration_error` (an empty bin has no gap).
-
-    Args:
-        logits: class scores ``(B, C, *spatial)`` or, with ``input_kind="probs"``, probabilities.
-        target: integer labels ``(B, *spatial)``.
-        n_bins: how many bins.
-        ignore_index: the label to skip, or ``None``.
-        mask: bool ``(B, *spatial)`` selecting elements, or ``None`` for all.
-        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
-        input_kind: ``"logits"`` or ``"probs"``.
-
-    Returns:
-        float64 scalar; NaN when no element is valid.
+    over the equal-width bins of :func:`expected_calibration_error` (an empty bin has no gap),
+    with the same arguments, return value, errors and shapes.
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
@@ -220,6 +198,7 @@ def maximum_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int
         0.7311
 
     Reference:
+        Naeini et al., Obtaining Well Calibrated Probabilities Using Bayesian Binning, AAAI 2015;
         Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
     """
     return _top_label_error(logits, target, mask, _inputs, n_bins, "max")
@@ -235,24 +214,14 @@ def average_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int
 
     over the equal-width bins of :func:`expected_calibration_error`. Every non-empty bin weighs
     the same, however few elements it holds. This is not the adaptive (equal-mass) ECE, which is
-    :func:`adaptive_calibration_error`.
-
-    Args:
-        logits: ``(B, C, *spatial)``; probabilities need ``input_kind="probs"``.
-        target: ``(B, *spatial)``.
-        n_bins: bins of width ``1 / n_bins``.
-        ignore_index: label that does not count (``None``: every label counts).
-        mask: optional bool subset of the elements, shaped like ``target``.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
-
-    Returns:
-        float64 scalar; NaN when no element is valid.
+    :func:`adaptive_calibration_error`. Arguments, return value, errors and shapes are those of
+    :func:`expected_calibration_error`.
 
     Example:
-        >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
-        >>> round(float(average_calibration_error(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
-        0.3755
+        >>> logits = torch.tensor([[4.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+        >>> target = torch.tensor([0, 0, 0])  # two right, confident; one wrong, less so
+        >>> round(float(average_calibration_error(logits, target, n_bins=10)), 4)  # ECE 0.2655
+        0.3819
 
     Reference:
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
