@@ -40,7 +40,7 @@ __all__ = [
     "register_norms",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class Inputs(NamedTuple):
@@ -91,12 +91,13 @@ class Inputs(NamedTuple):
         )
 
 
-def element_function(body: Callable[..., T]) -> Callable[..., T]:
+def element_function(body: Callable[..., _T]) -> Callable[..., _T]:
     """The public form of ``body(logits, target, mask, inputs)``: a metric over selected elements.
 
     The returned function has the signature ``(logits, target, *, ignore_index=-100, mask=None,
     pixel_subset="all", input_kind="logits")``, builds the :class:`Inputs` and calls ``body``;
     it takes ``body``'s name, module and docstring (which documents these public arguments).
+    ``body`` names its :class:`Inputs` parameter ``_inputs``: it is not a public argument.
     """
 
     def function(
@@ -107,13 +108,13 @@ def element_function(body: Callable[..., T]) -> Callable[..., T]:
         mask: torch.Tensor | None = None,
         pixel_subset: str = "all",
         input_kind: str = "logits",
-    ) -> T:
+    ) -> _T:
         return body(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
 
     return _named_like(function, body)
 
 
-def binned_function(body: Callable[..., T]) -> Callable[..., T]:
+def binned_function(body: Callable[..., _T]) -> Callable[..., _T]:
     """:func:`element_function` for ``body(logits, target, mask, inputs, n_bins)``.
 
     The public signature adds ``n_bins=15`` (before ``ignore_index``).
@@ -128,14 +129,14 @@ def binned_function(body: Callable[..., T]) -> Callable[..., T]:
         mask: torch.Tensor | None = None,
         pixel_subset: str = "all",
         input_kind: str = "logits",
-    ) -> T:
+    ) -> _T:
         inputs = Inputs(ignore_index, pixel_subset, input_kind)
         return body(logits, target, mask, inputs, n_bins)
 
     return _named_like(function, body)
 
 
-def _named_like(function: Callable[..., T], body: Callable[..., T]) -> Callable[..., T]:
+def _named_like(function: Callable[..., _T], body: Callable[..., _T]) -> Callable[..., _T]:
     """``function`` under ``body``'s module, name, docstring and return annotation.
 
     No ``__wrapped__``: :func:`inspect.signature` must report the public signature, not the body's.
@@ -158,8 +159,8 @@ def register_norms(cls: type[Metric], legends: dict[str, tuple[str, str]], **met
         METRICS.register(name, legend=legend, **meta)(_with_norm(cls, norm))
 
 
-def _with_norm(cls: type[T], norm: str) -> Callable[..., T]:
-    def factory(**kwargs: Any) -> T:
+def _with_norm(cls: type[_T], norm: str) -> Callable[..., _T]:
+    def factory(**kwargs: Any) -> _T:
         return cls(norm=norm, **kwargs)
 
     return factory
