@@ -30,7 +30,9 @@ def test_the_worked_example_registers_passes_the_harness_and_its_identity_test(t
     example.mkdir()
     (example / "conftest.py").write_text(_CONFTEST)
     (example / "test_losses_boundary_ce.py").write_text(identity_test)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    # the checkout's calibrant (src/), not whichever one the environment has installed
+    paths = [str(tmp_path), str(ROOT / "src"), str(ROOT)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", MODULE, "-p", "no:cacheprovider"]
     cmd += ["-p", "no:xdist", "-k", "boundary_ce", str(tmp_path / f"{MODULE}.py")]
     cmd += [str(ROOT / "tests" / "test_losses_harness.py"), str(example)]

@@ -68,6 +68,65 @@ def test_thin_loss_needs_its_own_init():
         build()
 
 
+def _shift(logits, target, *, by: float = 1.0, scale: float = 2.0, reduction: str = "mean"):
+    return (logits + by) * scale
+
+
+def _check_by(by, **_):
+    if by < 0:
+        raise ValueError(f"by must be >= 0, got {by}")
+
+
+class _Shift(ThinLoss, fn=_shift, check=_check_by, positional=True):
+    """Module form of ``_shift``."""
+
+
+class _WrittenShift(ThinLoss):  # the same module with its __init__ written out
+    _fn = staticmethod(_shift)
+
+    def __init__(self, by: float = 1.0, scale: float = 2.0, *, reduction: str = "mean") -> None:
+        _check_by(by)
+        super().__init__()
+
+
+class _KeywordShift(ThinLoss, fn=_shift):
+    """Module form of ``_shift``, keyword arguments only."""
+
+
+def test_thin_loss_takes_its_hyper_parameters_from_its_function():
+    assert inspect.signature(_Shift) == inspect.signature(_WrittenShift)
+    assert [p.kind for p in inspect.signature(_KeywordShift).parameters.values()] == [
+        inspect.Parameter.KEYWORD_ONLY
+    ] * 3
+    loss = _Shift(3.0, reduction="sum")
+    assert loss.hparams == _WrittenShift(3.0, reduction="sum").hparams
+    assert loss.hparams == {"by": 3.0, "scale": 2.0, "reduction": "sum"}
+    assert repr(loss) == "_Shift(by=3.0, scale=2.0, reduction='sum')"
+    assert float(loss(torch.tensor(1.0), None)) == 8.0
+    assert loss._fn is _shift and "forward" not in vars(_Shift)
+    with pytest.raises(ValueError, match="by must be"):
+        _Shift(-1.0)
+    with pytest.raises(ValueError, match="reduction"):
+        _Shift(reduction="average")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((1.0, 2.0, 3.0), {}),
+        ((1.0,), {"by": 2.0}),
+        ((), {"bye": 2.0}),
+        ((), {"scale": 1.0, "x": 1}),
+    ],
+)
+def test_thin_loss_from_a_function_refuses_bad_calls_as_a_written_init(args, kwargs):
+    with pytest.raises(TypeError) as written:
+        _WrittenShift(*args, **kwargs)
+    with pytest.raises(TypeError) as derived:
+        _Shift(*args, **kwargs)
+    assert str(derived.value) == str(written.value).replace("_WrittenShift", "_Shift")
+
+
 def test_thin_loss_copies_and_pickles():
     loss = L.LogitMarginPenalty(5.0, "l2")
     for other in (copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))):

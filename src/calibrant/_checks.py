@@ -25,6 +25,7 @@ import torch
 __all__ = [
     "check_choice",
     "check_finite",
+    "check_indicator_target",
     "check_label_dtype",
     "check_labels_in_range",
     "check_logits_target",
@@ -116,14 +117,28 @@ def check_labels_in_range(
         )
 
 
-def check_multilabel_target(logits: torch.Tensor, target: torch.Tensor) -> None:
-    """Check a multi-label pair: logits and {0, 1} target of the same shape ``(B, C, *)``."""
+def check_indicator_target(
+    logits: torch.Tensor, target: torch.Tensor, *, kind: str, shape_hint: str = ""
+) -> None:
+    """Check float logits and a {0, 1} target of the same shape; ``kind`` names the target.
+
+    Args:
+        logits: scores of any floating dtype.
+        target: ``{0, 1}`` values, one per logit.
+        kind: what the target is called in the messages (``"multi-label"``, ``"binary"``).
+        shape_hint: text appended to the shape-mismatch message.
+    """
     if not torch.is_floating_point(logits):
         raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.shape != target.shape:
         raise ValueError(
-            f"multi-label target shape {tuple(target.shape)} must equal logits shape "
-            f"{tuple(logits.shape)}"
+            f"{kind} target shape {tuple(target.shape)} must equal logits shape "
+            f"{tuple(logits.shape)}{shape_hint}"
         )
     if bool(((target != 0) & (target != 1)).any()):
-        raise ValueError("multi-label target must hold only 0 and 1")
+        raise ValueError(f"{kind} target must hold only 0 and 1")
+
+
+def check_multilabel_target(logits: torch.Tensor, target: torch.Tensor) -> None:
+    """Check a multi-label pair: logits and {0, 1} target of the same shape ``(B, C, *)``."""
+    check_indicator_target(logits, target, kind="multi-label")

@@ -3,10 +3,10 @@
 :func:`load_records` reads ``<results>/<suite>/<profile>/<task>/<method>/seed<k>.json``;
 :class:`Table` holds the per-seed values of every metric; :func:`render_suite` writes
 ``<results>/<suite>.md`` (``<suite>_<profile>.md`` for other profiles than ``cpu``) with, per
-task, mean ± std over seeds, the papers' numbers and orderings where the dataset matches, the
-claims' verdicts, reliability diagrams and multiplier trajectories, the hand-written
-investigation notes of ``<results>/<suite>/<profile>/notes.md`` when present, and the commands
-and commits that produced the runs.
+task, mean ± std over seeds, whether the ALM methods' constraints bind, the papers' numbers and
+orderings where the dataset matches, the claims' verdicts, reliability diagrams and multiplier
+trajectories, the hand-written investigation notes of ``<results>/<suite>/<profile>/notes.md``
+when present, and the commands and commits that produced the runs.
 
 Example:
     >>> table = Table({("acdc", "ce"): {"ece": [0.10, 0.12]}, ("acdc", "crac"): {"ece": [0.05]}})
@@ -29,6 +29,7 @@ from typing import Any
 
 from calibrant import plot
 from calibrant._files import read_json
+from calibrant.bench.binding import binding_section
 from calibrant.bench.paired import claims_lines
 from calibrant.bench.runner import is_current, record_path, search_path
 from calibrant.bench.suite import Suite
@@ -435,6 +436,7 @@ def render_suite(
     for task in suite.tasks:
         lines += [f"## {task.name}", "", *_pilot_section(suite, profile, records, task.name)]
         lines += [*_task_table(suite, table, task.name), ""]
+        lines += binding_section(records, task.name, {m.name: m.label for m in suite.methods})
         lines += _search_section(suite, Path(results), profile, task.name)
         if task.paper:
             lines += [*_paper_section(suite, table, task, profile), ""]

@@ -12,17 +12,17 @@ metrics); nothing here knows a concrete loss.
   penalties; :func:`fused_inputs` and :func:`fused_finish` are what a term's ``ce_kernel`` hook
   (:mod:`calibrant.losses.fusion`) needs.
 - :class:`ThinLoss` is the one shape of a loss module: it stores the hyper-parameters once and
-  forwards them to its pure function.
+  forwards them to its pure function; ``class X(ThinLoss, fn=f)`` takes them from ``f``.
 
 Example:
     >>> import torch
     >>> from calibrant.losses._base import ThinLoss, as_float
     >>> as_float(torch.zeros(2).half()).dtype, as_float(torch.zeros(2).double()).dtype
     (torch.float32, torch.float64)
-    >>> class Shift(ThinLoss):
-    ...     _fn = staticmethod(lambda logits, target, *, by, reduction: (logits + by).sum())
-    ...     def __init__(self, by=1.0, *, reduction="sum"):
-    ...         super().__init__()
+    >>> def shift(logits, target, *, by=1.0, reduction="sum"):
+    ...     return (logits + by).sum()
+    >>> class Shift(ThinLoss, fn=shift, positional=True):  # Shift(by=1.0, *, reduction="sum")
+    ...     pass
     >>> loss = Shift(2.0)
     >>> loss, loss.by, loss(torch.zeros(3), None)
     (Shift(by=2.0, reduction='sum'), 2.0, tensor(6.))
@@ -207,17 +207,39 @@ def fused_finish(
 class ThinLoss(nn.Module):
     """A loss module that stores its hyper-parameters once and forwards them to its function.
 
-    A subclass sets ``_fn`` (its pure function, as a ``staticmethod``) and an ``__init__`` with
-    the public signature that checks what it must and then calls ``super().__init__()``: the
-    arguments of that ``__init__``, as they are at the call, become :attr:`hparams` (those in
-    its ``**kwargs`` first, then the named ones in signature order), the way
-    ``LightningModule.save_hyperparameters`` collects them. So each hyper-parameter is written
-    once, in the signature. ``forward(*inputs)`` is ``_fn(*inputs, **hparams)``; each
-    hyper-parameter reads (and writes) as an attribute (``loss.margin``), and the repr lists
-    them. ``reduction``, where given, is checked here.
+    The usual subclass names its pure function in the class statement,
+    ``class FocalLoss(ThinLoss, fn=focal_loss, positional=True)``: its constructor then takes
+    the function's keyword-only parameters (names, defaults and annotations, in order), keyword
+    only, or with ``positional=True`` by position too, all but ``ignore_index`` and
+    ``reduction``. ``check``, if given, is called with them by name (``**kwargs``) to refuse a
+    bad value at construction.
+
+    A subclass whose constructor is not its function's (``LPRLoss`` copies its ``link_params``,
+    the overlap modules pass their options up) sets ``_fn`` (a ``staticmethod``) and an
+    ``__init__`` with the public signature that checks what it must and then calls
+    ``super().__init__()``: the arguments of that ``__init__``, as they are at the call, become
+    :attr:`hparams` (those in its ``**kwargs`` first, then the named ones in signature order),
+    the way ``LightningModule.save_hyperparameters`` collects them.
+
+    Either way no hyper-parameter is written twice in the module. ``forward(*inputs)`` is
+    ``_fn(*inputs, **hparams)``; each hyper-parameter reads (and writes) as an attribute
+    (``loss.margin``), and the repr lists them. ``reduction``, where given, is checked here.
     """
 
     _fn: Callable[..., torch.Tensor]
+
+    def __init_subclass__(
+        cls,
+        fn: Callable[..., torch.Tensor] | None = None,
+        *,
+        check: Callable[..., None] | None = None,
+        positional: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if fn is not None:
+            cls._fn = staticmethod(fn)
+            cls.__init__ = _init_from(cls, fn, check, positional)
 
     def __init__(self) -> None:
         super().__init__()
@@ -233,6 +255,9 @@ class ThinLoss(nn.Module):
             hparams.update((name, scope[name]) for name in names[1:])  # all but ``self``
         finally:
             del caller
+        self._keep(hparams)
+
+    def _keep(self, hparams: dict[str, Any]) -> None:
         check_choice("reduction", hparams.get("reduction", "mean"), REDUCTIONS)
         self.hparams = hparams
 
@@ -256,3 +281,46 @@ class ThinLoss(nn.Module):
     def extra_repr(self) -> str:
         """Hyper-parameters shown in the module repr."""
         return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+
+
+#: The keyword-only arguments of every loss, also where its hyper-parameters are positional.
+_KEYWORD_ONLY = ("ignore_index", "reduction")
+
+
+def _init_from(
+    cls: type[ThinLoss],
+    fn: Callable[..., torch.Tensor],
+    check: Callable[..., None] | None,
+    positional: bool,
+) -> Callable[..., None]:
+    """The ``__init__`` of ``class cls(ThinLoss, fn=fn)``: ``fn``'s keyword-only parameters."""
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    if positional:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params = [p if p.name in _KEYWORD_ONLY else p.replace(kind=kind) for p in params]
+    me = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    signature = inspect.Signature([me, *params], return_annotation="None")
+    name = f"{cls.__qualname__}.__init__"
+    most = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in signature.parameters.values())
+    takes = "1 positional argument" if most == 1 else f"from 1 to {most} positional arguments"
+
+    def __init__(self: ThinLoss, *args: Any, **kwargs: Any) -> None:
+        if len(args) >= most:  # the errors of a written ``__init__``
+            raise TypeError(f"{name}() takes {takes} but {len(args) + 1} were given")
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            said = str(error).replace("multiple values", "got multiple values")
+            raise TypeError(f"{name}() {said}") from None
+        bound.apply_defaults()
+        hparams = dict(bound.arguments)
+        del hparams["self"]
+        if check is not None:
+            check(**hparams)
+        super(ThinLoss, self).__init__()  # what ThinLoss.__init__ runs first
+        self._keep(hparams)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = name
+    __init__.__module__ = cls.__module__
+    return __init__

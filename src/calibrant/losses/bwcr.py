@@ -188,24 +188,8 @@ def bwcr_consistency(
     granularity="element",
     spatial=True,
 )
-class BWCRConsistency(ThinLoss):
+class BWCRConsistency(ThinLoss, fn=bwcr_consistency, positional=True):
     """Module form of :func:`bwcr_consistency`, registered as ``bwcr`` (the official defaults).
 
     ``forward(logits, logits2, target, valid=None, valid2=None)``.
     """
-
-    _fn = staticmethod(bwcr_consistency)
-
-    def __init__(
-        self,
-        radius: float = 10.0,
-        l_max: float = 1.0,
-        l_min: float = 0.01,
-        alpha: float = 1.0,
-        weighted: bool = True,
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()

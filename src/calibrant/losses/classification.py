@@ -9,7 +9,8 @@ inputs stay float64), whatever autocast is doing.
 Penalties (:func:`confidence_penalty`, :func:`logit_margin_penalty`) share the loss signature so
 that a calibration loss is ``WeightedSum({"ce": CE, "term": Penalty}, weights={"term": λ})``. Their
 ``class_reduction`` is ``"mean"`` over classes (the published code, so published λ transfer) or
-``"sum"`` (the papers' text); the two agree when ``λ_sum = λ_mean / K``.
+``"sum"`` (the papers' text); the two agree when ``λ_sum = λ_mean / K``. The margin's chunked
+kernels are in :mod:`calibrant.losses._margin`.
 
 Example:
     >>> import torch
@@ -27,13 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from calibrant._checks import check_choice, check_positive
-from calibrant._tensor import float32, reduce, row_chunks
+from calibrant._tensor import float32, reduce
 from calibrant.losses._base import (
     CLASS_REDUCTIONS,
     ThinLoss,
@@ -43,6 +45,7 @@ from calibrant.losses._base import (
     reduce_classes,
     reduce_total,
 )
+from calibrant.losses._margin import _MarginChunks, _MarginPenalty
 from calibrant.losses.combine import WeightedSum
 from calibrant.losses.fusion import FusedPlan, ce_plus
 from calibrant.registry import LOSSES
@@ -131,9 +134,10 @@ def label_smoothing_loss(
         logits ``(B, C, *spatial)``, target ``(B, *spatial)``; ``"none"`` gives ``(B, *spatial)``.
 
     Example:
-        >>> logits, target = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
-        >>> round(label_smoothing_loss(logits, target, smoothing=0.0).item(), 4)
-        0.1269
+        >>> logits, target = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+        >>> smoothed = label_smoothing_loss(logits, target, smoothing=0.1)
+        >>> bool(torch.isclose(smoothed, F.cross_entropy(logits, target, label_smoothing=0.1)))
+        True
 
     Reference:
         Szegedy et al., "Rethinking the Inception architecture", CVPR 2016; METHODS §2.2.
@@ -244,122 +248,8 @@ def confidence_penalty(
         return reduce(values, mask, reduction)
 
 
-class _MarginPenalty(torch.autograd.Function):
-    """Fused ``Σ_k φ(max_j l_j − l_k − m)`` with φ = ReLU, ReLU², or square (legacy).
-
-    Works on ``(B, C, N)`` chunks of about 2¹⁷ positions (:func:`calibrant._tensor.row_chunks`
-    over positions), looping over classes on contiguous slices: no ``max`` with indices, no
-    class-sized temporary, and only the per-position max is saved. Gradient (exactly autograd's
-    of ``relu(amax(l) − m − l).sum(1)``, ReLU′(0) = 0): with ``s = Σ_k φ′(d_k − m)``,
-    ``∂/∂l_j = −φ′(d_j − m) + s · 1[l_j = max] / #maxima`` — tied maxima share the ``s`` term
-    evenly, as the gradient of ``amax`` does.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, margin: float, norm: str) -> torch.Tensor:
-        b, c = x.shape[:2]
-        xv = x.detach().reshape(b, c, -1)
-        n = xv.shape[2]
-        mx = xv.new_empty((b, n))
-        out = xv.new_empty((b, n))
-        for bs, _, ps in row_chunks((b, 1, n), _MARGIN_CHUNK):
-            xs, m_c, o = xv[bs, :, ps], mx[bs, ps], out[bs, ps]
-            torch.amax(xs, 1, out=m_c) if c > 8 else _class_max(xs, m_c)
-            tm = m_c - margin
-            o.zero_()
-            for k in range(c):
-                h = torch.sub(tm, xs[:, k])
-                if norm == "legacy_l2":
-                    h.square_()
-                else:
-                    h.clamp_min_(0.0)
-                    if norm == "l2":
-                        h.square_()
-                o.add_(h)
-        ctx.save_for_backward(x, mx)
-        ctx.margin, ctx.norm = margin, norm
-        return out.view(b, *x.shape[2:])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, mx = ctx.saved_tensors
-        b, c = x.shape[:2]
-        xv = x.reshape(b, c, -1)
-        gv = grad.reshape(b, -1)
-        gx = torch.empty_like(xv)
-        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _MARGIN_CHUNK):
-            xs, m_c, g, out = xv[bs, :, ps], mx[bs, ps], gv[bs, ps], gx[bs, :, ps]
-            tm = m_c - ctx.margin
-            ng = g.neg()
-            s = torch.zeros_like(m_c)
-            ties = torch.zeros_like(m_c)
-            at_max = []
-            for k in range(c):
-                xk = xs[:, k]
-                if ctx.norm == "l1":
-                    dh = torch.lt(xk, tm)  # h > 0, exactly
-                else:
-                    dh = torch.sub(tm, xk)
-                    if ctx.norm == "l2":
-                        dh.clamp_min_(0.0)
-                    dh.mul_(2.0)
-                s.add_(dh)
-                torch.mul(dh, ng, out=out[:, k])
-                e = torch.eq(xk, m_c)
-                ties.add_(e)
-                at_max.append(e)
-            coef = s.mul_(g).div_(ties)
-            for k, e in enumerate(at_max):
-                out[:, k].addcmul_(e, coef)
-        return gx.view(x.shape), None, None
-
-
-_MARGIN_CHUNK = 1 << 17
-
-
-class _MarginChunks:
-    """Fused-CE chunk kernel of ``Σ_i Σ_k φ(max_j l_ij − l_ik − m)`` (see ``_MarginPenalty``)."""
-
-    needs_max = True
-
-    def __init__(self, margin: float, norm: str) -> None:
-        self.margin, self.norm = margin, norm
-
-    def begin(self, xv: torch.Tensor) -> None:
-        self.total = xv.new_zeros(())
-
-    def _hinge(self, xs: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        h = torch.sub(m - self.margin, xs)
-        if self.norm != "legacy_l2":
-            h.clamp_min_(0.0)
-        return h
-
-    def forward(self, xs, m, bs, ps) -> None:
-        h = self._hinge(xs, m)
-        self.total += (h.square_() if self.norm != "l1" else h).sum()
-
-    def value(self) -> torch.Tensor:
-        return self.total
-
-    def backward(self, xs, m, bs, ps, out, g) -> None:
-        if self.norm == "l1":  # h > 0 exactly; comparisons written as floats (bool ops are slow)
-            dh = torch.lt(xs, m - self.margin, out=torch.empty_like(xs))
-        else:
-            dh = self._hinge(xs, m).mul_(2.0)
-        s = dh.sum(1, keepdim=True)
-        out.addcmul_(dh, g, value=-1.0)
-        # the max column: ∂max/∂l splits evenly over tied maxima, as autograd's amax does
-        at_max = torch.eq(xs, m, out=dh)
-        ties = at_max.sum(1, keepdim=True)
-        out.addcmul_(at_max, s.mul_(g).div_(ties))
-
-
-def _class_max(xs: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = xs.amax(1)`` for few classes, as a loop of element-wise maxima on slices."""
-    out.copy_(xs[:, 0])
-    for k in range(1, xs.shape[1]):
-        torch.maximum(out, xs[:, k], out=out)
+def _check_norm(norm: str, **_: Any) -> None:
+    check_choice("norm", norm, MARGIN_NORMS)
 
 
 def logit_margin_penalty(
@@ -406,7 +296,7 @@ def logit_margin_penalty(
         Liu et al., "The devil is in the margin: margin-based label smoothing for network
         calibration", CVPR 2022; METHODS §2.5.
     """
-    check_choice("norm", norm, MARGIN_NORMS)
+    _check_norm(norm)
     check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
     check_positive("margin", margin, strict=False)
     with float32(logits):
@@ -418,13 +308,8 @@ def logit_margin_penalty(
 
 
 @LOSSES.register("ce", function=cross_entropy_loss, **_MC)
-class CrossEntropyLoss(ThinLoss):
+class CrossEntropyLoss(ThinLoss, fn=cross_entropy_loss):
     """Module form of :func:`cross_entropy_loss`."""
-
-    _fn = staticmethod(cross_entropy_loss)
-
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__()
 
     def fused_with(
         self, other: nn.Module, logits: torch.Tensor, target: torch.Tensor
@@ -451,65 +336,21 @@ class CrossEntropyLoss(ThinLoss):
 
 
 @LOSSES.register("ls", function=label_smoothing_loss, **_MC)
-class LabelSmoothingLoss(ThinLoss):
+class LabelSmoothingLoss(ThinLoss, fn=label_smoothing_loss, positional=True):
     """Module form of :func:`label_smoothing_loss`."""
-
-    _fn = staticmethod(label_smoothing_loss)
-
-    def __init__(
-        self, smoothing: float = 0.1, *, ignore_index: int | None = -100, reduction: str = "mean"
-    ) -> None:
-        super().__init__()
 
 
 @LOSSES.register("focal", function=focal_loss, **_MC)
-class FocalLoss(ThinLoss):
+class FocalLoss(ThinLoss, fn=focal_loss, positional=True):
     """Module form of :func:`focal_loss`."""
 
-    _fn = staticmethod(focal_loss)
 
-    def __init__(
-        self,
-        gamma: float = 3.0,
-        gamma_schedule: Sequence[tuple[float, float]] | None = None,
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-
-
-class ConfidencePenalty(ThinLoss):
+class ConfidencePenalty(ThinLoss, fn=confidence_penalty, positional=True):
     """Module form of :func:`confidence_penalty`."""
 
-    _fn = staticmethod(confidence_penalty)
 
-    def __init__(
-        self,
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-
-
-class LogitMarginPenalty(ThinLoss):
+class LogitMarginPenalty(ThinLoss, fn=logit_margin_penalty, check=_check_norm, positional=True):
     """Module form of :func:`logit_margin_penalty`."""
-
-    _fn = staticmethod(logit_margin_penalty)
-
-    def __init__(
-        self,
-        margin: float = 10.0,
-        norm: str = "l1",
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        check_choice("norm", norm, MARGIN_NORMS)
-        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None

@@ -16,8 +16,8 @@ This module knows no concrete loss. The protocol, from the top:
   a :class:`FusedPlan` (the float logits, the labels, a chunk kernel and how to turn the
   kernel's raw sum into the term's value) or ``None`` where the fused maths is not the term's.
 - :func:`ce_plus` runs the plan. The chunk kernels live beside the terms that own them
-  (MbLS margin in :mod:`calibrant.losses.classification`, NACL in
-  :mod:`calibrant.losses.spatial`, CRaC's PHR in :mod:`calibrant.alm.term`).
+  (MbLS margin in :mod:`calibrant.losses._margin`, NACL in :mod:`calibrant.losses._neighbor`,
+  CRaC's PHR in :mod:`calibrant.alm.term`).
 
 The fused path is taken only where it is the same maths as the composition: no ignored element
 in the batch, ``reduction`` ``"mean"`` or ``"sum"`` for both terms and the penalties' fast
@@ -37,7 +37,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
 import torch
@@ -53,6 +53,26 @@ _CHUNK_ELEMENTS = 1 << 18
 
 def _positions_per_chunk(num_classes: int) -> int:
     return max(1024, _CHUNK_ELEMENTS // max(1, num_classes))
+
+
+def _softmax_chunks(
+    xv: torch.Tensor, gx: torch.Tensor
+) -> Iterator[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
+    """The position chunks of a backward that starts from ``softmax`` and writes into ``gx``.
+
+    Yields ``(bs, ps, xs, p)`` for the ``(B, C, N)`` logits ``xv``: ``xs`` the contiguous chunk
+    (softmax over dim 1 is slow on strided chunks) and ``p`` its softmax, held in the chunk of
+    ``gx`` itself where that is contiguous, else in a buffer copied there once the caller has
+    changed ``p`` in place and asks for the next chunk (so consume every chunk).
+    """
+    b, c, n = xv.shape
+    for bs, _, ps in row_chunks((b, 1, n), _positions_per_chunk(c)):
+        xs, out = xv[bs, :, ps].contiguous(), gx[bs, :, ps]
+        p = out if out.is_contiguous() else torch.empty_like(xs)
+        torch.ops.aten._softmax.out(xs, 1, False, out=p)
+        yield bs, ps, xs, p
+        if p is not out:
+            out.copy_(p)
 
 
 class ChunkKernel(Protocol):
@@ -155,15 +175,11 @@ class _CEPlus(torch.autograd.Function):
             return gx.view(x.shape), None, None
         gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
         pen.coef = None  # per-backward constants (they depend on g_pen)
-        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), _positions_per_chunk(c)):
-            xs, out, ys = xv[bs, :, ps].contiguous(), gx[bs, :, ps], yv[bs, :, ps]
-            p = out if out.is_contiguous() else torch.empty_like(xs)
-            torch.ops.aten._softmax.out(xs, 1, False, out=p)
+        for bs, ps, xs, p in _softmax_chunks(xv, gx):
+            ys = yv[bs, :, ps]
             p.mul_(g_ce).scatter_add_(1, ys, neg.expand(ys.shape))
             m = xs.amax(1, keepdim=True) if pen.needs_max else None
             pen.backward(xs, m, bs, ps, p, g_pen)
-            if p is not out:
-                out.copy_(p)
         return gx.view(x.shape), None, None
 
 

@@ -34,6 +34,8 @@ Reference:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -99,16 +101,11 @@ def bce_loss(
 
 
 @LOSSES.register("bce", granularity="element", **_ML)
-class BCELoss(ThinLoss):
+class BCELoss(ThinLoss, fn=bce_loss):
     """Module form of :func:`bce_loss` (logits in, not probabilities)."""
 
-    _fn = staticmethod(bce_loss)
 
-    def __init__(self, *, ignore_index: int | None = -100, reduction: str = "mean") -> None:
-        super().__init__()
-
-
-def _check_focal(gamma_pos: float, gamma_neg: float, margin: float = 0.0) -> None:
+def _check_focal(gamma_pos: float, gamma_neg: float, margin: float = 0.0, **_: Any) -> None:
     """Focusing exponents γ± ≥ 0 and the ASY probability margin m ∈ [0, 1)."""
     check_positive("gamma_pos", gamma_pos, strict=False)
     check_positive("gamma_neg", gamma_neg, strict=False)
@@ -116,7 +113,11 @@ def _check_focal(gamma_pos: float, gamma_neg: float, margin: float = 0.0) -> Non
         raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
 
 
-def _check_temperatures(t_pos: float, t_neg: float) -> None:
+def _check_gamma(gamma: float, **_: Any) -> None:
+    check_positive("gamma", gamma, strict=False)
+
+
+def _check_temperatures(t_pos: float, t_neg: float, **_: Any) -> None:
     check_positive("t_pos", t_pos)
     check_positive("t_neg", t_neg)
 
@@ -179,21 +180,8 @@ def asymmetric_focal_loss(
 
 
 @LOSSES.register("asymmetric_focal", granularity="element", **_ML)
-class AsymmetricFocalLoss(ThinLoss):
+class AsymmetricFocalLoss(ThinLoss, fn=asymmetric_focal_loss, check=_check_focal):
     """Module form of :func:`asymmetric_focal_loss`."""
-
-    _fn = staticmethod(asymmetric_focal_loss)
-
-    def __init__(
-        self,
-        *,
-        gamma_pos: float = 2.0,
-        gamma_neg: float = 2.0,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_focal(gamma_pos, gamma_neg)
-        super().__init__()
 
 
 def binary_focal_loss(
@@ -232,7 +220,7 @@ def binary_focal_loss(
     Reference:
         Lin et al., "Focal loss for dense object detection", ICCV 2017.
     """
-    check_positive("gamma", gamma, strict=False)
+    _check_gamma(gamma)
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha!r}")
 
@@ -244,21 +232,8 @@ def binary_focal_loss(
 
 
 @LOSSES.register("focal_binary", granularity="element", **_ML)
-class BinaryFocalLoss(ThinLoss):
+class BinaryFocalLoss(ThinLoss, fn=binary_focal_loss, check=_check_gamma):
     """Module form of :func:`binary_focal_loss`."""
-
-    _fn = staticmethod(binary_focal_loss)
-
-    def __init__(
-        self,
-        *,
-        gamma: float = 2.0,
-        alpha: float | None = None,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        check_positive("gamma", gamma, strict=False)
-        super().__init__()
 
 
 def asl_loss(
@@ -325,24 +300,8 @@ def asl_loss(
 
 
 @LOSSES.register("asl", granularity="element", **_ML)
-class ASLLoss(ThinLoss):
+class ASLLoss(ThinLoss, fn=asl_loss, check=_check_focal):
     """Module form of :func:`asl_loss` (ASY)."""
-
-    _fn = staticmethod(asl_loss)
-
-    def __init__(
-        self,
-        *,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 4.0,
-        margin: float = 0.05,
-        clip_eps: float = 1e-8,
-        detach_focal_weight: bool = False,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_focal(gamma_pos, gamma_neg, margin)
-        super().__init__()
 
 
 def _h(z: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -487,18 +446,5 @@ def twl_loss(
 
 
 @LOSSES.register("twl", granularity="batch", **_ML)
-class TwoWayLoss(ThinLoss):
+class TwoWayLoss(ThinLoss, fn=twl_loss, check=_check_temperatures):
     """Module form of :func:`twl_loss`."""
-
-    _fn = staticmethod(twl_loss)
-
-    def __init__(
-        self,
-        *,
-        t_pos: float = 4.0,
-        t_neg: float = 1.0,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_temperatures(t_pos, t_neg)
-        super().__init__()

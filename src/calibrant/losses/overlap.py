@@ -1,6 +1,7 @@
 r"""Overlap losses: Dice, Jaccard, Tversky, focal-Tversky and Combo.
 
-The ALL wrapper around them is in :mod:`calibrant.losses.logarithmic`.
+The ALL wrapper around them is in :mod:`calibrant.losses.logarithmic`. This file is long (about 520
+lines) because its five losses share one body: the soft counts and options of :func:`_overlap`.
 
 Two activations, chosen explicitly (never guessed from the target):
 
@@ -49,10 +50,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from calibrant._checks import (
-    check_choice,
-    check_positive,
-)
+from calibrant._checks import check_choice, check_positive
 from calibrant._tensor import REDUCTIONS, float32, one_hot, reduce
 from calibrant.losses._base import ThinLoss, multilabel_inputs, prepare
 from calibrant.registry import LOSSES

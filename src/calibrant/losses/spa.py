@@ -38,6 +38,7 @@ Reference:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -69,22 +70,12 @@ __all__ = [
     "SampleMean",
 ]
 
-SPA_DEFAULTS: dict[str, float] = {
-    "zeta_pos": 1.0,
-    "k_pos": 1.0,
-    "b_pos": 0.0,
-    "zeta_neg": 5.0,
-    "k_neg": 3.0,
-    "b_neg": 1.0,
-}
-
-
 # ----------------------------------------------------------------------------------------------
 # SPA: strictly proper asymmetric loss and its inverse link
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_spa(zeta_pos: float, k_pos: float, zeta_neg: float, k_neg: float) -> None:
+def _check_spa(zeta_pos: float, k_pos: float, zeta_neg: float, k_neg: float, **_: Any) -> None:
     for name, value in (("zeta_pos", zeta_pos), ("k_pos", k_pos)):
         check_positive(name, value)
     for name, value in (("zeta_neg", zeta_neg), ("k_neg", k_neg)):
@@ -140,6 +131,14 @@ def spa_logit(
         v = as_float(logits)
         offset = math.log(k_neg / zeta_neg) - math.log(k_pos / zeta_pos)
         return offset + F.logsigmoid(k_neg * (v - b_neg)) - F.logsigmoid(-k_pos * (v - b_pos))
+
+
+#: The six SPA link parameters and their defaults: the keyword arguments of :func:`spa_logit`.
+SPA_DEFAULTS: dict[str, float] = {
+    name: p.default
+    for name, p in inspect.signature(spa_logit).parameters.items()
+    if p.kind is p.KEYWORD_ONLY
+}
 
 
 def spa_probs(logits: torch.Tensor, **params: float) -> torch.Tensor:
@@ -218,25 +217,8 @@ def spa_loss(
 
 
 @LOSSES.register("spa", task="multilabel", granularity="element", spatial=False, link="spa_link")
-class SPALoss(ThinLoss):
+class SPALoss(ThinLoss, fn=spa_loss, check=_check_spa):
     """Module form of :func:`spa_loss`; :meth:`probs` gives the calibrated probabilities."""
-
-    _fn = staticmethod(spa_loss)
-
-    def __init__(
-        self,
-        *,
-        zeta_pos: float = 1.0,
-        k_pos: float = 1.0,
-        b_pos: float = 0.0,
-        zeta_neg: float = 5.0,
-        k_neg: float = 3.0,
-        b_neg: float = 1.0,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_spa(zeta_pos, k_pos, zeta_neg, k_neg)
-        super().__init__()
 
     @property
     def link_params(self) -> dict[str, float]:

@@ -6,7 +6,8 @@ All take logits ``(B, C, *spatial)`` with 1 to 3 spatial dims and integer target
 ``(B, *spatial)``; ignored elements get zero loss and zero gradient, and ignored *neighbours* are
 treated as absent: each window is renormalised over its valid neighbours (METHODS §10 A2; a no-op
 on data without ignore labels). Targets built from the labels carry no gradient and are computed
-once per call.
+once per call. The Gaussian label filtering and the chunked autograd kernels behind these
+formulas are in :mod:`calibrant.losses._neighbor`.
 
 Example:
     >>> import torch
@@ -20,19 +21,18 @@ Example:
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrant._checks import check_choice, check_positive
+from calibrant._checks import check_choice
 from calibrant._tensor import (
     PADDINGS,
     float32,
     neighbor_proportions,
     reduce,
-    row_chunks,
     valid_mask,
     window_counts,
 )
@@ -43,6 +43,16 @@ from calibrant.losses._base import (
     fused_inputs,
     prepare,
     reduce_total,
+)
+from calibrant.losses._neighbor import (
+    _check_kernel,
+    _filtered_one_hot,
+    _gaussian_1d,
+    _gaussian_filter,
+    _L1ToTarget,
+    _ScaledL1Chunks,
+    _ScaledL1Sum,
+    _SoftTargetCE,
 )
 from calibrant.losses.classification import CrossEntropyLoss
 from calibrant.losses.combine import WeightedSum
@@ -65,18 +75,12 @@ ON = ("logits", "probs")
 _SEG = {"task": "multiclass", "granularity": "element", "spatial": True}  # registry metadata
 
 
-def _gaussian_1d(kernel_size: int, sigma: float) -> list[float]:
-    """Normalised 1D Gaussian on the grid 0..k−1 centred at (k−1)/2."""
-    mu = (kernel_size - 1) / 2
-    g = [math.exp(-((i - mu) ** 2) / (2 * sigma**2)) for i in range(kernel_size)]
-    total = sum(g)
-    return [v / total for v in g]
-
-
-def _check_kernel(kernel_size: int, sigma: float) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-    check_positive("sigma", sigma)
+def _check_choices(kernel: str, padding: str, distance: str, on: str, **_: Any) -> None:
+    """The string options of :class:`NeighborPenalty`."""
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("padding", padding, PADDINGS)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("on", on, ON)
 
 
 def svls_kernel(
@@ -116,85 +120,9 @@ def svls_kernel(
     return out / (2 * (1 - gc))
 
 
-def _separable_smooth(padded: torch.Tensor, g1: list[float], spatial_dims: int) -> torch.Tensor:
-    """Valid correlation of ``padded`` with ``g1`` along each of the last ``spatial_dims`` axes."""
-    k = len(g1)
-    out = padded
-    for axis in range(padded.dim() - spatial_dims, padded.dim()):
-        n = out.shape[axis] - k + 1
-        acc = out.narrow(axis, 0, n) * g1[0]
-        for j in range(1, k):
-            acc.add_(out.narrow(axis, j, n), alpha=g1[j])
-        out = acc
-    return out
-
-
-def _pad(x: torch.Tensor, r: int, padding: str) -> torch.Tensor:
-    """Pad the spatial dims of ``(B, C, *spatial)`` by ``r``; ``label0`` pads channel 0 with 1."""
-    pads = (r,) * (2 * (x.dim() - 2))
-    if padding == "replicate":
-        return F.pad(x, pads, mode="replicate")
-    out = F.pad(x, pads, value=0.0)
-    if padding == "label0":
-        out[:, :1] += F.pad(torch.zeros_like(x[:, :1]), pads, value=1.0)
-    return out
-
-
-def _gaussian_filter(
-    oh: torch.Tensor, kernel_size: int, sigma: float, padding: str, spatial_dims: int
-) -> torch.Tensor:
-    """Apply the effective SVLS kernel to ``(B, C, *spatial)``, padded per ``padding``."""
-    g1 = _gaussian_1d(kernel_size, sigma)
-    gc = g1[kernel_size // 2] ** spatial_dims
-    smooth = _separable_smooth(_pad(oh, kernel_size // 2, padding), g1, spatial_dims)
-    return smooth.add_(oh, alpha=1 - 2 * gc).div_(2 * (1 - gc))
-
-
-def _filtered_one_hot(
-    labels: torch.Tensor,
-    num_classes: int,
-    kernel_size: int,
-    sigma: float,
-    padding: str,
-    nd: int,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """``_gaussian_filter(one_hot(labels))``, class by class from the padded *labels*.
-
-    Padding the one-hot equals one-hot of the padded labels (replicate: edge labels; zeros: no
-    class, -1; label0: class 0), so no ``(B, K, *padded)`` float tensor is built; the per-class
-    arithmetic is the same element-wise sequence, hence bitwise the same result. ``labels`` is
-    int64 with -1 for rows that must be zero; the result and its arithmetic are in ``dtype``.
-    """
-    r = kernel_size // 2
-    g1 = _gaussian_1d(kernel_size, sigma)
-    gc = g1[r] ** nd
-    padded = labels
-    if padding == "replicate":
-        for axis in range(1, nd + 1):
-            n = padded.shape[axis]
-            idx = torch.arange(-r, n + r, device=labels.device).clamp_(0, n - 1)
-            padded = padded.index_select(axis, idx)
-    else:
-        fill = 0 if padding == "label0" else -1
-        padded = F.pad(padded, (r,) * (2 * nd), value=fill)
-    out = torch.empty(
-        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=dtype, device=labels.device
-    )
-    for k in range(num_classes):
-        ohp = (padded == k).unsqueeze(1).to(dtype)
-        centre = ohp
-        for axis in range(2, nd + 2):
-            centre = centre.narrow(axis, r, centre.shape[axis] - 2 * r)
-        smooth = _separable_smooth(ohp, g1, nd)
-        out[:, k : k + 1] = smooth.add_(centre, alpha=1 - 2 * gc).div_(2 * (1 - gc))
-    return out
-
-
 def _smoothed_targets(
     target: torch.Tensor,
     num_classes: int,
-    *,
     kernel_size: int,
     sigma: float,
     padding: str,
@@ -250,59 +178,8 @@ def svls_targets(
     """
     _check_kernel(kernel_size, sigma)
     return _smoothed_targets(
-        target,
-        num_classes,
-        kernel_size=kernel_size,
-        sigma=sigma,
-        padding="replicate",
-        ignore_index=ignore_index,
-        dtype=dtype,
+        target, num_classes, kernel_size, sigma, "replicate", ignore_index, dtype
     )
-
-
-class _SoftTargetCE(torch.autograd.Function):
-    r"""Fused :math:`\mathrm{lse}(l) - \sum_k t_k l_k` for fixed soft targets ``t``.
-
-    Chunked over positions (about 2¹⁸ elements, all classes of a chunk at once, so the
-    temporaries stay cache-sized): the forward takes ``log_softmax`` of the chunk (one fused
-    kernel; ``lse = l_0 − log s_0``) and ``Σ t·l``; nothing but ``x`` and ``t`` is saved.
-    Backward: ``g · (softmax(l) − t)``, the gradient of the expression (valid rows of ``t`` sum
-    to 1; ignored centres get ``g = 0`` from the reduction), with ``softmax`` recomputed per
-    chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        xv, tv = x.detach().reshape(b, c, -1), t.reshape(b, c, -1)
-        n = xv.shape[2]
-        out = xv.new_empty((b, 1, n))
-        for bs, _, ps in row_chunks((b, 1, n), max(1024, _CHUNK // max(1, c))):
-            xs = xv[bs, :, ps].contiguous()  # softmax over dim 1 is slow on strided chunks
-            lse = torch.sub(xs[:, :1], torch.log_softmax(xs, 1)[:, :1])
-            torch.sub(lse, (tv[bs, :, ps] * xs).sum(1, keepdim=True), out=out[bs, :, ps])
-        ctx.save_for_backward(x, t)
-        return out.view(b, *x.shape[2:])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, t = ctx.saved_tensors
-        b, c = x.shape[:2]
-        xv, tv = x.reshape(b, c, -1), t.reshape(b, c, -1)
-        gv = grad.reshape(b, 1, -1)
-        gx = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
-        for bs, _, ps in row_chunks((b, 1, xv.shape[2]), max(1024, _CHUNK // max(1, c))):
-            xs, out = xv[bs, :, ps].contiguous(), gx[bs, :, ps]
-            p = out if out.is_contiguous() else torch.empty_like(xs)
-            torch.ops.aten._softmax.out(xs, 1, False, out=p)
-            p.sub_(tv[bs, :, ps]).mul_(gv[bs, :, ps])
-            if p is not out:
-                out.copy_(p)
-        return gx.view(x.shape), None
-
-
-_CHUNK = 1 << 18
 
 
 def svls_loss(
@@ -345,14 +222,8 @@ def svls_loss(
         x, _, mask = prepare(logits, target, ignore_index, min_spatial=1)
         # nothing ignored (mask None): the renormalisation by the non-ignored share is exactly 1
         ignore = ignore_index if mask is not None else None
-        t = svls_targets(
-            target,
-            x.shape[1],
-            kernel_size=kernel_size,
-            sigma=sigma,
-            ignore_index=ignore,
-            dtype=x.dtype,  # float64 logits get targets built in float64, not rounded ones
-        )
+        # svls_targets, checked above; float64 logits get targets built in float64, not rounded
+        t = _smoothed_targets(target, x.shape[1], kernel_size, sigma, "replicate", ignore, x.dtype)
         values = _SoftTargetCE.apply(x, t)
         return reduce(values, mask, reduction)
 
@@ -387,98 +258,24 @@ def nacl_targets(
     check_choice("kernel", kernel, KERNELS)
     check_choice("padding", padding, PADDINGS)
     _check_kernel(kernel_size, sigma)
+    return _nacl_targets(target, num_classes, kernel, kernel_size, sigma, padding, ignore_index)
+
+
+def _nacl_targets(
+    target: torch.Tensor,
+    num_classes: int,
+    kernel: str,
+    kernel_size: int,
+    sigma: float,
+    padding: str,
+    ignore_index: int | None,
+) -> torch.Tensor:
+    """:func:`nacl_targets` of checked arguments."""
     if kernel == "mean":
         return neighbor_proportions(
             target, num_classes, kernel_size=kernel_size, padding=padding, ignore_index=ignore_index
         )
-    return _smoothed_targets(
-        target,
-        num_classes,
-        kernel_size=kernel_size,
-        sigma=sigma,
-        padding=padding,
-        ignore_index=ignore_index,
-    )
-
-
-class _L1ToTarget(torch.autograd.Function):
-    """``Σ_k |τ_k − z_k|`` that saves only the int8 sign pattern for backward.
-
-    ``tau`` is a no-grad temporary and is overwritten in place.
-    """
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        diff = tau.sub_(z).neg_()  # z - τ, in τ's storage
-        ctx.save_for_backward(torch.sign(diff).to(torch.int8))
-        return diff.abs_().sum(1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (sign,) = ctx.saved_tensors
-        return sign.to(grad.dtype).mul_(grad.unsqueeze(1)), None
-
-
-class _ScaledL1Sum(torch.autograd.Function):
-    r"""``Σ |x − s·τ| · m`` over everything, with ``d/dx = sign(x − s·τ) · m``, fused and chunked.
-
-    ``tau`` is the integer window counts (``s = 1/k^d``) or a float target (``s = 1``); ``mask``
-    is ``None`` or a float ``(B, 1, *spatial)`` {0, 1} map. Nothing full-size is saved or
-    allocated besides the gradient: the backward recomputes ``x − s·τ`` chunk by chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, x, tau, scale: float, mask):  # noqa: D102
-        x3, t3 = x.view(*x.shape[:2], -1), tau.reshape(*x.shape[:2], -1)
-        m3 = None if mask is None else mask.reshape(x.shape[0], 1, -1)
-        total = x.new_zeros(())
-        for b, c, n in row_chunks(x3.shape):
-            d = torch.sub(x3[b, c, n], t3[b, c, n], alpha=scale)
-            if m3 is not None:
-                d.mul_(m3[b, :, n])
-            total += d.abs_().sum()
-        ctx.save_for_backward(x, tau, mask)
-        ctx.scale = scale
-        return total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # noqa: D102
-        x, tau, mask = ctx.saved_tensors
-        x3, t3 = x.view(*x.shape[:2], -1), tau.reshape(*x.shape[:2], -1)
-        m3 = None if mask is None else mask.reshape(x.shape[0], 1, -1)
-        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        g3 = gx.view(x3.shape)
-        for b, c, n in row_chunks(x3.shape):
-            d = torch.sub(x3[b, c, n], t3[b, c, n], alpha=ctx.scale)
-            if m3 is not None:
-                d.mul_(m3[b, :, n])
-            torch.mul(d.sign_(), grad, out=g3[b, c, n])
-        return gx, None, None, None
-
-
-class _ScaledL1Chunks:
-    """Fused-CE chunk kernel of ``Σ |l − s·τ|`` (NACL's mean-kernel L1; see ``_ScaledL1Sum``)."""
-
-    needs_max = False
-
-    def __init__(self, tau: torch.Tensor, scale: float) -> None:
-        self.tau, self.scale = tau, scale
-
-    def begin(self, xv: torch.Tensor) -> None:
-        self.t3 = self.tau.reshape(xv.shape)
-        self.total = xv.new_zeros(())
-
-    def forward(self, xs, m, bs, ps) -> None:
-        self.total += torch.sub(xs, self.t3[bs, :, ps], alpha=self.scale).abs_().sum()
-
-    def value(self) -> torch.Tensor:
-        return self.total
-
-    def backward(self, xs, m, bs, ps, out, g) -> None:
-        d = torch.sub(xs, self.t3[bs, :, ps], alpha=self.scale)
-        out.addcmul_(d.sign_(), g)
+    return _smoothed_targets(target, num_classes, kernel_size, sigma, padding, ignore_index)
 
 
 def _nacl_fast(x, target, mask, *, kernel_size, padding, ignore_index, class_reduction, reduction):
@@ -569,66 +366,26 @@ def neighbor_penalty(
                 class_reduction=class_reduction,
                 reduction=reduction,
             )
-        tau = nacl_targets(
-            target,
-            x.shape[1],
-            kernel=kernel,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            padding=padding,
-            ignore_index=ignore_index,
-        ).to(x.dtype)
+        k = x.shape[1]
+        tau = _nacl_targets(target, k, kernel, kernel_size, sigma, padding, ignore_index)
+        tau = tau.to(x.dtype)  # nacl_targets of the arguments checked above
         z = F.softmax(x, dim=1) if on == "probs" else x
         if distance == "l1":
             values = _L1ToTarget.apply(z, tau)
         else:
             values = (z - tau).square().sum(1)
         if class_reduction == "mean":
-            values = values / x.shape[1]
+            values = values / k
         return reduce(values, mask, reduction)
 
 
 @LOSSES.register("svls", function=svls_loss, **_SEG)
-class SVLSLoss(ThinLoss):
+class SVLSLoss(ThinLoss, fn=svls_loss, check=_check_kernel, positional=True):
     """Module form of :func:`svls_loss`."""
 
-    _fn = staticmethod(svls_loss)
 
-    def __init__(
-        self,
-        kernel_size: int = 3,
-        sigma: float = 1.0,
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        _check_kernel(kernel_size, sigma)
-        super().__init__()
-
-
-class NeighborPenalty(ThinLoss):
+class NeighborPenalty(ThinLoss, fn=neighbor_penalty, check=_check_choices, positional=True):
     """Module form of :func:`neighbor_penalty`."""
-
-    _fn = staticmethod(neighbor_penalty)
-
-    def __init__(
-        self,
-        kernel: str = "mean",
-        kernel_size: int = 3,
-        sigma: float = 1.0,
-        padding: str = "label0",
-        distance: str = "l1",
-        on: str = "logits",
-        class_reduction: str = "mean",
-        *,
-        ignore_index: int | None = -100,
-        reduction: str = "mean",
-    ) -> None:
-        check_choice("kernel", kernel, KERNELS)
-        check_choice("padding", padding, PADDINGS)
-        check_choice("distance", distance, DISTANCES)
-        check_choice("on", on, ON)
-        super().__init__()
 
     def ce_kernel(
         self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None

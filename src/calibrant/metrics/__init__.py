@@ -4,6 +4,7 @@ Each metric has a functional form and a :class:`torchmetrics.Metric` class with 
 states over the same private kernels, so streaming over batches and DDP ranks is exact.
 """
 
+from calibrant.metrics import protocols as _protocols  # noqa: F401  (registers paper_* entries)
 from calibrant.metrics._curve import ReliabilityCurve
 from calibrant.metrics.binary import *  # noqa: F403
 from calibrant.metrics.binary import __all__ as _binary_all

@@ -5,16 +5,21 @@
   :mod:`~calibrant.metrics.scores` and :mod:`~calibrant.metrics.overconfidence` takes: the ignored
   label, the pixel subset and whether the scores are logits or probabilities. It validates a
   batch and cuts it into the chunks of :mod:`~calibrant.metrics._binning`.
+* :class:`StreamingMetric` is the base of every metric class: not differentiable, no full-state
+  update, zero-initialised sum states.
 * :class:`CalMetric` keeps fixed-size sum states (float64 sums, int64 counts,
   ``dist_reduce_fx="sum"``), so streaming over batches and DDP ranks gives the one-shot value;
   :class:`MeanMetric` is the case of one float64 total over an int64 count.
 * :func:`ratio` is the mean of a total over a count, NaN when nothing was counted.
+* :func:`element_function` and :func:`binned_function` give a metric's functional form the
+  public signature shared by these modules, so each function states only its body.
+* :func:`register_norms` registers one class under several names, one per ``norm``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -22,8 +27,20 @@ from torchmetrics import Metric
 
 from calibrant._checks import check_choice
 from calibrant.metrics import _binning as K
+from calibrant.registry import METRICS
 
-__all__ = ["CalMetric", "Inputs", "MeanMetric", "ratio"]
+__all__ = [
+    "CalMetric",
+    "Inputs",
+    "MeanMetric",
+    "StreamingMetric",
+    "binned_function",
+    "element_function",
+    "ratio",
+    "register_norms",
+]
+
+_T = TypeVar("_T")
 
 
 class Inputs(NamedTuple):
@@ -74,21 +91,110 @@ class Inputs(NamedTuple):
         )
 
 
+def element_function(body: Callable[..., _T]) -> Callable[..., _T]:
+    """The public form of ``body(logits, target, mask, inputs)``: a metric over selected elements.
+
+    The returned function has the signature ``(logits, target, *, ignore_index=-100, mask=None,
+    pixel_subset="all", input_kind="logits")``, builds the :class:`Inputs` and calls ``body``;
+    it takes ``body``'s name, module and docstring (which documents these public arguments).
+    ``body`` names its :class:`Inputs` parameter ``_inputs``: it is not a public argument.
+    """
+
+    def function(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        ignore_index: int | None = -100,
+        mask: torch.Tensor | None = None,
+        pixel_subset: str = "all",
+        input_kind: str = "logits",
+    ) -> _T:
+        return body(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+
+    return _named_like(function, body)
+
+
+def binned_function(body: Callable[..., _T]) -> Callable[..., _T]:
+    """:func:`element_function` for ``body(logits, target, mask, inputs, n_bins)``.
+
+    The public signature adds ``n_bins=15`` (before ``ignore_index``).
+    """
+
+    def function(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        n_bins: int = 15,
+        ignore_index: int | None = -100,
+        mask: torch.Tensor | None = None,
+        pixel_subset: str = "all",
+        input_kind: str = "logits",
+    ) -> _T:
+        inputs = Inputs(ignore_index, pixel_subset, input_kind)
+        return body(logits, target, mask, inputs, n_bins)
+
+    return _named_like(function, body)
+
+
+def _named_like(function: Callable[..., _T], body: Callable[..., _T]) -> Callable[..., _T]:
+    """``function`` under ``body``'s module, name, docstring and return annotation.
+
+    No ``__wrapped__``: :func:`inspect.signature` must report the public signature, not the body's.
+    """
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(function, attr, getattr(body, attr))
+    function.__annotations__["return"] = body.__annotations__["return"]
+    return function
+
+
+def register_norms(cls: type[Metric], legends: dict[str, tuple[str, str]], **meta: Any) -> None:
+    """Register ``cls`` in :data:`~calibrant.registry.METRICS` once per ``norm``.
+
+    Args:
+        cls: a metric class whose constructor takes ``norm``.
+        legends: registry name -> (``norm``, legend); each name builds ``cls(norm=norm, **kwargs)``.
+        **meta: metadata shared by the entries (``task``, ``better``).
+    """
+    for name, (norm, legend) in legends.items():
+        METRICS.register(name, legend=legend, **meta)(_with_norm(cls, norm))
+
+
+def _with_norm(cls: type[_T], norm: str) -> Callable[..., _T]:
+    def factory(**kwargs: Any) -> _T:
+        return cls(norm=norm, **kwargs)
+
+    return factory
+
+
 def ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """``total / count``, or NaN (of ``total``'s dtype) when ``count`` is 0."""
     return total / count if int(count) else total.new_tensor(float("nan"))
 
 
-class CalMetric(Metric):
+class StreamingMetric(Metric):
+    """Base of calibrant's metric classes: not differentiable, no full-state update.
+
+    A subclass sets ``higher_is_better`` and registers its sums with :meth:`_add_sum`.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def _add_sum(
+        self, name: str, shape: int | tuple[int, ...] = (), dtype: torch.dtype = torch.float64
+    ) -> None:
+        """Register a zero state ``name`` of ``shape`` and ``dtype``, summed across ranks."""
+        self.add_state(name, torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
+
+
+class CalMetric(StreamingMetric):
     """Base: fixed-size sum states; ``_value()`` computes from local state without syncing.
 
     Also the base of the scores in :mod:`calibrant.metrics.scores`, so
     :class:`~calibrant.metrics.calibration.PerVolumeMean` wraps any of them.
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def _set_inputs(
         self,
@@ -101,9 +207,9 @@ class CalMetric(Metric):
 
     def _add_bins(self, shape: tuple[int, ...]) -> None:
         """Register per-bin ``count`` (int64), ``conf`` and ``acc`` (float64) sums of ``shape``."""
-        self.add_state("count", torch.zeros(shape, dtype=torch.int64), "sum")
-        self.add_state("conf", torch.zeros(shape, dtype=torch.float64), "sum")
-        self.add_state("acc", torch.zeros(shape, dtype=torch.float64), "sum")
+        self._add_sum("count", shape, torch.int64)
+        self._add_sum("conf", shape)
+        self._add_sum("acc", shape)
 
     def _bins(self) -> K.Bins:
         return K.Bins(self.count, self.conf, self.acc)
@@ -128,8 +234,8 @@ class MeanMetric(CalMetric):
     """
 
     def _add_mean_state(self) -> None:
-        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self._add_sum("total")
+        self._add_sum("count", dtype=torch.int64)
 
     def _add_to_mean(self, total: torch.Tensor, count: torch.Tensor) -> None:
         self.total += total

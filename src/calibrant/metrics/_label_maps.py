@@ -2,7 +2,7 @@
 
 :func:`prepare_label_maps` turns logits or predicted labels plus the target into compact NumPy
 label maps (the smallest signed integer dtype that holds ``-1..C``; ignored voxels are ``-1`` in
-both), which every per-case kernel of :mod:`calibrant.metrics.segmentation` and
+both), which every per-case kernel of :mod:`calibrant.metrics.per_case` and
 :mod:`calibrant.metrics._surface` reads.
 """
 

@@ -32,12 +32,13 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-from torchmetrics import Metric
 
-from calibrant._checks import check_finite
+from calibrant._checks import check_finite, check_indicator_target
+from calibrant.metrics._base import StreamingMetric
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -50,19 +51,15 @@ __all__ = [
     "binary_segmentation_scores",
 ]
 
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="binary", better="higher")
+
 BINARY_SCORES = ("recall", "specificity", "precision", "f_measure", "jaccard")
 
 
 def _check_binary(logits: torch.Tensor, target: torch.Tensor) -> None:
-    if not torch.is_floating_point(logits):
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.shape != target.shape:
-        raise ValueError(
-            f"binary target shape {tuple(target.shape)} must equal logits shape "
-            f"{tuple(logits.shape)} (use (B, 1, *) for both or (B, *) for both)"
-        )
-    if bool(((target != 0) & (target != 1)).any()):
-        raise ValueError("binary target must hold only 0 and 1")
+    hint = " (use (B, 1, *) for both or (B, *) for both)"
+    check_indicator_target(logits, target, kind="binary", shape_hint=hint)
     check_finite("logits", logits)
 
 
@@ -150,14 +147,12 @@ def binary_segmentation_scores(
     return binary_scores_from_confusion(binary_confusion(logits, target, threshold=threshold))
 
 
-@METRICS.register(
+@_register(
     "binary_scores",
-    task="binary",
-    better="higher",
     legend="recall, specificity, precision, F and Jaccard of the foreground at σ > 0.5, "
     "confusion counts pooled over all pixels (the ALL paper's protocol, METHODS §9.3)",
 )
-class BinarySegmentationScores(Metric):
+class BinarySegmentationScores(StreamingMetric):
     """Streaming ALL-paper scores: int64 ``confusion`` state ``[TP, FP, TN, FN]`` (exact).
 
     Args:
@@ -171,15 +166,13 @@ class BinarySegmentationScores(Metric):
         tensor(0.5000, dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         _logit_threshold(threshold)
         self.threshold = threshold
-        self.add_state("confusion", torch.zeros(4, dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_sum("confusion", 4, torch.int64)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add the batch's confusion counts."""
@@ -241,13 +234,8 @@ def _auroc_from_hist(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u / denom, tie / denom
 
 
-@METRICS.register(
-    "binary_auroc",
-    task="binary",
-    better="higher",
-    legend="AUC-ROC of the foreground probability over all pixels pooled",
-)
-class BinaryAUROC(Metric):
+@_register("binary_auroc", legend="AUC-ROC of the foreground probability over all pixels pooled")
+class BinaryAUROC(StreamingMetric):
     r"""Streaming AUC-ROC from a fixed histogram of :math:`\sigma(v)` (float64), per class.
 
     State: int64 ``(2, n_bins)`` counts of negatives and positives per equal-width probability
@@ -268,16 +256,14 @@ class BinaryAUROC(Metric):
         tensor(0., dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, n_bins: int = 10_000, **kwargs) -> None:
         super().__init__(**kwargs)
         if n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins}")
         self.n_bins = n_bins
-        self.add_state("hist", torch.zeros(2, n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_sum("hist", (2, n_bins), torch.int64)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Histogram the batch's probabilities by class."""

@@ -1,7 +1,8 @@
 r"""Binned calibration errors for multi-class classification and segmentation.
 
-Top-label ECE/RMSCE/MCE/average CE, adaptive (equal-mass) ECE, their reliability curves, and
-:class:`PerVolumeMean` (the papers' per-volume protocol). Class-wise ECE and TACE live in
+Top-label ECE/RMSCE/MCE/average CE, adaptive (equal-mass) ECE and their reliability curves;
+:class:`PerVolumeMean` (the papers' per-volume protocol) comes from
+:mod:`calibrant.metrics.per_volume` and is re-exported here. Class-wise ECE and TACE live in
 :mod:`calibrant.metrics.classwise`, the proper scoring rules (Brier, NLL, neighbourhood Brier) in
 :mod:`calibrant.metrics.scores`; all three modules share these conventions and the streaming base
 of :mod:`calibrant.metrics._base`.
@@ -44,24 +45,23 @@ Reference:
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any
 
 import torch
-from torchmetrics import Metric
 
 from calibrant._checks import check_choice
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, Inputs, ratio
-from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.registry import METRICS
-
-# the protocols named in the registry legends (``METRICS.meta(name)["legend"]``)
-_POOLED = "all samples pooled (for segmentation every pixel, so the background weighs most)"
-_PAPER = (  # the segmentation papers' test protocol, for the registry legends
-    "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)"
+from calibrant.metrics._base import (
+    CalMetric,
+    Inputs,
+    binned_function,
+    register_norms,
 )
+from calibrant.metrics._curve import ReliabilityCurve
+from calibrant.metrics.per_volume import _POOLED, PerVolumeMean
+from calibrant.registry import METRICS
 
 __all__ = [
     "expected_calibration_error",
@@ -74,6 +74,9 @@ __all__ = [
     "AdaptiveCalibrationError",
     "PerVolumeMean",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multiclass", better="lower")
 
 #: Default number of fine bins for streamed equal-mass top-label binning.
 FINE_BINS = 1 << 14
@@ -116,16 +119,8 @@ def _top_label_error(logits, target, mask, inputs: Inputs, n_bins: int, norm: st
 # ----------------------------------------------------------------------------------------------
 
 
-def expected_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def expected_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label expected calibration error (ECE, L1) with ``n`` equal-width bins.
 
     .. math::
@@ -163,38 +158,18 @@ def expected_calibration_error(
     Reference:
         Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "l1")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "l1")
 
 
-def rms_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def rms_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label root-mean-square calibration error (RMSCE, L2) with ``n`` equal-width bins.
 
     .. math::
         \mathrm{RMSCE} = \sqrt{\sum_b \frac{n_b}{M} (\mathrm{acc}_b - \mathrm{conf}_b)^2}
 
-    over the bins of :func:`expected_calibration_error`; it weighs large bin gaps more.
-
-    Args:
-        logits: ``(B, C, *spatial)`` scores, or probabilities with ``input_kind="probs"``.
-        target: ``(B, *spatial)`` labels.
-        n_bins: equal-width bins.
-        ignore_index: ignored label (``None``: none).
-        mask: optional bool ``(B, *spatial)`` subset.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
-
-    Returns:
-        float64 scalar; NaN when no element is valid.
+    over the bins of :func:`expected_calibration_error`, whose arguments, return value, errors
+    and shapes it shares; it weighs large bin gaps more.
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
@@ -204,38 +179,18 @@ def rms_calibration_error(
     Reference:
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "l2")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "l2")
 
 
-def maximum_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def maximum_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label maximum calibration error (MCE): the largest gap of a non-empty bin.
 
     .. math::
         \mathrm{MCE} = \max_{b: n_b > 0} |\mathrm{acc}_b - \mathrm{conf}_b|
 
-    over the equal-width bins of :func:`expected_calibration_error` (an empty bin has no gap).
-
-    Args:
-        logits: class scores ``(B, C, *spatial)`` or, with ``input_kind="probs"``, probabilities.
-        target: integer labels ``(B, *spatial)``.
-        n_bins: how many bins.
-        ignore_index: the label to skip, or ``None``.
-        mask: bool ``(B, *spatial)`` selecting elements, or ``None`` for all.
-        pixel_subset: ``"all"`` or ``"gt_fg"`` (labels other than 0).
-        input_kind: ``"logits"`` or ``"probs"``.
-
-    Returns:
-        float64 scalar; NaN when no element is valid.
+    over the equal-width bins of :func:`expected_calibration_error` (an empty bin has no gap),
+    with the same arguments, return value, errors and shapes.
 
     Example:
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
@@ -243,22 +198,14 @@ def maximum_calibration_error(
         0.7311
 
     Reference:
+        Naeini et al., Obtaining Well Calibrated Probabilities Using Bayesian Binning, AAAI 2015;
         Guo et al., On Calibration of Modern Neural Networks, ICML 2017.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "max")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "max")
 
 
-def average_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def average_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Top-label average calibration error: the unweighted mean gap of the non-empty bins.
 
     .. math::
@@ -267,42 +214,23 @@ def average_calibration_error(
 
     over the equal-width bins of :func:`expected_calibration_error`. Every non-empty bin weighs
     the same, however few elements it holds. This is not the adaptive (equal-mass) ECE, which is
-    :func:`adaptive_calibration_error`.
-
-    Args:
-        logits: ``(B, C, *spatial)``; probabilities need ``input_kind="probs"``.
-        target: ``(B, *spatial)``.
-        n_bins: bins of width ``1 / n_bins``.
-        ignore_index: label that does not count (``None``: every label counts).
-        mask: optional bool subset of the elements, shaped like ``target``.
-        pixel_subset: ``"all"`` or ``"gt_fg"``.
-        input_kind: ``"logits"`` or ``"probs"``.
-
-    Returns:
-        float64 scalar; NaN when no element is valid.
+    :func:`adaptive_calibration_error`. Arguments, return value, errors and shapes are those of
+    :func:`expected_calibration_error`.
 
     Example:
-        >>> logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
-        >>> round(float(average_calibration_error(logits, torch.tensor([0, 0, 1]), n_bins=10)), 4)
-        0.3755
+        >>> logits = torch.tensor([[4.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+        >>> target = torch.tensor([0, 0, 0])  # two right, confident; one wrong, less so
+        >>> round(float(average_calibration_error(logits, target, n_bins=10)), 4)  # ECE 0.2655
+        0.3819
 
     Reference:
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, n_bins, "avg")
+    return _top_label_error(logits, target, mask, _inputs, n_bins, "avg")
 
 
-def reliability_curve(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> ReliabilityCurve:
+@binned_function
+def reliability_curve(logits, target, mask, _inputs: Inputs, n_bins: int) -> ReliabilityCurve:
     """Top-label reliability curve: per-bin count, mean confidence and accuracy.
 
     Same bins and arguments as :func:`expected_calibration_error`; empty bins have NaN means.
@@ -332,20 +260,11 @@ def reliability_curve(
         DeGroot & Fienberg, The comparison and evaluation of forecasters, 1983.
     """
     K.check_n_bins(n_bins)
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return K.curve_from_bins(_top_label_bins(logits, target, mask, inputs, n_bins))
+    return K.curve_from_bins(_top_label_bins(logits, target, mask, _inputs, n_bins))
 
 
-def adaptive_calibration_error(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n_bins: int = 15,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@binned_function
+def adaptive_calibration_error(logits, target, mask, _inputs: Inputs, n_bins: int) -> torch.Tensor:
     r"""Adaptive (equal-mass) top-label ECE, exact (sort-based).
 
     Edges are the sorted confidences interpolated at ``linspace(0, M, n+1)`` (as the research
@@ -380,8 +299,7 @@ def adaptive_calibration_error(
         Nixon et al., Measuring Calibration in Deep Learning, CVPR Workshops 2019.
     """
     K.check_n_bins(n_bins)
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    _, conf, acc = _top_label_bins(logits, target, mask, inputs, 1, keep=True)
+    _, conf, acc = _top_label_bins(logits, target, mask, _inputs, 1, keep=True)
     return K.reduce_bins(K.adaptive_exact(conf, acc, n_bins, "interp"), "l1")
 
 
@@ -393,15 +311,24 @@ def adaptive_calibration_error(
 class _TopLabelHistogram(CalMetric):
     """Shared state and update of the top-label classes (private).
 
-    State: ``count``/``conf``/``acc`` sums over ``hist_bins`` equal-width confidence bins; a
-    subclass calls :meth:`_add_histogram` and reduces the bins in ``_value``.
+    State: ``count``/``conf``/``acc`` sums over ``hist_bins`` equal-width confidence bins (the
+    ``n_bins`` bins themselves, or the fine sub-bins of an equal-mass binning); a subclass
+    reduces the bins in ``_value``.
     """
 
-    def _add_histogram(
-        self, hist_bins: int, ignore_index: int | None, pixel_subset: str, input_kind: str
+    def __init__(
+        self,
+        n_bins: int,
+        hist_bins: int,
+        ignore_index: int | None,
+        pixel_subset: str,
+        input_kind: str,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
+        K.check_n_bins(n_bins)
         self._set_inputs(ignore_index, pixel_subset, input_kind)
-        self.hist_bins = hist_bins
+        self.n_bins, self.hist_bins = n_bins, hist_bins
         self._add_bins((hist_bins,))
 
     def update(
@@ -445,11 +372,9 @@ class CalibrationError(_TopLabelHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        K.check_n_bins(n_bins)
+        super().__init__(n_bins, n_bins, ignore_index, pixel_subset, input_kind, **kwargs)
         check_choice("norm", norm, K.NORMS)
-        self.n_bins, self.norm = n_bins, norm
-        self._add_histogram(n_bins, ignore_index, pixel_subset, input_kind)
+        self.norm = norm
 
     def _value(self) -> torch.Tensor:
         return K.reduce_bins(self._bins(), self.norm)
@@ -459,12 +384,7 @@ class CalibrationError(_TopLabelHistogram):
         return K.curve_from_bins(self._bins())
 
 
-@METRICS.register(
-    "adaptive_ece",
-    task="multiclass",
-    better="lower",
-    legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}",
-)
+@_register("adaptive_ece", legend=f"adaptive ECE: top-label, 15 equal-mass bins, {_POOLED}")
 class AdaptiveCalibrationError(_TopLabelHistogram):
     """Streaming adaptive (equal-mass) top-label ECE from a fine equal-width histogram.
 
@@ -502,11 +422,9 @@ class AdaptiveCalibrationError(_TopLabelHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        K.check_n_bins(n_bins)
         K.check_n_bins(fine_bins, "fine_bins")
-        self.n_bins, self.fine_bins = n_bins, fine_bins
-        self._add_histogram(fine_bins, ignore_index, pixel_subset, input_kind)
+        super().__init__(n_bins, fine_bins, ignore_index, pixel_subset, input_kind, **kwargs)
+        self.fine_bins = fine_bins
 
     def _value(self) -> torch.Tensor:
         bins, _ = K.adaptive_from_fine(self._bins(), self.n_bins, "interp")
@@ -517,109 +435,25 @@ class AdaptiveCalibrationError(_TopLabelHistogram):
         return K.adaptive_from_fine(self._bins(), self.n_bins, "interp")[1]
 
 
-class PerVolumeMean(Metric):
-    """Mean over volumes of a metric computed on each volume (the papers' test protocol).
-
-    Each :meth:`update` call is **one volume** (e.g. its slices stacked as a ``(S, C, H, W)``
-    batch): the wrapped metric is reset, updated with that volume and its value added to a
-    float64 sum. Volumes whose value is NaN (for example no ground-truth foreground under
-    ``pixel_subset="gt_fg"``) are skipped and counted in ``skipped``. States are sums, so DDP
-    is exact.
-
-    Args:
-        metric: a calibrant calibration metric instance (its own sync is never used).
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
-
-    Example:
-        >>> pv = PerVolumeMean(CalibrationError(n_bins=10, pixel_subset="gt_fg"))
-        >>> pv.update(torch.tensor([[[4.0], [0.0]], [[0.0], [1.0]]]), torch.tensor([[1], [1]]))
-        >>> pv.update(torch.tensor([[[0.0], [3.0]]]), torch.tensor([[0]]))  # no foreground: skipped
-        >>> round(float(pv.compute()), 4), int(pv.skipped)
-        (0.6255, 1)
-    """
-
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self, metric: CalMetric, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(metric, CalMetric):
-            raise ValueError(f"PerVolumeMean wraps a calibrant calibration metric, got {metric!r}")
-        self.metric = metric
-        self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("volumes", torch.zeros((), dtype=torch.int64), "sum")
-        self.add_state("skipped", torch.zeros((), dtype=torch.int64), "sum")
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        """Add one volume."""
-        self.metric.reset()
-        self.metric.update(*args, **kwargs)
-        v = self.metric._value()
-        self.metric.reset()
-        if math.isnan(float(v)):
-            self.skipped += 1
-        else:
-            self.total += v.double()
-            self.volumes += 1
-
-    def compute(self) -> torch.Tensor:
-        """Unweighted mean over the volumes seen (NaN if none)."""
-        return ratio(self.total, self.volumes)
-
-
 # ----------------------------------------------------------------------------------------------
 # Registry (the CLI's names)
 # ----------------------------------------------------------------------------------------------
 
 
-@METRICS.register(
-    "ece",
+register_norms(
+    CalibrationError,
+    {
+        "ece": ("l1", f"top-label ECE, 15 equal-width confidence bins, {_POOLED}"),
+        "rmsce": ("l2", f"root-mean-square calibration error (top-label, 15 bins), {_POOLED}"),
+        "mce": (
+            "max",
+            f"maximum calibration error: the largest bin gap (top-label, 15 bins), {_POOLED}",
+        ),
+        "average_ce": (
+            "avg",
+            "average calibration error: unweighted mean gap of the non-empty bins, " + _POOLED,
+        ),
+    },
     task="multiclass",
     better="lower",
-    legend=f"top-label ECE, 15 equal-width confidence bins, {_POOLED}",
 )
-def _ece(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="l1", **kwargs)
-
-
-@METRICS.register(
-    "rmsce",
-    task="multiclass",
-    better="lower",
-    legend=f"root-mean-square calibration error (top-label, 15 bins), {_POOLED}",
-)
-def _rmsce(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="l2", **kwargs)
-
-
-@METRICS.register(
-    "mce",
-    task="multiclass",
-    better="lower",
-    legend=f"maximum calibration error: the largest bin gap (top-label, 15 bins), {_POOLED}",
-)
-def _mce(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="max", **kwargs)
-
-
-@METRICS.register(
-    "average_ce",
-    task="multiclass",
-    better="lower",
-    legend=f"average calibration error: unweighted mean gap of the non-empty bins, {_POOLED}",
-)
-def _average_ce(**kwargs: Any) -> CalibrationError:
-    return CalibrationError(norm="avg", **kwargs)
-
-
-@METRICS.register(
-    "paper_ece",
-    task="multiclass",
-    protocol="per_volume",
-    better="lower",
-    legend=f"top-label ECE (15 bins) on {_PAPER}",
-)
-def _paper_ece(**kwargs: Any) -> PerVolumeMean:
-    """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
-    return PerVolumeMean(CalibrationError(pixel_subset="gt_fg", **kwargs))

@@ -24,6 +24,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
 from calibrant.metrics._base import CalMetric, Inputs
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.metrics.calibration import _PAPER, _POOLED, PerVolumeMean
+from calibrant.metrics.per_volume import _POOLED
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
     "TACE_MODES",
     "CLASS_RANGES",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multiclass", better="lower")
 
 CLASS_RANGES = ("all", "present")
 #: TACE modes -> (binning scheme, default n_bins, default include_background, default class
@@ -295,25 +299,26 @@ class _PerClassHistogram(CalMetric):
     """Shared state and update of the class-wise metrics (private).
 
     States: per (class, bin) count/conf/acc sums ``(C, hist_bins)`` and per-class label counts
-    ``(C,)``; a subclass calls :meth:`_add_histogram` with the input options.
+    ``(C,)``.
     """
 
-    def _add_histogram(
+    def __init__(
         self,
         num_classes: int,
         hist_bins: int,
-        *,
         threshold: float,
         ignore_index: int | None,
         pixel_subset: str,
         input_kind: str,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
         K.check_n_bins(num_classes, "num_classes")
         _check_threshold(threshold)
         self._set_inputs(ignore_index, pixel_subset, input_kind, num_classes)
         self.num_classes, self.hist_bins, self.threshold = num_classes, hist_bins, threshold
         self._add_bins((num_classes, hist_bins))
-        self.add_state("labels", torch.zeros(num_classes, dtype=torch.int64), "sum")
+        self._add_sum("labels", num_classes, torch.int64)
 
     def update(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
@@ -326,10 +331,8 @@ class _PerClassHistogram(CalMetric):
         self.labels += labels
 
 
-@METRICS.register(
+@_register(
     "classwise_ece",
-    task="multiclass",
-    better="lower",
     legend="class-wise ECE: each class's probability against that label's frequency (15 bins), "
     f"mean over classes, {_POOLED}",
 )
@@ -370,19 +373,13 @@ class ClasswiseCalibrationError(_PerClassHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         K.check_n_bins(n_bins)
         _check_class_args(class_range, include_background)
+        super().__init__(
+            num_classes, n_bins, threshold, ignore_index, pixel_subset, input_kind, **kwargs
+        )
         self.n_bins = n_bins
         self.class_range, self.include_background = class_range, include_background
-        self._add_histogram(
-            num_classes,
-            n_bins,
-            threshold=threshold,
-            ignore_index=ignore_index,
-            pixel_subset=pixel_subset,
-            input_kind=input_kind,
-        )
 
     def _value(self) -> torch.Tensor:
         return _classwise_value(
@@ -407,10 +404,8 @@ class ClasswiseCalibrationError(_PerClassHistogram):
         ]
 
 
-@METRICS.register(
+@_register(
     "tace",
-    task="multiclass",
-    better="lower",
     legend=f"thresholded adaptive calibration error (class-wise; binning by mode), {_POOLED}",
 )
 class TACE(_PerClassHistogram):
@@ -456,20 +451,14 @@ class TACE(_PerClassHistogram):
         input_kind: str = "logits",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        settings = _tace_settings(mode, n_bins, include_background, class_range)
         K.check_n_bins(fine_bins, "fine_bins")
-        (self.scheme, self.n_bins, self.include_background, self.class_range, self.divide) = (
-            _tace_settings(mode, n_bins, include_background, class_range)
+        hist_bins = settings[1] if settings[0] == "uniform" else fine_bins
+        super().__init__(
+            num_classes, hist_bins, threshold, ignore_index, pixel_subset, input_kind, **kwargs
         )
+        self.scheme, self.n_bins, self.include_background, self.class_range, self.divide = settings
         self.mode = mode
-        self._add_histogram(
-            num_classes,
-            self.n_bins if self.scheme == "uniform" else fine_bins,
-            threshold=threshold,
-            ignore_index=ignore_index,
-            pixel_subset=pixel_subset,
-            input_kind=input_kind,
-        )
 
     def _coarse(self) -> tuple[K.Bins, torch.Tensor]:
         if self.scheme == "uniform":
@@ -494,36 +483,3 @@ class TACE(_PerClassHistogram):
             return self.conf.new_zeros(())
         b = bound[sel].mean()
         return b / self.n_bins if self.divide else b
-
-
-# ----------------------------------------------------------------------------------------------
-# Registry (the CLI's names)
-# ----------------------------------------------------------------------------------------------
-
-
-@METRICS.register(
-    "paper_classwise_ece",
-    task="multiclass",
-    protocol="per_volume",
-    better="lower",
-    legend=f"class-wise ECE over the classes present, on {_PAPER}",
-)
-def _paper_classwise_ece(num_classes: int, **kwargs: Any) -> PerVolumeMean:
-    """The segmentation papers' protocol: GT-foreground pixels, mean of per-volume values."""
-    return PerVolumeMean(
-        ClasswiseCalibrationError(
-            num_classes, class_range="present", pixel_subset="gt_fg", **kwargs
-        )
-    )
-
-
-@METRICS.register(
-    "paper_tace",
-    task="multiclass",
-    protocol="per_volume",
-    better="lower",
-    legend=f"TACE (the CRaC code's equal-width variant) on {_PAPER}",
-)
-def _paper_tace(num_classes: int, mode: str = "crac", **kwargs: Any) -> PerVolumeMean:
-    """TACE (``mode="crac"`` by default) under the papers' per-volume protocol."""
-    return PerVolumeMean(TACE(num_classes, mode, pixel_subset="gt_fg", **kwargs))

@@ -30,9 +30,8 @@ import torch
 from calibrant._checks import check_choice, check_multilabel_target
 from calibrant._tensor import float32
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric
+from calibrant.metrics._base import CalMetric, register_norms
 from calibrant.metrics._curve import ReliabilityCurve
-from calibrant.registry import METRICS
 
 __all__ = [
     "multilabel_calibration_error",
@@ -252,48 +251,21 @@ def _legend(what: str) -> str:
     return f"{what} of σ(v) against the 0/1 label, every (sample, label) pair pooled"
 
 
-@METRICS.register(
-    "multilabel_ece", task="multilabel", better="lower", legend=_legend("ECE (15 equal-width bins)")
-)
-def _multilabel_ece(**kwargs: Any) -> MultilabelCalibrationError:
-    return MultilabelCalibrationError(norm="l1", **kwargs)
-
-
-@METRICS.register(
-    "multilabel_ace",
+register_norms(
+    MultilabelCalibrationError,
+    {
+        "multilabel_ece": ("l1", _legend("ECE (15 equal-width bins)")),
+        "multilabel_ace": (
+            "adaptive",
+            _legend("adaptive ECE (equal-mass bins; the SPA paper's ACE)"),
+        ),
+        "multilabel_average_ce": (
+            "avg",
+            _legend("average calibration error (unweighted mean bin gap)"),
+        ),
+        "multilabel_mce": ("max", _legend("maximum calibration error (largest bin gap)")),
+        "multilabel_rmsce": ("l2", _legend("root-mean-square calibration error")),
+    },
     task="multilabel",
     better="lower",
-    legend=_legend("adaptive ECE (equal-mass bins; the SPA paper's ACE)"),
 )
-def _multilabel_ace(**kwargs: Any) -> MultilabelCalibrationError:
-    return MultilabelCalibrationError(norm="adaptive", **kwargs)
-
-
-@METRICS.register(
-    "multilabel_average_ce",
-    task="multilabel",
-    better="lower",
-    legend=_legend("average calibration error (unweighted mean bin gap)"),
-)
-def _multilabel_average_ce(**kwargs: Any) -> MultilabelCalibrationError:
-    return MultilabelCalibrationError(norm="avg", **kwargs)
-
-
-@METRICS.register(
-    "multilabel_mce",
-    task="multilabel",
-    better="lower",
-    legend=_legend("maximum calibration error (largest bin gap)"),
-)
-def _multilabel_mce(**kwargs: Any) -> MultilabelCalibrationError:
-    return MultilabelCalibrationError(norm="max", **kwargs)
-
-
-@METRICS.register(
-    "multilabel_rmsce",
-    task="multilabel",
-    better="lower",
-    legend=_legend("root-mean-square calibration error"),
-)
-def _multilabel_rmsce(**kwargs: Any) -> MultilabelCalibrationError:
-    return MultilabelCalibrationError(norm="l2", **kwargs)

@@ -41,13 +41,14 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import CalMetric, Inputs
-from calibrant.metrics.calibration import CalibrationError, PerVolumeMean, _top_label_error
+from calibrant.metrics._base import CalMetric, Inputs, element_function
+from calibrant.metrics.calibration import CalibrationError, _top_label_error
 from calibrant.metrics.multilabel import _check as _check_multilabel
 from calibrant.metrics.multilabel import _pairs
 from calibrant.registry import METRICS
@@ -59,16 +60,12 @@ __all__ = [
     "MultilabelOverConfidence",
 ]
 
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, better="zero")
 
-def overconfidence(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+
+@element_function
+def overconfidence(logits, target, mask, _inputs: Inputs) -> torch.Tensor:
     r"""Mean top-label confidence minus accuracy over the valid elements.
 
     Args:
@@ -89,8 +86,7 @@ def overconfidence(
         >>> round(float(overconfidence(torch.tensor([[3.0, 0.0]]), torch.tensor([1]))), 4)
         0.9526
     """
-    inputs = Inputs(ignore_index, pixel_subset, input_kind)
-    return _top_label_error(logits, target, mask, inputs, 1, "signed")
+    return _top_label_error(logits, target, mask, _inputs, 1, "signed")
 
 
 def _binary_decisions(logits, target, mask, input_kind) -> K.Bins:
@@ -137,10 +133,9 @@ def multilabel_overconfidence(
     return K.reduce_bins(_binary_decisions(logits, target, mask, input_kind), "signed")
 
 
-@METRICS.register(
+@_register(
     "overconfidence",
     task="multiclass",
-    better="zero",
     legend="signed over-confidence: mean top-label confidence minus accuracy (> 0: "
     "over-confident), all samples pooled (for segmentation every pixel)",
 )
@@ -180,10 +175,9 @@ class OverConfidence(CalibrationError):
         )
 
 
-@METRICS.register(
+@_register(
     "multilabel_overconfidence",
     task="multilabel",
-    better="zero",
     legend="signed over-confidence of every (sample, label) decision at σ ≥ 0.5 (> 0: "
     "over-confident), all pairs pooled",
 )
@@ -217,16 +211,3 @@ class MultilabelOverConfidence(CalMetric):
 
     def _value(self) -> torch.Tensor:
         return K.reduce_bins(self._bins(), "signed")
-
-
-@METRICS.register(
-    "paper_overconfidence",
-    task="multiclass",
-    protocol="per_volume",
-    better="zero",
-    legend="signed over-confidence (confidence minus accuracy, > 0: over-confident) on "
-    "ground-truth-foreground pixels, mean over volumes (the papers' protocol, METHODS §7.2)",
-)
-def _paper_overconfidence(**kwargs: Any) -> PerVolumeMean:
-    """The segmentation papers' protocol, as ``paper_ece``: GT foreground, per-volume mean."""
-    return PerVolumeMean(OverConfidence(pixel_subset="gt_fg", **kwargs))

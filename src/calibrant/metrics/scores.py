@@ -40,14 +40,15 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
 
 from calibrant._tensor import float32, neighbor_proportions, valid_mask
 from calibrant.metrics import _binning as K
-from calibrant.metrics._base import Inputs, MeanMetric, ratio
-from calibrant.metrics.calibration import _POOLED
+from calibrant.metrics._base import Inputs, MeanMetric, element_function, ratio
+from calibrant.metrics.per_volume import _POOLED
 from calibrant.registry import METRICS
 
 __all__ = [
@@ -58,6 +59,9 @@ __all__ = [
     "NegativeLogLikelihood",
     "NeighborhoodBrierScore",
 ]
+
+# the registry metadata that this module's metrics share
+_register = functools.partial(METRICS.register, task="multiclass", better="lower")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,15 +108,8 @@ def _score_sums(logits, target, mask, inputs: Inputs) -> _Sums:
     return _Sums(brier, nll, count)
 
 
-def brier_score(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@element_function
+def brier_score(logits, target, mask, _inputs: Inputs) -> torch.Tensor:
     r"""Multi-class Brier score, :math:`\frac1M\sum_i\sum_k (s_{ik} - 1[y_i=k])^2`.
 
     Args:
@@ -133,19 +130,12 @@ def brier_score(
     Reference:
         Brier, Verification of forecasts expressed in terms of probability, 1950.
     """
-    sums = _score_sums(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+    sums = _score_sums(logits, target, mask, _inputs)
     return ratio(sums.brier, sums.count)
 
 
-def negative_log_likelihood(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    ignore_index: int | None = -100,
-    mask: torch.Tensor | None = None,
-    pixel_subset: str = "all",
-    input_kind: str = "logits",
-) -> torch.Tensor:
+@element_function
+def negative_log_likelihood(logits, target, mask, _inputs: Inputs) -> torch.Tensor:
     r"""Mean negative log-likelihood :math:`-\frac1M\sum_i \log s_{i,y_i}` (cross-entropy).
 
     Args:
@@ -165,7 +155,7 @@ def negative_log_likelihood(
         ...                                     torch.tensor([1]))), 4)
         0.6931
     """
-    sums = _score_sums(logits, target, mask, Inputs(ignore_index, pixel_subset, input_kind))
+    sums = _score_sums(logits, target, mask, _inputs)
     return ratio(sums.nll, sums.count)
 
 
@@ -276,11 +266,8 @@ class _ScoreMetric(MeanMetric):
         self._add_to_mean(getattr(sums, self.score), sums.count)
 
 
-@METRICS.register(
-    "brier",
-    task="multiclass",
-    better="lower",
-    legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}",
+@_register(
+    "brier", legend=f"Brier score: squared distance of the softmax to the one-hot label, {_POOLED}"
 )
 class BrierScore(_ScoreMetric):
     """Streaming multi-class Brier score (see :func:`brier_score`).
@@ -301,12 +288,7 @@ class BrierScore(_ScoreMetric):
     score = "brier"
 
 
-@METRICS.register(
-    "nll",
-    task="multiclass",
-    better="lower",
-    legend=f"negative log-likelihood of the true label, mean over {_POOLED}",
-)
+@_register("nll", legend=f"negative log-likelihood of the true label, mean over {_POOLED}")
 class NegativeLogLikelihood(_ScoreMetric):
     """Streaming mean NLL (see :func:`negative_log_likelihood`).
 
@@ -326,10 +308,8 @@ class NegativeLogLikelihood(_ScoreMetric):
     score = "nll"
 
 
-@METRICS.register(
+@_register(
     "neighborhood_brier",
-    task="multiclass",
-    better="lower",
     legend="CRaC's neighbourhood Brier score: squared distance to the label proportions of each "
     "pixel's neighbourhood",
 )
@@ -346,8 +326,8 @@ class NeighborhoodBrierScore(MeanMetric):
     Example:
         >>> m = NeighborhoodBrierScore(pixel_subset="all")
         >>> m.update(torch.zeros(1, 2, 3, 3), torch.ones(1, 3, 3, dtype=torch.long))
-        >>> round(float(m.compute()), 4)
-        0.083
+        >>> m.compute()
+        tensor(0.0830, dtype=torch.float64)
     """
 
     def __init__(
