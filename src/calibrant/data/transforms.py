@@ -6,6 +6,7 @@ non-spatial target (classification; passed through). Geometric transforms move i
 together; intensity transforms touch the image only. All randomness comes from the transform's
 ``generator`` so a run is reproducible. A ``DataLoader`` with workers copies the generator into
 each worker; give each worker its own seed (``worker_init_fn``) if the streams must differ.
+The random transforms are dataclasses: their parameters are written once, as their fields.
 
 Example:
     >>> g = torch.Generator().manual_seed(0)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,7 @@ class Compose:
         return image, label
 
 
+@dataclass(eq=False)
 class RandomFlip:
     """Flip each spatial axis independently with probability ``p``.
 
@@ -69,10 +72,13 @@ class RandomFlip:
         tensor([2, 1, 0])
     """
 
-    def __init__(self, p: float = 0.5, axes: Sequence[int] | None = None, generator=None) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
-        self.p, self.axes, self.generator = p, axes, generator
+    p: float = 0.5
+    axes: Sequence[int] | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"p must lie in [0, 1], got {self.p}")
 
     def __call__(self, image: torch.Tensor, label=None):
         """Return the transformed ``(image, label)``."""
@@ -86,6 +92,7 @@ class RandomFlip:
         return image, label
 
 
+@dataclass(eq=False)
 class RandomRot90:
     """Rotate by a uniformly drawn multiple of 90° in a plane of two spatial axes.
 
@@ -105,8 +112,8 @@ class RandomRot90:
         True
     """
 
-    def __init__(self, planes: Sequence[tuple[int, int]] | None = None, generator=None) -> None:
-        self.planes, self.generator = planes, generator
+    planes: Sequence[tuple[int, int]] | None = None
+    generator: torch.Generator | None = None
 
     def __call__(self, image: torch.Tensor, label=None):
         """Return the transformed ``(image, label)``."""
@@ -120,6 +127,7 @@ class RandomRot90:
         return image, label
 
 
+@dataclass(eq=False)
 class RandomIntensity:
     """Image-only intensity jitter ``x * s + t``.
 
@@ -132,10 +140,13 @@ class RandomIntensity:
         ([[1.0, 1.0]], 'y')
     """
 
-    def __init__(self, scale: float = 0.1, shift: float = 0.1, generator=None) -> None:
-        check_positive("scale", scale, strict=False)
-        check_positive("shift", shift, strict=False)
-        self.scale, self.shift, self.generator = scale, shift, generator
+    scale: float = 0.1
+    shift: float = 0.1
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        check_positive("scale", self.scale, strict=False)
+        check_positive("shift", self.shift, strict=False)
 
     def __call__(self, image: torch.Tensor, label=None):
         """Return the transformed ``(image, label)``."""
@@ -144,6 +155,7 @@ class RandomIntensity:
         return image * s + t, label
 
 
+@dataclass(eq=False)
 class RandomAffine2d:
     """Random 2D rotation, isotropic scale and translation (bilinear image, nearest label).
 
@@ -167,20 +179,17 @@ class RandomAffine2d:
         (True, True)
     """
 
-    def __init__(
-        self,
-        degrees: float = 15.0,
-        scale: float = 0.1,
-        translate: float = 0.05,
-        p: float = 1.0,
-        fill: float = 0.0,
-        label_fill: int = 0,
-        generator=None,
-    ) -> None:
-        for name, v in (("degrees", degrees), ("scale", scale), ("translate", translate)):
-            check_positive(name, v, strict=False)
-        self.degrees, self.scale, self.translate, self.p = degrees, scale, translate, p
-        self.fill, self.label_fill, self.generator = fill, label_fill, generator
+    degrees: float = 15.0
+    scale: float = 0.1
+    translate: float = 0.05
+    p: float = 1.0
+    fill: float = 0.0
+    label_fill: int = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("degrees", "scale", "translate"):
+            check_positive(name, getattr(self, name), strict=False)
 
     def __call__(self, image: torch.Tensor, label=None):
         """Return the transformed ``(image, label)``."""
