@@ -67,3 +67,9 @@ def test_section_lists_alm_methods_of_the_task_only():
     assert "*CALS-ALM*" in lines
     assert sum(line.startswith("| 1 |") for line in lines) == 1
     assert binding_section(runs[2:], "acdc", {}) == []
+
+
+def test_what_a_record_lacks_is_shown_as_a_dash():
+    run = _run(1, [0.5, 1.5], [1.0, 2.0], [0.0, 0.0], name="focal", train={"loss": 1.0})
+    del run["history"][-1]["alm"]["alm0"]["violation"]
+    assert binding_rows([run]) == ["| 1 | 1 | 1.5 | – | 2 | – | – | – % | – |"]

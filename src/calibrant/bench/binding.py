@@ -16,7 +16,7 @@ and writes one row per seed:
 - whether any slot's λ is above the floor (``no``: the constraint never bound on validation).
 
 ``lambda_min`` comes from the method's registered loss built with the record's config, so the
-page needs no extra field in the record.
+page needs no extra field in the record; what a record does not hold is shown as ``–``.
 
 Example:
     >>> last = {"train": {"loss": 0.5, "alm": 1e-7}, "alm": {"alm0": {
@@ -47,10 +47,16 @@ _HEADER = [
 
 
 def _floor(loss_cfg: Mapping[str, Any], num_classes: int) -> float:
-    """``lambda_min`` of the first ALM term of the registered loss ``loss_cfg``."""
+    """``lambda_min`` of the first ALM term of the registered loss ``loss_cfg`` (NaN: none)."""
+    if not LOSSES.get(loss_cfg["name"]).meta.get("alm"):
+        return math.nan  # not a registered ALM objective
     kw = {k: v for k, v in loss_cfg.items() if k != "name"}
     terms = alm_terms(LOSSES.build(loss_cfg["name"], num_classes=num_classes, **kw))
     return float(terms[0].cfg.lambda_min)
+
+
+def _cell(value: float, fmt: str) -> str:
+    return "–" if math.isnan(value) else format(value, fmt)
 
 
 def binding_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -65,14 +71,15 @@ def binding_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         share = train["alm"] / train["loss"] if train.get("loss") and "alm" in train else math.nan
         lam = np.asarray(term["lambda"], dtype=float)
         rho = np.asarray(term["rho"], dtype=float)
-        viol = np.asarray(term["violation"], dtype=float)
+        viol = np.asarray(term.get("violation", [math.nan]), dtype=float)
         floor = _floor(run["config"]["loss"], lam.shape[-1])
         at_floor = int((lam <= 10 * floor).sum())
-        above = "no" if at_floor == lam.size else "yes"
+        above = "–" if math.isnan(floor) else "no" if at_floor == lam.size else "yes"
+        floored = "–" if math.isnan(floor) else f"{at_floor} of {lam.size}"
         rows.append(
-            f"| {run['seed']} | {lam.mean():.2g} | {lam.max():.2g} | {at_floor} of {lam.size} "
-            f"| {rho.max():.3g} | {viol.mean():.3g} | {viol.max():.3g} | {100 * share:.2g} % "
-            f"| {above} |"
+            f"| {run['seed']} | {lam.mean():.2g} | {lam.max():.2g} | {floored} "
+            f"| {rho.max():.3g} | {_cell(viol.mean(), '.3g')} | {_cell(viol.max(), '.3g')} "
+            f"| {_cell(100 * share, '.2g')} % | {above} |"
         )
     return rows
 
