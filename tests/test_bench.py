@@ -222,6 +222,11 @@ def test_run_suite_records_resumes_and_renders(data_root, tmp_path, monkeypatch)
     record_path(results, "toy", "cpu", "scene", "bce", 1).unlink()
     (rebuilt,) = run_suite(suite, results=results, work=work, data_root=data_root)
     assert json.loads(rebuilt.read_text())["test"] == records["bce"]["test"]
+    # the training time is the run's epochs summed (from the folder's history, whoever reads it)
+    epochs = [h["seconds"] for h in records["bce"]["history"]]
+    assert all(t > 0 for t in epochs)
+    assert json.loads(rebuilt.read_text())["train_seconds"] == round(sum(epochs), 1)
+    assert records["focal_phi"]["train_seconds"] == records["focal"]["train_seconds"]
 
     # The page is generated from the records: the table cell is the record's value.
     page = render_suite(suite, results, figures=False).read_text()

@@ -231,7 +231,7 @@ def _posthoc(b: _Bench, task: str, method: Method, seed: int, cfg: dict) -> dict
     state = load_checkpoint(path, required=("state_dict",))["state_dict"]
     results["calibrator_state"] = {k: torch.as_tensor(v).tolist() for k, v in state.items()}
     # the network's training time (its base's run): a calibrator alone takes seconds
-    return {**results, "config": cfg, "wall_seconds": trained.get("wall_seconds")}
+    return {**results, "config": cfg, "train_seconds": train_seconds(trained)}
 
 
 def _search(b: _Bench, task: str, method: Method) -> Path:
@@ -279,6 +279,24 @@ def _search(b: _Bench, task: str, method: Method) -> Path:
     )
     log.info("    search %s %s chose %s", task, method.label, chosen)
     return path
+
+
+def train_seconds(payload: Mapping[str, Any]) -> float | None:
+    """A run's training wall time: its epochs' ``seconds`` summed, across resumes.
+
+    A run folder trained before epochs were timed gives its last call's ``wall_seconds`` (which
+    counts only what that call resumed).
+
+    Example:
+        >>> train_seconds({"history": [{"seconds": 2.5}, {"seconds": 3.0}], "wall_seconds": 3.1})
+        5.5
+        >>> train_seconds({"history": [{"epoch": 1}], "wall_seconds": 3.1})
+        3.1
+    """
+    history = payload.get("history") or []
+    if history and all("seconds" in h for h in history):
+        return round(sum(h["seconds"] for h in history), 1)
+    return payload.get("wall_seconds")
 
 
 def _train_folder(b: _Bench, folder: Path, cfg: dict) -> dict[str, Any]:
@@ -352,7 +370,7 @@ def _run_one(b: _Bench, run: PlannedRun) -> Path:
         "history": payload.get("history", []) if method.trained else [],
         "calibrator_state": payload.get("calibrator_state"),
         "seconds": round(time.perf_counter() - t0, 3),  # this call: fitting, testing, items
-        "train_seconds": payload.get("wall_seconds"),
+        "train_seconds": payload.get("train_seconds", train_seconds(payload)),
         "items": payload.get("items"),
         "predictions": path.with_suffix(".predictions.npz").name if predictions else None,
         "checkpoint": payload.get("checkpoint"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -201,7 +202,10 @@ def fit(
             hooks of the validation pass (phase ``"val"``), ``on_epoch_end`` after ``log``.
 
     Returns:
-        The per-epoch log dicts (including those before a resume).
+        The per-epoch log dicts (including those before a resume): ``epoch``, ``train`` (the
+        mean loss and its parts), ``val`` (the metrics), ``alm`` (each ALM term's step record),
+        ``lr`` and ``seconds`` (the epoch's wall time in this process; an epoch resumed mid-way
+        counts its resumed part).
     """
     better = _comparison(select_mode)
     _check_train_loader(train_loader)
@@ -213,6 +217,7 @@ def fit(
     observers = [_ViewObserver(a, observe_view) for a in alms] if observe_view else alms
     callbacks = _with_functions(callbacks, log, step_log)
     for epoch in range(state.epoch, epochs):
+        started = time.perf_counter()
         total = _start_epoch(train_loader, epoch, state.step)
         train_logs = train_one_epoch(
             model,
@@ -248,6 +253,7 @@ def fit(
             "val": _to_python(val),
             "alm": alm_logs,
             "lr": [g["lr"] for g in optimizer.param_groups],
+            "seconds": round(time.perf_counter() - started, 3),  # this process's part of it
         }
         if state.end_epoch(record, float(val[select]), better):
             checkpoints.save("best.pt", state)
