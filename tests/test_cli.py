@@ -12,6 +12,7 @@ import pytest
 from calibrant.checkpoint import load_checkpoint
 from calibrant.cli import Progress, main
 from tests._crash import EXIT_CODE
+from tests._history import untimed
 from tests.conftest import require_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +92,7 @@ def test_killed_run_resumes_to_the_same_result(trained, acdc_root, tmp_path):
     ref = json.loads((trained / "metrics.json").read_text())
     got = json.loads((out / "metrics.json").read_text())
     assert got["test"] == ref["test"]
-    # the same epochs, but for their wall time
-    untimed = [
-        [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (got, ref)
-    ]
-    assert untimed[0] == untimed[1]
-    assert all(h["seconds"] > 0 for h in got["history"])
+    assert untimed(got["history"]) == untimed(ref["history"])  # the same epochs
 
 
 def test_eval_and_calibrate(trained, acdc_root, capsys):
