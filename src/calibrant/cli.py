@@ -154,9 +154,13 @@ def cmd_train(args) -> int:
                 overwrite=args.overwrite,
                 callbacks=[progress, logger],
             )
+        if world > 1:  # no rank tears the group down while another still talks to it
+            dist.barrier()
     finally:
         progress.close()
         logger.close()
+        if world > 1:  # gloo's threads must not outlive the process group at interpreter exit
+            dist.destroy_process_group()
     if rank == 0 and not args.quiet:
         print(report.markdown_table({out.name: results["test"]}))
         print(f"report: {out / 'report.md'}  figures: {out / 'figures'}")
