@@ -12,6 +12,7 @@ from calibrant.metrics import (
     PairPredictions,
     TopLabelPredictions,
     accuracy,
+    adaptive_calibration_error,
     expected_calibration_error,
     maximum_calibration_error,
     multilabel_calibration_error,
@@ -49,6 +50,7 @@ def _multilabel(tmp_path, seed=0, n=120, t=5):
         ("mce", lambda z, y: maximum_calibration_error(z, y)),
         ("accuracy", lambda z, y: accuracy(z, y)),
         ("oc", lambda z, y: overconfidence(z, y)),
+        ("ace", lambda z, y: adaptive_calibration_error(z, y)),
     ],
 )
 def test_multiclass_resamples_equal_the_metric_on_the_resampled_data(tmp_path, metric, reference):

@@ -363,6 +363,48 @@ def test_adaptive_exact_matches_reference(generator):
         assert float(got) == pytest.approx(ref_adaptive(conf, acc, nb), abs=1e-6)
 
 
+def _expanded_ace(conf, acc, weights, n_bins):
+    """The independent reference on the data set that ``weights`` describes, written out."""
+    conf = np.repeat(np.asarray(conf, dtype=np.float64), weights)
+    acc = np.repeat(np.asarray(acc, dtype=np.float64), weights)
+    return ref_adaptive(conf.tolist(), acc.tolist(), n_bins) if len(conf) else math.nan
+
+
+def test_adaptive_weighted_equals_each_expanded_data_set(generator):
+    from calibrant.metrics import _binning as K
+
+    for n, nb in ((1, 15), (9, 1), (40, 4), (300, 15)):
+        conf = torch.rand(n, generator=generator)
+        acc = (torch.rand(n, generator=generator) < conf).double()
+        weights = torch.randint(0, 4, (5, n), generator=generator)
+        weights[0] = 0  # an empty data set: no bins filled, NaN error
+        weights[1] = 1  # the data set itself
+        got = K.reduce_bins(K.adaptive_weighted(conf, acc, weights, nb), "l1")
+        for row, value in zip(weights, got.tolist(), strict=True):
+            expected = _expanded_ace(conf.tolist(), acc.tolist(), row.numpy(), nb)
+            assert value == pytest.approx(expected, abs=1e-9, nan_ok=True)
+
+
+def test_adaptive_weighted_ties_match_the_exact_kernel(generator):
+    # Quantised confidences put ties on the interpolated edges; each row must bin them as the
+    # one-shot kernel bins the expanded data (same edges, same (lower, upper] membership).
+    from calibrant.metrics import _binning as K
+
+    for levels, n, nb in ((2, 30, 15), (4, 60, 6), (10, 45, 15), (1000, 200, 15)):
+        conf = torch.randint(0, levels + 1, (n,), generator=generator).float() / levels
+        acc = (torch.rand(n, generator=generator) < conf).float()
+        draws = torch.randint(0, n, (20, n), generator=generator)  # bootstrap resamples
+        weights = torch.stack([torch.bincount(d, minlength=n) for d in draws])
+        got = K.adaptive_weighted(conf, acc, weights, nb)
+        for r, row in enumerate(weights):
+            want = K.adaptive_exact(
+                conf.repeat_interleave(row), acc.repeat_interleave(row), nb, "interp"
+            )
+            assert torch.equal(got.count[r], want.count)
+            torch.testing.assert_close(got.conf[r], want.conf, rtol=0, atol=1e-9)
+            torch.testing.assert_close(got.acc[r], want.acc, rtol=0, atol=1e-9)
+
+
 def test_adaptive_includes_minimum_sample():
     # 3 samples, 3 bins: the research code's (lower, upper] drops the smallest confidence.
     logits = torch.tensor([[0.1, 0.0], [1.0, 0.0], [3.0, 0.0]])

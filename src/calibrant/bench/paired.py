@@ -35,13 +35,13 @@ import torch
 
 from calibrant.bench.records import load_predictions
 from calibrant.metrics import _binning as K
-from calibrant.metrics import multilabel_calibration_error, multilabel_classwise_map
+from calibrant.metrics import multilabel_classwise_map
 from calibrant.stats import Interval, bootstrap_indices, decide, percentile_interval
 
 __all__ = ["PairedClaim", "PairedVerdict", "item_statistic", "evaluate_claim"]
 
 N_RESAMPLES = 2000
-N_RESAMPLES_LOOPED = 200  # metrics recomputed one resample at a time (equal-mass ACE, mAP)
+N_RESAMPLES_LOOPED = 200  # metrics recomputed one resample at a time (mAP)
 LEVEL = 0.95
 
 
@@ -129,20 +129,25 @@ def _binned(norm: str, n_bins: int = 15):
     return f
 
 
-def _looped(norm: str):
-    """A metric whose bins depend on the resample (equal-mass ACE), one resample at a time."""
+def _equal_mass(n_bins: int = 15):
+    """Equal-mass ACE of every resample at once (bins move with the resample).
+
+    The pairs are sorted once; a resample weights each pair by its item's multiplicity, and
+    :func:`calibrant.metrics._binning.adaptive_weighted` reads each resample's edges and bins
+    from weighted prefix sums, equal to recomputing the metric on the resampled data.
+    """
 
     def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         prob, outcome = _pairs(p)
-        prob_t, out_t = torch.from_numpy(prob), torch.from_numpy(outcome.astype(np.int64))
-        return np.array(
-            [
-                float(
-                    multilabel_calibration_error(prob_t[r], out_t[r], norm=norm, input_kind="probs")
-                )
-                for r in map(torch.from_numpy, idx)
-            ]
+        n, labels = prob.shape
+        weights = np.repeat(_counts(idx, n), labels, axis=1)  # item multiplicity per pair
+        bins = K.adaptive_weighted(
+            torch.from_numpy(prob.ravel()),
+            torch.from_numpy(outcome.ravel()),
+            torch.from_numpy(weights),
+            n_bins,
         )
+        return K.reduce_bins(bins, "l1").numpy()
 
     return f
 
@@ -182,8 +187,8 @@ _POOLED = {
     "mce": (_binned("max"), False),
     "accuracy": (_mean_of(_accuracy), False),
     "oc": (_mean_of(_overconfidence), False),
-    "ace": (_looped("adaptive"), True),
-    "adaptive_ece": (_looped("adaptive"), True),
+    "ace": (_equal_mass(), False),
+    "adaptive_ece": (_equal_mass(), False),
     "map_y": (_map_y, True),
 }
 
@@ -195,7 +200,7 @@ def item_statistic(record: Mapping[str, Any], metric: str, record_file: Path | N
     Per-volume values (``record["items"]``) give the mean over the drawn volumes (volumes whose
     value is NaN, e.g. no foreground, are skipped as the papers' mean skips them); per-sample
     predictions (stored beside ``record_file``) give the pooled metric recomputed. ``looped``
-    says the metric is recomputed one resample at a time (equal-mass bins, mAP).
+    says the metric is recomputed one resample at a time (mAP).
 
     Raises:
         KeyError: when the record keeps no per-item data for ``metric``.
@@ -301,8 +306,8 @@ def claims_lines(
     lines = [
         "Each difference is the claim's method minus the other, mean over the seeds both have "
         f"(paired by seed and test item), with its {LEVEL:.0%} bootstrap interval over test "
-        f"items ({N_RESAMPLES} resamples; {N_RESAMPLES_LOOPED} for equal-mass ACE and mAP, "
-        "recomputed one resample at a time). `holds` when every comparison's interval is on the "
+        f"items ({N_RESAMPLES} resamples; {N_RESAMPLES_LOOPED} for mAP, recomputed one resample "
+        "at a time). `holds` when every comparison's interval is on the "
         "claimed side of the threshold, `fails` when one is wholly on the other side, "
         "`inconclusive` otherwise.",
         "",
