@@ -8,7 +8,8 @@ metric, the method it is about and the methods it is compared with; its verdict 
 1. For each seed, the metric of each method is recomputed on every bootstrap resample of the
    test items (the same resample for every method and seed): a per-volume metric is the
    mean of the resampled per-volume values the record keeps; a pooled metric (ECE, ACE, MCE,
-   accuracy, mAP@y) is recomputed from the per-sample predictions stored beside the record.
+   accuracy, mAP@y) is recomputed from the per-sample predictions stored beside the record
+   (:mod:`calibrant.metrics.resampled`).
 2. The difference (method − other, mean over seeds) gives a percentile interval per other
    method, and :func:`calibrant.stats.decide` a verdict against the claim's threshold.
 3. The claim ``holds`` when it holds against every other method, ``fails`` when it fails against
@@ -25,17 +26,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from calibrant.bench.records import load_predictions
-from calibrant.metrics import _binning as K
-from calibrant.metrics import multilabel_classwise_map
+from calibrant.metrics.resampled import LOOPED_METRICS, RESAMPLED_METRICS, resampled_metric
 from calibrant.stats import Interval, bootstrap_indices, decide, percentile_interval
 
 __all__ = ["PairedClaim", "PairedVerdict", "item_statistic", "evaluate_claim"]
@@ -85,114 +84,6 @@ class PairedVerdict:
 # --------------------------------------------------------------------- per-item statistics
 
 
-def _counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """``(R, n)`` multiplicity of each item in each resample (rows of ``idx``)."""
-    counts = np.zeros((idx.shape[0], n), dtype=np.float64)
-    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
-    return counts
-
-
-def _pairs(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, T)`` probability and outcome: multi-label pairs, or one top-label pair per sample."""
-    if "probability" in p:
-        return p["probability"].astype(np.float32), (p["target"] == 1).astype(np.float64)
-    correct = (p["prediction"] == p["label"]).astype(np.float64)
-    return p["confidence"].astype(np.float32)[:, None], correct[:, None]
-
-
-def _binned(norm: str, n_bins: int = 15):
-    """ECE (``l1``) or MCE (``max``) of every resample at once, with the metrics' own kernels.
-
-    Each sample's per-bin sums (count, confidence, outcome) are fixed; a resample weights the
-    samples by their multiplicity, so its bins are one matrix product away.
-    """
-
-    def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        prob, outcome = _pairs(p)
-        n = prob.shape[0]
-        b = K.bin_index(torch.from_numpy(prob), n_bins).numpy()  # (n, T)
-        onehot = np.zeros((n, n_bins))
-        conf = np.zeros((n, n_bins))
-        acc = np.zeros((n, n_bins))
-        rows = np.repeat(np.arange(n), prob.shape[1])
-        np.add.at(onehot, (rows, b.ravel()), 1.0)
-        np.add.at(conf, (rows, b.ravel()), prob.astype(np.float64).ravel())
-        np.add.at(acc, (rows, b.ravel()), outcome.ravel())
-        c = _counts(idx, n)
-        bins = K.Bins(
-            torch.from_numpy(np.rint(c @ onehot)).long(),
-            torch.from_numpy(c @ conf),
-            torch.from_numpy(c @ acc),
-        )
-        return K.reduce_bins(bins, norm).numpy()
-
-    return f
-
-
-def _equal_mass(n_bins: int = 15):
-    """Equal-mass ACE of every resample at once (bins move with the resample).
-
-    The pairs are sorted once; a resample weights each pair by its item's multiplicity, and
-    :func:`calibrant.metrics._binning.adaptive_weighted` reads each resample's edges and bins
-    from weighted prefix sums, equal to recomputing the metric on the resampled data.
-    """
-
-    def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        prob, outcome = _pairs(p)
-        n, labels = prob.shape
-        weights = np.repeat(_counts(idx, n), labels, axis=1)  # item multiplicity per pair
-        bins = K.adaptive_weighted(
-            torch.from_numpy(prob.ravel()),
-            torch.from_numpy(outcome.ravel()),
-            torch.from_numpy(weights),
-            n_bins,
-        )
-        return K.reduce_bins(bins, "l1").numpy()
-
-    return f
-
-
-def _map_y(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-
-    prob, target = torch.from_numpy(p["probability"]), torch.from_numpy(p["target"])
-    return np.array(
-        [float(multilabel_classwise_map(prob[r], target[r])) for r in map(torch.from_numpy, idx)]
-    )
-
-
-def _mean_of(values: Callable[[Mapping[str, np.ndarray]], np.ndarray]):
-    def f(p: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        v = values(p)  # (n,) per-sample contribution
-        return v[idx].mean(axis=1)
-
-    return f
-
-
-def _accuracy(p: Mapping[str, np.ndarray]) -> np.ndarray:
-    return (p["prediction"] == p["label"]).astype(np.float64)
-
-
-def _overconfidence(p: Mapping[str, np.ndarray]) -> np.ndarray:
-    prob, outcome = _pairs(p)
-    prob = prob.astype(np.float64)
-    if "probability" in p:  # binary decisions: confidence max(p, 1-p), right when they agree
-        correct = (prob >= 0.5) == (outcome == 1)
-        return (np.maximum(prob, 1.0 - prob) - correct).mean(axis=1)
-    return prob[:, 0] - outcome[:, 0]
-
-
-# A pooled metric recomputed from per-sample predictions: (recompute(p, idx) -> (R,), looped).
-_POOLED = {
-    "ece": (_binned("l1"), False),
-    "mce": (_binned("max"), False),
-    "accuracy": (_mean_of(_accuracy), False),
-    "oc": (_mean_of(_overconfidence), False),
-    "ace": (_equal_mass(), False),
-    "adaptive_ece": (_equal_mass(), False),
-    "map_y": (_map_y, True),
-}
-
-
 def item_statistic(record: Mapping[str, Any], metric: str, record_file: Path | None = None):
     """``(n_items, f, looped)``: ``f(idx)`` is the record's ``metric`` on each row of ``idx``.
 
@@ -209,12 +100,15 @@ def item_statistic(record: Mapping[str, Any], metric: str, record_file: Path | N
     if items is not None:
         values = np.asarray(items, dtype=np.float64)
         return len(values), lambda idx: np.nanmean(values[idx], axis=1), False
-    if record.get("predictions") and record_file is not None and metric in _POOLED:
+    if record.get("predictions") and record_file is not None and metric in RESAMPLED_METRICS:
         predictions = load_predictions(record_file)
         if predictions is not None:
-            f, looped = _POOLED[metric]
             n = len(next(iter(predictions.values())))
-            return n, lambda idx: f(predictions, idx), looped
+            return (
+                n,
+                lambda idx: resampled_metric(predictions, metric, idx),
+                metric in LOOPED_METRICS,
+            )
     raise KeyError(f"record keeps no per-item values of {metric!r}")
 
 

@@ -21,6 +21,7 @@ from calibrant.metrics.overconfidence import __all__ as _overconfidence_all
 from calibrant.metrics.ranking import *  # noqa: F403
 from calibrant.metrics.ranking import __all__ as _ranking_all
 from calibrant.metrics.reliability import RegionReliabilityCurves
+from calibrant.metrics.resampled import metric_interval, resampled_metric
 from calibrant.metrics.scores import *  # noqa: F403
 from calibrant.metrics.scores import __all__ as _scores_all
 from calibrant.metrics.segmentation import *  # noqa: F403
@@ -29,6 +30,8 @@ from calibrant.metrics.segmentation import __all__ as _segmentation_all
 __all__ = [
     "RegionReliabilityCurves",
     "ReliabilityCurve",
+    "metric_interval",
+    "resampled_metric",
     *_binary_all,
     *_calibration_all,
     *_classwise_all,
