@@ -17,6 +17,7 @@ from calibrant.metrics import (
     maximum_calibration_error,
     multilabel_calibration_error,
     multilabel_classwise_map,
+    multilabel_overconfidence,
     overconfidence,
 )
 
@@ -73,6 +74,7 @@ def test_multiclass_resamples_equal_the_metric_on_the_resampled_data(tmp_path, m
         ("mce", lambda v, y: multilabel_calibration_error(v, y, norm="max")),
         ("ace", lambda v, y: multilabel_calibration_error(v, y, norm="adaptive")),
         ("map_y", lambda v, y: multilabel_classwise_map(v, y)),
+        ("oc", lambda v, y: multilabel_overconfidence(v, y)),
     ],
 )
 def test_multilabel_resamples_equal_the_metric_on_the_resampled_data(tmp_path, metric, reference):

@@ -226,6 +226,15 @@ def bin_index(p: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (p * n_bins).long().clamp_(0, n_bins - 1)
 
 
+def binary_decision(p: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence ``max(p, 1-p)`` and correctness ``[(p >= 0.5) = y]`` (float64) of each decision.
+
+    The binary decision of a multi-label pair is "present" when ``p >= 0.5``; ``y`` is boolean.
+    """
+    p64 = p.double()
+    return torch.where(p64 >= 0.5, p64, 1.0 - p64), ((p >= 0.5) == y).double()
+
+
 def empty_bins(shape: tuple[int, ...], device: torch.device) -> Bins:
     """Zero-initialised :class:`Bins` of ``shape``."""
     return Bins(

@@ -93,9 +93,7 @@ def _binary_decisions(logits, target, mask, input_kind) -> K.Bins:
     """One-bin sums of the binary top-label confidence and correctness of every valid pair."""
     _check_multilabel(logits, target, mask, input_kind)
     p, y, valid = _pairs(logits, target, mask, input_kind)
-    p64 = p.double()
-    conf = torch.where(p64 >= 0.5, p64, 1.0 - p64)
-    correct = ((p >= 0.5) == y).double()
+    conf, correct = K.binary_decision(p, y)
     return K.Bins(
         valid.sum().reshape(1).long(),
         (conf * valid).sum().reshape(1),

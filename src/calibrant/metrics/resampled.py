@@ -130,11 +130,10 @@ def _accuracy(p: dict[str, np.ndarray]) -> np.ndarray:
 
 def _overconfidence(p: dict[str, np.ndarray]) -> np.ndarray:
     prob, outcome = _pairs(p)
-    prob = prob.astype(np.float64)
-    if "probability" in p:  # binary decisions: confidence max(p, 1-p), right when they agree
-        correct = (prob >= 0.5) == (outcome == 1)
-        return (np.maximum(prob, 1.0 - prob) - correct).mean(axis=1)
-    return prob[:, 0] - outcome[:, 0]
+    if "probability" in p:  # each sample's mean over its labels' binary decisions
+        conf, correct = K.binary_decision(torch.from_numpy(prob), torch.from_numpy(outcome == 1))
+        return (conf - correct).mean(1).numpy()
+    return prob[:, 0].astype(np.float64) - outcome[:, 0]
 
 
 def _map_y(p: dict[str, np.ndarray], idx: np.ndarray, n_bins: int) -> np.ndarray:
